@@ -18,6 +18,9 @@ struct Cli {
     /// Debug logging (same as NETSY_DEBUG=true).
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Validates a cluster config file and exits (same as `netsy config check FILE`).
+    #[arg(long, value_name = "FILE")]
+    validate: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -33,18 +36,40 @@ enum Command {
 enum ConfigCommand {
     /// Prints the built-in defaults (ports, paths, variables) as JSON.
     Defaults,
+    /// Validates a cluster config file: prints "Config is valid." or the first error.
+    Check { file: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let debug = cli.verbose || std::env::var("NETSY_DEBUG").is_ok_and(|v| v == "true");
     netsy::telemetry::init(debug);
+    if let Some(file) = cli.validate {
+        return check_config(&file);
+    }
     match cli.command {
         Some(Command::Config(ConfigCommand::Defaults)) => {
             println!("{}", netsy::config::defaults_json());
             ExitCode::SUCCESS
         }
+        Some(Command::Config(ConfigCommand::Check { file })) => check_config(&file),
         None => run(cli.node),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match netsy::config::cluster::load(file) {
+        Ok((_, warnings)) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("Config is valid.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("Validation failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub mod cluster;
+
+pub use cluster::ClusterConfig;
+
 /// Settings of one node.
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
@@ -54,6 +58,16 @@ pub struct NodeArgs {
     pub advertise_election: Option<String>,
 }
 
+/// The embedded default's bucket: a `bucket` directory beside the data directory, so that
+/// deleting the data directory (the cache) keeps the system of record.
+pub fn default_bucket_dir(data_dir: &std::path::Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "netsy-data".into());
+    data_dir.with_file_name(format!("{name}-bucket"))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
@@ -63,6 +77,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct NodeConfig {
     pub node_id: String,
     pub cluster_id: String,
+    pub cluster: ClusterConfig,
     pub data_dir: PathBuf,
     pub bind_client: SocketAddr,
     pub advertise_client: String,
@@ -151,6 +166,16 @@ impl NodeArgs {
             (None, Some(_)) => PathBuf::from("/var/lib/netsy"),
             (None, None) => PathBuf::from("netsy-data"),
         };
+        let cluster = match &self.config {
+            Some(path) => {
+                let (cfg, warnings) = cluster::load(path)?;
+                for w in warnings {
+                    tracing::warn!("{}: {w}", path.display());
+                }
+                cfg
+            }
+            None => cluster::embedded_default(&default_bucket_dir(&data_dir)),
+        };
         let advertise_client = self
             .advertise_client
             .clone()
@@ -161,7 +186,8 @@ impl NodeArgs {
             .unwrap_or_else(|| bind_peer.to_string());
         Ok(NodeConfig {
             node_id: self.node_id.clone(),
-            cluster_id: "netsy".to_string(),
+            cluster_id: cluster.cluster_id.clone(),
+            cluster,
             data_dir,
             bind_client,
             advertise_client,
