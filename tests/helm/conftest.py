@@ -63,8 +63,8 @@ VARIANTS = {
         "serviceAccount": {"create": False},
         "clientCertificate": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
-        "podSecurityContext": {},
-        "securityContext": {},
+        "podSecurityContext": None,  # null removes a default map; {} would merge with it
+        "securityContext": None,
     },
     "scheduling": {
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
