@@ -105,7 +105,7 @@ log "pytest tests/helm (helm $HELM_VERSION, Kubernetes schemas $K8S_VERSIONS, ce
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
 set +e
-HELM="$HELM" CRD_DIR="$CRDS" K8S_VERSIONS="$K8S_VERSIONS" KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate" \
+PYTHONDONTWRITEBYTECODE=1 HELM="$HELM" CRD_DIR="$CRDS" K8S_VERSIONS="$K8S_VERSIONS" KUBERNETES_VALIDATE="$VENV/bin/kubernetes-validate" \
   "$PY" -m pytest "$ROOT/tests/helm" -q -p no:cacheprovider --junitxml="$report" "$@"
 rc=$?
 set -e
@@ -121,9 +121,10 @@ suites = [root] if root.tag == "testsuite" else list(root)
 total = sum(int(s.get("tests", 0)) for s in suites)
 failed = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
 skipped = sum(int(s.get("skipped", 0)) for s in suites)
+passed = total - failed - skipped
 if failed == 0 and sys.argv[2] != "0":
-    failed = 1  # pytest failed without a failing test (collection, usage or internal error)
-line = f"{total - failed - skipped} passed, {failed} failed"
+    failed = 1  # pytest failed without a failing test (no tests, collection, usage or internal error)
+line = f"{passed} passed, {failed} failed"
 print(line + (f", {skipped} skipped" if skipped else ""))
 EOF
 exit "$rc"
