@@ -146,7 +146,14 @@ def volumes(objects):
 
 
 def mounts(objects):
-    return {m["name"]: m for m in container(objects)["volumeMounts"]}
+    """{mountPath: mount} of the netsy container."""
+    return {m["mountPath"]: m for m in container(objects)["volumeMounts"]}
+
+
+def mount_of(objects, volume):
+    """The one mount of a volume."""
+    (m,) = [m for m in container(objects)["volumeMounts"] if m["name"] == volume]
+    return m
 
 
 def csi_attrs(objects, volume):

@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-from conftest import CHART, ROOT, container, env, find, mounts, render
+from conftest import CHART, ROOT, container, env, find, mount_of, render
 
 INTERFACES = ROOT / "docs" / "design" / "interfaces.md"
 
@@ -105,9 +105,8 @@ def test_env_paths_equal_interfaces():
 
 
 def test_config_and_data_mounts_equal_interfaces():
-    m = mounts(objects())
-    assert m["config"]["mountPath"] == doc_paths()["NETSY_CONFIG"]
-    assert m["data"]["mountPath"] == doc_paths()["NETSY_DATA_DIR"]
+    assert mount_of(objects(), "config")["mountPath"] == doc_paths()["NETSY_CONFIG"]
+    assert mount_of(objects(), "data")["mountPath"] == doc_paths()["NETSY_DATA_DIR"]
 
 
 def test_chart_env_names_are_documented():

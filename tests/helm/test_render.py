@@ -6,8 +6,8 @@ import re
 
 import yaml
 
-from conftest import (CHART, NAMESPACE, RELEASE, container, csi_attrs, env, find, kinds, mounts,
-                      notes, render, volumes)
+from conftest import (CHART, NAMESPACE, RELEASE, container, csi_attrs, env, find, kinds, mount_of,
+                      mounts, notes, render, volumes)
 
 FULL = "netsy"  # fullname for release "netsy"
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
@@ -137,37 +137,58 @@ def test_env_references_are_defined_before_use():
 
 def test_mounts_and_volumes():
     m, v = mounts(objects()), volumes(objects())
-    assert {k: (x["mountPath"], x.get("subPath"), x.get("readOnly", False)) for k, x in m.items()} == {
-        "config": ("/etc/netsy/config.jsonc", "config.jsonc", True),
-        "server-tls": ("/etc/netsy/certs", None, True),
-        "client-tls": ("/etc/netsy/certs/client", None, True),
-        "data": ("/var/lib/netsy", None, False),
-        "tmp": ("/tmp", None, False),
+    assert {path: (x["name"], x.get("subPath"), x.get("readOnly", False)) for path, x in m.items()} == {
+        "/etc/netsy/config.jsonc": ("config", "config.jsonc", True),
+        "/etc/netsy/certs/ca.crt": ("server-tls", "ca.crt", True),
+        "/etc/netsy/certs/server.crt": ("server-tls", "server.crt", True),
+        "/etc/netsy/certs/server.key": ("server-tls", "server.key", True),
+        "/etc/netsy/certs/client": ("client-tls", None, True),
+        "/var/lib/netsy": ("data", None, False),
+        "/tmp": ("tmp", None, False),
     }
-    assert set(v) == set(m)
+    assert set(v) == {x["name"] for x in m.values()}
     assert v["config"]["configMap"] == {"name": FULL, "items": [{"key": "config.jsonc", "path": "config.jsonc"}]}
     assert v["data"] == {"name": "data", "emptyDir": {}}
     assert v["tmp"] == {"name": "tmp", "emptyDir": {}}
     for name in ("server-tls", "client-tls"):
         assert v[name]["csi"]["driver"] == "csi.cert-manager.io"
-        assert v[name]["csi"]["readOnly"] is True
+        assert v[name]["csi"]["readOnly"] is True  # the driver refuses anything else
+
+
+def test_nothing_is_mounted_inside_a_read_only_volume():
+    """A CSI or ConfigMap volume is read-only on the node, so the runtime cannot create another
+    mount's mount point inside it: the container would not start."""
+    objs = objects()
+    v = volumes(objs)
+    read_only_dirs = [path for path, x in mounts(objs).items()
+                      if "subPath" not in x and ("csi" in v[x["name"]] or "configMap" in v[x["name"]])]
+    for path in mounts(objs):
+        for parent in read_only_dirs:
+            assert not path.startswith(parent.rstrip("/") + "/"), (path, parent)
 
 
 def test_env_paths_point_into_the_mounted_volumes():
-    """Each NETSY_TLS_* file is the file its CSI volume writes, under that volume's mount."""
-    e, m = env(objects()), mounts(objects())
+    """Each NETSY_TLS_* file is the file its CSI volume writes, where the container sees it."""
+    objs = objects()
+    e = env(objs)
     files = {}
-    for vol in ("server-tls", "client-tls"):
-        a = csi_attrs(objects(), vol)
+    for path, x in mounts(objs).items():
+        if "csi" not in volumes(objs)[x["name"]]:
+            continue
+        a = csi_attrs(objs, x["name"])
         for attr in ("ca-file", "certificate-file", "privatekey-file"):
-            files[str(pathlib.PurePosixPath(m[vol]["mountPath"]) / a[attr])] = (vol, attr)
+            if "subPath" in x:
+                if x["subPath"] == a[attr]:
+                    files[path] = (x["name"], attr)
+            else:
+                files[str(pathlib.PurePosixPath(path) / a[attr])] = (x["name"], attr)
     assert files[e["NETSY_TLS_CA_CERT"]["value"]] == ("server-tls", "ca-file")
     assert files[e["NETSY_TLS_SERVER_CERT"]["value"]] == ("server-tls", "certificate-file")
     assert files[e["NETSY_TLS_SERVER_KEY"]["value"]] == ("server-tls", "privatekey-file")
     assert files[e["NETSY_TLS_CLIENT_CERT"]["value"]] == ("client-tls", "certificate-file")
     assert files[e["NETSY_TLS_CLIENT_KEY"]["value"]] == ("client-tls", "privatekey-file")
-    assert e["NETSY_CONFIG"]["value"] == m["config"]["mountPath"]
-    assert e["NETSY_DATA_DIR"]["value"] == m["data"]["mountPath"]
+    assert e["NETSY_CONFIG"]["value"] == mount_of(objs, "config")["mountPath"]
+    assert e["NETSY_DATA_DIR"]["value"] == mount_of(objs, "data")["mountPath"]
 
 
 # Volume attributes the cert-manager CSI driver understands (its pkg/apis/v1alpha1).

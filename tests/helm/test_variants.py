@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import (CHART, CUSTOM_CONFIG, VARIANTS, container, csi_attrs, env, find, kinds,
-                      mounts, notes, render, template, volumes)
+                      mount_of, notes, render, template, volumes)
 
 DEFAULT_CONFIG = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
 
@@ -20,7 +20,7 @@ def test_persistence():
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     assert claim["spec"]["storageClassName"] == "gp3"
     assert "data" not in volumes(objs)  # the claim template supplies it
-    assert mounts(objs)["data"]["mountPath"] == "/var/lib/netsy"
+    assert mount_of(objs, "data")["mountPath"] == "/var/lib/netsy"
 
 
 def test_persistence_storage_class_unset_and_empty():
