@@ -282,6 +282,42 @@ impl Store {
             .await
     }
 
+    /// Imports records from data files (startup backfill); returns the latest revision.
+    pub async fn import(&self, records: Vec<Record>) -> Result<i64> {
+        self.call(|reply| writer::Command::Import { records, reply })
+            .await
+    }
+
+    /// Restores the compaction revision and the granted leases recorded in the bucket.
+    pub async fn restore(&self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
+        self.call(|reply| writer::Command::Restore {
+            compaction,
+            leases,
+            reply,
+        })
+        .await
+    }
+
+    /// Passes every record with revision in `from..=to`, in order, to `f` on a blocking
+    /// thread, and gives `f` back (it usually owns a data-file writer).
+    pub async fn export<F>(&self, from: i64, to: i64, mut f: F) -> Result<F>
+    where
+        F: FnMut(Record) -> std::result::Result<(), String> + Send + 'static,
+    {
+        self.inner
+            .pool
+            .run(move |conn| {
+                read::for_each_record(conn, from, to, &mut f)?;
+                Ok(f)
+            })
+            .await?
+    }
+
+    /// (distinct revisions, latest revision): complete when they are equal.
+    pub async fn integrity(&self) -> Result<(i64, i64)> {
+        self.inner.pool.run(|conn| read::integrity(conn)).await?
+    }
+
     /// Rebuilds the database file to reclaim free pages.
     pub async fn defragment(&self) -> Result<()> {
         self.call(|reply| writer::Command::Defragment { reply })

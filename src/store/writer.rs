@@ -51,6 +51,17 @@ pub enum Command {
     Defragment {
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Records from data files (backfill): inserted verbatim, idempotently.
+    Import {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    /// State restored from the bucket: the compaction revision and granted leases.
+    Restore {
+        compaction: i64,
+        leases: Vec<(i64, i64)>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Largest number of requests applied in one SQLite transaction.
@@ -162,6 +173,18 @@ impl Writer {
                     self.commit_group(std::mem::take(&mut group));
                     self.compact(rev, physical, reply);
                 }
+                Command::Import { records, reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.import(records));
+                }
+                Command::Restore {
+                    compaction,
+                    leases,
+                    reply,
+                } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.restore(compaction, leases));
+                }
                 Command::Defragment { reply } => {
                     self.commit_group(std::mem::take(&mut group));
                     let res = self
@@ -248,7 +271,14 @@ impl Writer {
                         Err(e) => (Err(e), Pending::Rev(reply, Err(Error::Shutdown))),
                     }
                 }
-                Command::Compact { .. } | Command::Defragment { .. } => unreachable_cmd(cmd),
+                other => {
+                    let _ = tx.execute_batch("RELEASE op");
+                    reply_err(
+                        other,
+                        Error::Corrupt("command routed to a write group".into()),
+                    );
+                    continue;
+                }
             };
             match outcome {
                 (Ok(()), pending) => {
@@ -309,6 +339,45 @@ impl Writer {
         for p in replies {
             send_pending(p);
         }
+    }
+
+    fn import(&mut self, records: Vec<Record>) -> Result<i64> {
+        let now = schema::now_rfc3339();
+        let tx = self.conn.unchecked_transaction()?;
+        let mut max = self.revs.current();
+        for r in &records {
+            super::txn::import_record(&tx, r, &now)?;
+            max = max.max(r.revision);
+        }
+        tx.commit()?;
+        self.revs.set_current(max);
+        self.hub.reset(max);
+        Ok(max)
+    }
+
+    fn restore(&mut self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
+        let now = schema::now_rfc3339();
+        let tx = self.conn.unchecked_transaction()?;
+        if compaction > 0 {
+            tx.execute(
+                "INSERT OR IGNORE INTO compactions (compaction_revision, created_at) VALUES (?1, ?2)",
+                params![compaction, now],
+            )?;
+        }
+        for (id, ttl) in &leases {
+            tx.execute(
+                "INSERT OR REPLACE INTO leases (id, ttl, granted_at) VALUES (?1, ?2, ?3)",
+                params![id, ttl, now],
+            )?;
+        }
+        tx.commit()?;
+        if compaction > self.revs.compacted() {
+            self.revs.set_compacted(compaction);
+        }
+        let current = self.revs.current();
+        let table = super::LeaseTable::load(&self.conn, current)?;
+        self.leases.replace_with(table);
+        Ok(())
     }
 
     fn compact(&mut self, rev: i64, physical: bool, reply: oneshot::Sender<Result<i64>>) {
@@ -375,28 +444,6 @@ impl Writer {
     }
 }
 
-fn unreachable_cmd(cmd: Command) -> (Result<()>, Pending) {
-    match cmd {
-        Command::Compact { reply, .. } => (
-            Err(Error::Shutdown),
-            Pending::Rev(reply, Err(Error::Shutdown)),
-        ),
-        Command::Defragment { reply } => {
-            let _ = reply.send(Err(Error::Shutdown));
-            let (tx, _rx) = oneshot::channel();
-            (Err(Error::Shutdown), Pending::Rev(tx, Err(Error::Shutdown)))
-        }
-        Command::Txn { reply, .. } => (
-            Err(Error::Shutdown),
-            Pending::Txn(reply, Err(Error::Shutdown)),
-        ),
-        Command::LeaseGrant { reply, .. } | Command::LeaseRevoke { reply, .. } => (
-            Err(Error::Shutdown),
-            Pending::Rev(reply, Err(Error::Shutdown)),
-        ),
-    }
-}
-
 fn fail_pending(p: Pending, e: Error) -> Pending {
     match p {
         Pending::Txn(tx, _) => Pending::Txn(tx, Err(e)),
@@ -433,7 +480,10 @@ fn reply_err(cmd: Command, e: Error) {
         | Command::LeaseRevoke { reply, .. } => {
             let _ = reply.send(Err(e));
         }
-        Command::Defragment { reply } => {
+        Command::Defragment { reply } | Command::Restore { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Import { reply, .. } => {
             let _ = reply.send(Err(e));
         }
     }
