@@ -4,10 +4,11 @@ volumes, probes, security context, PDB, labels."""
 import pathlib
 import re
 
+import pytest
 import yaml
 
-from conftest import (CHART, NAMESPACE, RELEASE, container, csi_attrs, env, find, kinds, mount_of,
-                      mounts, notes, render, volumes)
+from conftest import (CHART, NAMESPACE, RELEASE, VARIANTS, container, csi_attrs, env, find, kinds,
+                      mount_of, mounts, notes, render, volumes)
 
 FULL = "netsy"  # fullname for release "netsy"
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
@@ -109,9 +110,9 @@ EXPECTED_ENV = [
     ("NETSY_BIND_PEER", "0.0.0.0:2381"),
     ("NETSY_ADVERTISE_PEER", f"{HOST}:2381"),
     ("NETSY_BIND_HEALTH", "0.0.0.0:8080"),
-    ("NETSY_TLS_CA_CERT", "/etc/netsy/certs/ca.crt"),
-    ("NETSY_TLS_SERVER_CERT", "/etc/netsy/certs/server.crt"),
-    ("NETSY_TLS_SERVER_KEY", "/etc/netsy/certs/server.key"),
+    ("NETSY_TLS_CA_CERT", "/etc/netsy/certs/server/ca.crt"),
+    ("NETSY_TLS_SERVER_CERT", "/etc/netsy/certs/server/server.crt"),
+    ("NETSY_TLS_SERVER_KEY", "/etc/netsy/certs/server/server.key"),
     ("NETSY_TLS_CLIENT_CERT", "/etc/netsy/certs/client/peer.crt"),
     ("NETSY_TLS_CLIENT_KEY", "/etc/netsy/certs/client/peer.key"),
 ]
@@ -139,9 +140,7 @@ def test_mounts_and_volumes():
     m, v = mounts(objects()), volumes(objects())
     assert {path: (x["name"], x.get("subPath"), x.get("readOnly", False)) for path, x in m.items()} == {
         "/etc/netsy/config.jsonc": ("config", "config.jsonc", True),
-        "/etc/netsy/certs/ca.crt": ("server-tls", "ca.crt", True),
-        "/etc/netsy/certs/server.crt": ("server-tls", "server.crt", True),
-        "/etc/netsy/certs/server.key": ("server-tls", "server.key", True),
+        "/etc/netsy/certs/server": ("server-tls", None, True),
         "/etc/netsy/certs/client": ("client-tls", None, True),
         "/var/lib/netsy": ("data", None, False),
         "/tmp": ("tmp", None, False),
@@ -165,6 +164,42 @@ def test_nothing_is_mounted_inside_a_read_only_volume():
     for path in mounts(objs):
         for parent in read_only_dirs:
             assert not path.startswith(parent.rstrip("/") + "/"), (path, parent)
+
+
+def test_cert_volumes_are_whole_directories():
+    """Renewed certificates reach the running process (which reloads them from disk) only through
+    a directory mount: a subPath mount keeps the file the container started with."""
+    objs = objects()
+    v = volumes(objs)
+    csi = {name for name, vol in v.items() if "csi" in vol}
+    assert csi == {"server-tls", "client-tls"}
+    cert_mounts = [x for x in container(objs)["volumeMounts"] if x["name"] in csi]
+    assert [x for x in cert_mounts if "subPath" in x or "subPathExpr" in x] == []
+    assert {x["name"]: x["mountPath"] for x in cert_mounts} == {
+        "server-tls": "/etc/netsy/certs/server",
+        "client-tls": "/etc/netsy/certs/client",
+    }
+    assert csi_attrs(objs, "server-tls")["ca-file"] == "ca.crt"
+    assert (csi_attrs(objs, "server-tls")["certificate-file"], csi_attrs(objs, "server-tls")["privatekey-file"]) \
+        == ("server.crt", "server.key")
+    assert (csi_attrs(objs, "client-tls")["certificate-file"], csi_attrs(objs, "client-tls")["privatekey-file"]) \
+        == ("peer.crt", "peer.key")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_no_subpath_on_cert_volumes_in_any_variant(variant):
+    objs = render(VARIANTS[variant])
+    csi = {name for name, vol in volumes(objs).items() if "csi" in vol}
+    for x in container(objs)["volumeMounts"]:
+        if x["name"] in csi:
+            assert "subPath" not in x and "subPathExpr" not in x, (variant, x)
+            assert x["mountPath"] in ("/etc/netsy/certs/server", "/etc/netsy/certs/client"), (variant, x)
+    e = env(objs)
+    assert [e[n]["value"] for n in ("NETSY_TLS_CA_CERT", "NETSY_TLS_SERVER_CERT", "NETSY_TLS_SERVER_KEY",
+                                    "NETSY_TLS_CLIENT_CERT", "NETSY_TLS_CLIENT_KEY")] == [
+        "/etc/netsy/certs/server/ca.crt", "/etc/netsy/certs/server/server.crt",
+        "/etc/netsy/certs/server/server.key", "/etc/netsy/certs/client/peer.crt",
+        "/etc/netsy/certs/client/peer.key"], variant
 
 
 def test_env_paths_point_into_the_mounted_volumes():
