@@ -13,9 +13,13 @@
 //! * [`read_modify_write`] — bounded optimistic-concurrency loop over [`get`] + [`create`] /
 //!   [`update`] (membership file).
 //!
-//! Ambiguous updates: when [`update`] gets a precondition failure it reads the object back; if
-//! it already holds exactly the bytes we wanted to write, the update is reported as applied
-//! (either our own earlier attempt succeeded, or another writer wrote the same state).
+//! Ambiguous updates: a retried If-Match PUT whose first attempt succeeded fails its
+//! precondition. [`update`] reports that as [`Error::Precondition`]. [`update_unique`] instead
+//! reads the object back and reports success if it holds exactly our bytes — sound ONLY when the
+//! bytes are unique to this attempt (they embed a write id / nonce / our node id plus a fresh
+//! timestamp, as `leader/elector.json` does). For relative changes (counters, "add one member")
+//! equal bytes from two writers do not mean both changes happened, which is why
+//! [`read_modify_write`] uses plain [`update`].
 //!
 //! Must never: issue an unconditional write of a shared object; retry by itself (the retry
 //! layer below does that, bounded).
@@ -59,31 +63,70 @@ pub async fn get(store: &dyn ObjectStore, key: &Path) -> Result<Option<Versioned
 }
 
 /// Create-only put. Returns the new ETag.
-pub async fn create(store: &dyn ObjectStore, key: &Path, bytes: Bytes) -> Result<Option<String>, Error> {
+pub async fn create(
+    store: &dyn ObjectStore,
+    key: &Path,
+    bytes: Bytes,
+) -> Result<Option<String>, Error> {
     let opts = PutOptions::from(PutMode::Create);
-    let r = store.put_opts(key, PutPayload::from(bytes), opts).await.map_err(|e| from_store(e, key))?;
+    let r = store
+        .put_opts(key, PutPayload::from(bytes), opts)
+        .await
+        .map_err(|e| from_store(e, key))?;
     Ok(r.e_tag)
 }
 
-/// If-Match put against `etag`. Returns the new ETag (or, when the object already holds
-/// `bytes` after a precondition failure, its current ETag).
-pub async fn update(store: &dyn ObjectStore, key: &Path, bytes: Bytes, etag: &str) -> Result<Option<String>, Error> {
-    let version = UpdateVersion { e_tag: Some(etag.to_string()), version: None };
+/// If-Match put against `etag`. Returns the new ETag. A changed or missing object is
+/// [`Error::Precondition`].
+pub async fn update(
+    store: &dyn ObjectStore,
+    key: &Path,
+    bytes: Bytes,
+    etag: &str,
+) -> Result<Option<String>, Error> {
+    let version = UpdateVersion {
+        e_tag: Some(etag.to_string()),
+        version: None,
+    };
     let opts = PutOptions::from(PutMode::Update(version));
-    match store.put_opts(key, PutPayload::from(bytes.clone()), opts).await {
+    match store.put_opts(key, PutPayload::from(bytes), opts).await {
         Ok(r) => Ok(r.e_tag),
         Err(object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. }) => {
-            match get(store, key).await? {
-                Some(current) if current.bytes == bytes => Ok(Some(current.etag)),
-                _ => Err(Error::Precondition { key: key.to_string() }),
-            }
+            Err(Error::Precondition {
+                key: key.to_string(),
+            })
         }
         Err(e) => Err(from_store(e, key)),
     }
 }
 
+/// [`update`] for bytes unique to this attempt: on a precondition failure the object is read
+/// back, and if it holds exactly `bytes` our earlier (retried) attempt succeeded, so the update
+/// is reported as applied with the current ETag. Do not use for bytes another writer could
+/// produce too.
+pub async fn update_unique(
+    store: &dyn ObjectStore,
+    key: &Path,
+    bytes: Bytes,
+    etag: &str,
+) -> Result<Option<String>, Error> {
+    match update(store, key, bytes.clone(), etag).await {
+        Err(Error::Precondition { .. }) => match get(store, key).await? {
+            Some(current) if current.bytes == bytes => Ok(Some(current.etag)),
+            _ => Err(Error::Precondition {
+                key: key.to_string(),
+            }),
+        },
+        other => other,
+    }
+}
+
 /// Create-only put that succeeds if the object already holds identical bytes.
-pub async fn put_if_absent(store: &dyn ObjectStore, key: &Path, bytes: Bytes) -> Result<PutIfAbsent, Error> {
+pub async fn put_if_absent(
+    store: &dyn ObjectStore,
+    key: &Path,
+    bytes: Bytes,
+) -> Result<PutIfAbsent, Error> {
     put_if_absent_with(store, key, bytes, |existing, ours| existing == ours).await
 }
 
@@ -106,12 +149,20 @@ where
             Err(e) => return Err(e),
         }
         match get(store, key).await? {
-            Some(existing) if equivalent(&existing.bytes, &bytes) => return Ok(PutIfAbsent::AlreadyPresent),
-            Some(_) => return Err(Error::Conflict { key: key.to_string() }),
+            Some(existing) if equivalent(&existing.bytes, &bytes) => {
+                return Ok(PutIfAbsent::AlreadyPresent);
+            }
+            Some(_) => {
+                return Err(Error::Conflict {
+                    key: key.to_string(),
+                });
+            }
             None => continue,
         }
     }
-    Err(Error::Conflict { key: key.to_string() })
+    Err(Error::Conflict {
+        key: key.to_string(),
+    })
 }
 
 /// Optimistic read-modify-write: reads the object (if any), calls `f` with its contents, and
@@ -129,7 +180,9 @@ where
 {
     for _ in 0..max_attempts.max(1) {
         let current = get(store, key).await?;
-        let Some(new) = f(current.as_ref().map(|v| v.bytes.as_ref())).map_err(RmwError::Rejected)? else {
+        let Some(new) =
+            f(current.as_ref().map(|v| v.bytes.as_ref())).map_err(RmwError::Rejected)?
+        else {
             return Ok(current.map(|v| v.bytes));
         };
         let written = match &current {
@@ -142,7 +195,9 @@ where
             Err(e) => return Err(e.into()),
         }
     }
-    Err(RmwError::Contended { attempts: max_attempts.max(1) })
+    Err(RmwError::Contended {
+        attempts: max_attempts.max(1),
+    })
 }
 
 /// Failure of [`read_modify_write`].
@@ -172,27 +227,99 @@ mod tests {
         let store = InMemory::new();
         let key = Path::from("k");
         assert_eq!(get(&store, &key).await.unwrap(), None);
-        create(&store, &key, Bytes::from_static(b"a")).await.unwrap();
-        assert!(matches!(create(&store, &key, Bytes::from_static(b"a")).await, Err(Error::AlreadyExists { .. })));
+        create(&store, &key, Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            create(&store, &key, Bytes::from_static(b"a")).await,
+            Err(Error::AlreadyExists { .. })
+        ));
         let v = get(&store, &key).await.unwrap().unwrap();
-        update(&store, &key, Bytes::from_static(b"b"), &v.etag).await.unwrap();
+        update(&store, &key, Bytes::from_static(b"b"), &v.etag)
+            .await
+            .unwrap();
         // Stale ETag, different bytes: precondition failure.
         assert!(matches!(
             update(&store, &key, Bytes::from_static(b"c"), &v.etag).await,
             Err(Error::Precondition { .. })
         ));
-        // Stale ETag but the object already holds our bytes: treated as applied.
-        update(&store, &key, Bytes::from_static(b"b"), &v.etag).await.unwrap();
-        // Missing object: precondition failure.
+        // Stale ETag but the object already holds our bytes: plain update refuses, the
+        // unique-bytes variant treats it as our own earlier success.
         assert!(matches!(
-            update(&store, &Path::from("nope"), Bytes::from_static(b"c"), &v.etag).await,
+            update(&store, &key, Bytes::from_static(b"b"), &v.etag).await,
             Err(Error::Precondition { .. })
         ));
-        assert_eq!(put_if_absent(&store, &key, Bytes::from_static(b"b")).await.unwrap(), PutIfAbsent::AlreadyPresent);
-        assert!(matches!(put_if_absent(&store, &key, Bytes::from_static(b"x")).await, Err(Error::Conflict { .. })));
+        update_unique(&store, &key, Bytes::from_static(b"b"), &v.etag)
+            .await
+            .unwrap();
+        // Missing object: precondition failure.
+        assert!(matches!(
+            update(
+                &store,
+                &Path::from("nope"),
+                Bytes::from_static(b"c"),
+                &v.etag
+            )
+            .await,
+            Err(Error::Precondition { .. })
+        ));
         assert_eq!(
-            put_if_absent(&store, &Path::from("new"), Bytes::from_static(b"x")).await.unwrap(),
+            put_if_absent(&store, &key, Bytes::from_static(b"b"))
+                .await
+                .unwrap(),
+            PutIfAbsent::AlreadyPresent
+        );
+        assert!(matches!(
+            put_if_absent(&store, &key, Bytes::from_static(b"x")).await,
+            Err(Error::Conflict { .. })
+        ));
+        assert_eq!(
+            put_if_absent(&store, &Path::from("new"), Bytes::from_static(b"x"))
+                .await
+                .unwrap(),
             PutIfAbsent::Created
+        );
+    }
+
+    #[tokio::test]
+    async fn lost_update_response_is_resolved_only_for_unique_bytes() {
+        use crate::objstore::fault::{FaultConfig, FaultStore};
+        use crate::objstore::retry::{RetryConfig, RetryStore};
+        use std::sync::Arc;
+        let fault = Arc::new(FaultStore::new(
+            Arc::new(InMemory::new()),
+            FaultConfig::default(),
+            7,
+        ));
+        let retry_cfg = RetryConfig {
+            initial_backoff: std::time::Duration::from_millis(1),
+            ..Default::default()
+        };
+        let store = RetryStore::new(fault.clone(), retry_cfg);
+        let key = Path::from("leader/elector.json");
+        create(&store, &key, Bytes::from_static(b"v1"))
+            .await
+            .unwrap();
+        let v = get(&store, &key).await.unwrap().unwrap();
+        // The If-Match PUT is applied but its response lost; the retry fails its precondition.
+        fault.drop_next_put_responses(1);
+        assert!(matches!(
+            update(&store, &key, Bytes::from_static(b"v2-node-a-t1"), &v.etag).await,
+            Err(Error::Precondition { .. })
+        ));
+        let v = get(&store, &key).await.unwrap().unwrap();
+        assert_eq!(v.bytes.as_ref(), b"v2-node-a-t1");
+        fault.drop_next_put_responses(1);
+        update_unique(&store, &key, Bytes::from_static(b"v3-node-a-t2"), &v.etag)
+            .await
+            .unwrap();
+        // A lost create response: put_if_absent finds its own bytes.
+        fault.drop_next_put_responses(1);
+        assert_eq!(
+            put_if_absent(&store, &Path::from("c"), Bytes::from_static(b"x"))
+                .await
+                .unwrap(),
+            PutIfAbsent::AlreadyPresent
         );
     }
 
@@ -202,13 +329,18 @@ mod tests {
         let key = Path::from("counter");
         for _ in 0..3 {
             read_modify_write::<_, String>(&store, &key, 5, |cur| {
-                let n: u64 = cur.map(|b| String::from_utf8_lossy(b).parse().unwrap()).unwrap_or(0);
+                let n: u64 = cur
+                    .map(|b| String::from_utf8_lossy(b).parse().unwrap())
+                    .unwrap_or(0);
                 Ok(Some(Bytes::from((n + 1).to_string())))
             })
             .await
             .unwrap();
         }
-        assert_eq!(get(&store, &key).await.unwrap().unwrap().bytes.as_ref(), b"3");
+        assert_eq!(
+            get(&store, &key).await.unwrap().unwrap().bytes.as_ref(),
+            b"3"
+        );
         let r = read_modify_write::<_, String>(&store, &key, 5, |_| Err("no".to_string())).await;
         assert!(matches!(r, Err(RmwError::Rejected(_))));
     }

@@ -14,6 +14,7 @@
 //!   - conditional puts: always `If-None-Match` / `If-Match` (`S3ConditionalPut::ETagMatch`).
 //!   - `storage.class` → `x-amz-storage-class` on every put; `storage.encryption`
 //!     `provider-managed` → SSE-S3 (`AES256`), `customer-managed` → SSE-KMS with `kms_key_id`.
+//!
 //!   Gap: object_store 0.14 assumes `AWS_ROLE_ARN` only together with
 //!   `AWS_WEB_IDENTITY_TOKEN_FILE` (IRSA); a plain STS AssumeRole from other credentials (the
 //!   original's behaviour) is not available, so that combination is refused with an
@@ -44,7 +45,9 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{Attribute, AttributeValue, Attributes, BackoffConfig, ClientOptions, RetryConfig};
+use object_store::{
+    Attribute, AttributeValue, Attributes, BackoffConfig, ClientOptions, RetryConfig,
+};
 
 use super::attributes::DefaultAttributes;
 use super::local::LocalDirStore;
@@ -141,7 +144,6 @@ impl Default for StorageConfig {
     }
 }
 
-
 /// Environment variables (a snapshot, so construction is testable).
 pub type Env = BTreeMap<String, String>;
 
@@ -151,7 +153,8 @@ pub fn process_env() -> Env {
 }
 
 fn env_flag(env: &Env, key: &str) -> Option<bool> {
-    env.get(key).map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+    env.get(key)
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }
 
 fn http_client_options() -> ClientOptions {
@@ -177,7 +180,9 @@ impl StorageConfig {
     pub fn validate(&self) -> Result<(), Error> {
         super::layout::Layout::new(&self.key_prefix)?;
         match self.provider {
-            Provider::S3 | Provider::Gcs | Provider::Azure if self.bucket_name.trim().is_empty() => {
+            Provider::S3 | Provider::Gcs | Provider::Azure
+                if self.bucket_name.trim().is_empty() =>
+            {
                 return Err(Error::Config("storage.bucket_name is required".into()));
             }
             Provider::Local if self.local_dir.is_none() => {
@@ -186,8 +191,14 @@ impl StorageConfig {
             _ => {}
         }
         if self.encryption == Encryption::CustomerManaged {
-            if self.kms_key_id.as_deref().is_none_or(|k| k.trim().is_empty()) {
-                return Err(Error::Config("storage.kms_key_id is required with customer-managed encryption".into()));
+            if self
+                .kms_key_id
+                .as_deref()
+                .is_none_or(|k| k.trim().is_empty())
+            {
+                return Err(Error::Config(
+                    "storage.kms_key_id is required with customer-managed encryption".into(),
+                ));
             }
             match self.provider {
                 Provider::S3 => {}
@@ -207,12 +218,17 @@ impl StorageConfig {
                     ));
                 }
                 Provider::Local | Provider::Memory => {
-                    return Err(Error::Config("customer-managed encryption needs a cloud provider".into()));
+                    return Err(Error::Config(
+                        "customer-managed encryption needs a cloud provider".into(),
+                    ));
                 }
             }
         }
         if self.provider == Provider::S3
-            && !matches!(self.class.as_str(), "STANDARD" | "STANDARD_IA" | "INTELLIGENT_TIERING")
+            && !matches!(
+                self.class.as_str(),
+                "STANDARD" | "STANDARD_IA" | "INTELLIGENT_TIERING"
+            )
         {
             return Err(Error::Config(format!(
                 "storage.class {:?} is not STANDARD, STANDARD_IA or INTELLIGENT_TIERING",
@@ -224,15 +240,20 @@ impl StorageConfig {
 
     /// The S3 builder for this configuration and environment (exposed for tests and tools).
     pub fn s3_builder(&self, env: &Env) -> Result<AmazonS3Builder, Error> {
-        let mut b = AmazonS3Builder::new();
+        // Client options first: with_client_options replaces them all (incl. allow_http).
+        let mut b = AmazonS3Builder::new()
+            .with_client_options(http_client_options())
+            .with_retry(http_retry());
         for (k, v) in env {
-            if k.starts_with("AWS_") {
-                if let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
-                    b = b.with_config(key, v);
-                }
+            if k.starts_with("AWS_")
+                && let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                b = b.with_config(key, v);
             }
         }
-        b = b.with_bucket_name(&self.bucket_name).with_conditional_put(S3ConditionalPut::ETagMatch);
+        b = b
+            .with_bucket_name(&self.bucket_name)
+            .with_conditional_put(S3ConditionalPut::ETagMatch);
         if env.contains_key("AWS_ROLE_ARN") && !env.contains_key("AWS_WEB_IDENTITY_TOKEN_FILE") {
             return Err(Error::Config(
                 "AWS_ROLE_ARN without AWS_WEB_IDENTITY_TOKEN_FILE: STS AssumeRole from base credentials is \
@@ -246,7 +267,8 @@ impl StorageConfig {
         }
         let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
         let path_style = env_flag(env, "AWS_S3_USE_PATH_STYLE").unwrap_or(false);
-        let virtual_hosted = env_flag(env, "AWS_VIRTUAL_HOSTED_STYLE_REQUEST").unwrap_or(!path_style);
+        let virtual_hosted =
+            env_flag(env, "AWS_VIRTUAL_HOSTED_STYLE_REQUEST").unwrap_or(!path_style);
         b = b.with_virtual_hosted_style_request(virtual_hosted);
         if let Some(ep) = &endpoint {
             if ep.starts_with("http://") {
@@ -257,45 +279,49 @@ impl StorageConfig {
             }
         }
         b = match self.encryption {
-            Encryption::ProviderManaged => b.with_config(sse_key("aws_server_side_encryption")?, "AES256"),
-            Encryption::CustomerManaged => b.with_sse_kms_encryption(self.kms_key_id.clone().unwrap_or_default()),
+            Encryption::ProviderManaged => {
+                b.with_config(sse_key("aws_server_side_encryption")?, "AES256")
+            }
+            Encryption::CustomerManaged => {
+                b.with_sse_kms_encryption(self.kms_key_id.clone().unwrap_or_default())
+            }
         };
-        Ok(b.with_client_options(http_client_options()).with_retry(http_retry()))
+        Ok(b)
     }
 
     /// The GCS builder for this configuration and environment.
     pub fn gcs_builder(&self, env: &Env) -> GoogleCloudStorageBuilder {
-        let mut b = GoogleCloudStorageBuilder::new();
+        let mut b = GoogleCloudStorageBuilder::new()
+            .with_client_options(http_client_options())
+            .with_retry(http_retry());
         for (k, v) in env {
-            if k.starts_with("GOOGLE_") {
-                if let Ok(key) = k.to_ascii_lowercase().parse::<GoogleConfigKey>() {
-                    b = b.with_config(key, v);
-                }
+            if k.starts_with("GOOGLE_")
+                && let Ok(key) = k.to_ascii_lowercase().parse::<GoogleConfigKey>()
+            {
+                b = b.with_config(key, v);
             }
         }
         b.with_bucket_name(&self.bucket_name)
-            .with_client_options(http_client_options())
-            .with_retry(http_retry())
     }
 
     /// The Azure builder for this configuration and environment.
     pub fn azure_builder(&self, env: &Env) -> MicrosoftAzureBuilder {
-        let mut b = MicrosoftAzureBuilder::new();
+        let mut b = MicrosoftAzureBuilder::new()
+            .with_client_options(http_client_options())
+            .with_retry(http_retry());
         for (k, v) in env {
-            if k.starts_with("AZURE_") {
-                if let Ok(key) = k.to_ascii_lowercase().parse::<AzureConfigKey>() {
-                    b = b.with_config(key, v);
-                }
+            if k.starts_with("AZURE_")
+                && let Ok(key) = k.to_ascii_lowercase().parse::<AzureConfigKey>()
+            {
+                b = b.with_config(key, v);
             }
         }
-        if let Some(ep) = b.get_config_value(&AzureConfigKey::Endpoint) {
-            if ep.starts_with("http://") {
-                b = b.with_allow_http(true);
-            }
+        if let Some(ep) = b.get_config_value(&AzureConfigKey::Endpoint)
+            && ep.starts_with("http://")
+        {
+            b = b.with_allow_http(true);
         }
         b.with_container_name(&self.bucket_name)
-            .with_client_options(http_client_options())
-            .with_retry(http_retry())
     }
 
     /// Attributes added to every write.
@@ -323,19 +349,27 @@ impl StorageConfig {
             Provider::Gcs => Arc::new(self.gcs_builder(env).build().map_err(Error::Store)?),
             Provider::Azure => Arc::new(self.azure_builder(env).build().map_err(Error::Store)?),
             Provider::Local => {
-                let dir = self.local_dir.clone().ok_or_else(|| Error::Config("no local_dir".into()))?;
+                let dir = self
+                    .local_dir
+                    .clone()
+                    .ok_or_else(|| Error::Config("no local_dir".into()))?;
                 return Ok(Arc::new(LocalDirStore::new(dir)?));
             }
             Provider::Memory => return Ok(Arc::new(InMemory::new())),
         };
         let attrs = self.default_attributes();
-        Ok(if attrs.is_empty() { backend } else { Arc::new(DefaultAttributes::new(backend, attrs)) })
+        Ok(if attrs.is_empty() {
+            backend
+        } else {
+            Arc::new(DefaultAttributes::new(backend, attrs))
+        })
     }
 }
 
 /// object_store does not export its encryption key enum; keys are reached by name.
 fn sse_key(name: &str) -> Result<AmazonS3ConfigKey, Error> {
-    name.parse().map_err(|e| Error::Config(format!("object_store has no config key {name}: {e}")))
+    name.parse()
+        .map_err(|e| Error::Config(format!("object_store has no config key {name}: {e}")))
 }
 
 /// `http://host:port/x` + `bucket` → `http://bucket.host:port/x`.
@@ -352,22 +386,31 @@ fn bucket_in_host(endpoint: &str, bucket: &str) -> Result<String, Error> {
 /// Opens `url` (`s3://bucket/key`, `gs://bucket/key`, `az://container/key`) with credentials
 /// from the process environment, for tools such as `netsy datafile inspect`.
 pub fn open_url(url: &str) -> Result<(DynStore, Path), Error> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| Error::Config(format!("not a URL: {url}")))?;
-    let (bucket, key) = rest.split_once('/').ok_or_else(|| Error::Config(format!("no object key in {url}")))?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error::Config(format!("not a URL: {url}")))?;
+    let (bucket, key) = rest
+        .split_once('/')
+        .ok_or_else(|| Error::Config(format!("no object key in {url}")))?;
     let provider = match scheme {
         "s3" | "s3a" => Provider::S3,
         "gs" | "gcs" => Provider::Gcs,
         "az" | "azure" | "abfs" | "abfss" => Provider::Azure,
         other => return Err(Error::Config(format!("unsupported URL scheme {other:?}"))),
     };
-    let cfg = StorageConfig { provider, bucket_name: bucket.to_string(), ..StorageConfig::default() };
+    let cfg = StorageConfig {
+        provider,
+        bucket_name: bucket.to_string(),
+        ..StorageConfig::default()
+    };
     let env = process_env();
     let store: DynStore = match provider {
         Provider::S3 => Arc::new(cfg.s3_builder(&env)?.build().map_err(Error::Store)?),
         Provider::Gcs => Arc::new(cfg.gcs_builder(&env).build().map_err(Error::Store)?),
         _ => Arc::new(cfg.azure_builder(&env).build().map_err(Error::Store)?),
     };
-    let location = Path::parse(key).map_err(|e| Error::Config(format!("invalid object key {key:?}: {e}")))?;
+    let location =
+        Path::parse(key).map_err(|e| Error::Config(format!("invalid object key {key:?}: {e}")))?;
     Ok((store, location))
 }
 
@@ -376,11 +419,18 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn s3(bucket: &str) -> StorageConfig {
-        StorageConfig { provider: Provider::S3, bucket_name: bucket.into(), ..Default::default() }
+        StorageConfig {
+            provider: Provider::S3,
+            bucket_name: bucket.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -396,11 +446,30 @@ mod tests {
         let get = |k| b.get_config_value(&k);
         assert_eq!(get(AmazonS3ConfigKey::Bucket).as_deref(), Some("bkt"));
         assert_eq!(get(AmazonS3ConfigKey::Region).as_deref(), Some("eu-west-1"));
-        assert_eq!(get(AmazonS3ConfigKey::Endpoint).as_deref(), Some("http://127.0.0.1:8333"));
-        assert_eq!(get(AmazonS3ConfigKey::VirtualHostedStyleRequest).as_deref(), Some("false"));
+        assert_eq!(
+            get(AmazonS3ConfigKey::Endpoint).as_deref(),
+            Some("http://127.0.0.1:8333")
+        );
+        assert_eq!(
+            get(AmazonS3ConfigKey::VirtualHostedStyleRequest).as_deref(),
+            Some("false")
+        );
         assert_eq!(get(AmazonS3ConfigKey::AccessKeyId).as_deref(), Some("k"));
-        assert_eq!(get(AmazonS3ConfigKey::ConditionalPut).as_deref(), Some("etag"));
-        assert_eq!(get(AmazonS3ConfigKey::RoleSessionName).as_deref(), Some("netsy-session"));
+        assert_eq!(
+            get(AmazonS3ConfigKey::ConditionalPut).as_deref(),
+            Some("etag")
+        );
+        assert_eq!(
+            get(AmazonS3ConfigKey::RoleSessionName).as_deref(),
+            Some("netsy-session")
+        );
+        assert_eq!(
+            get(AmazonS3ConfigKey::Client(
+                object_store::ClientConfigKey::AllowHttp
+            ))
+            .as_deref(),
+            Some("true")
+        );
         assert_eq!(
             get(sse_key("aws_server_side_encryption").unwrap()).as_deref(),
             Some("AES256")
@@ -410,11 +479,25 @@ mod tests {
 
     #[test]
     fn s3_virtual_hosted_by_default_with_bucket_in_endpoint_host() {
-        let e = env(&[("AWS_ENDPOINT_URL", "https://s3.example.com"), ("AWS_ROLE_SESSION_NAME", "mine")]);
+        let e = env(&[
+            ("AWS_ENDPOINT_URL", "https://s3.example.com"),
+            ("AWS_ROLE_SESSION_NAME", "mine"),
+        ]);
         let b = s3("bkt").s3_builder(&e).unwrap();
-        assert_eq!(b.get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest).as_deref(), Some("true"));
-        assert_eq!(b.get_config_value(&AmazonS3ConfigKey::Endpoint).as_deref(), Some("https://bkt.s3.example.com"));
-        assert_eq!(b.get_config_value(&AmazonS3ConfigKey::RoleSessionName).as_deref(), Some("mine"));
+        assert_eq!(
+            b.get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest)
+                .as_deref(),
+            Some("true")
+        );
+        assert_eq!(
+            b.get_config_value(&AmazonS3ConfigKey::Endpoint).as_deref(),
+            Some("https://bkt.s3.example.com")
+        );
+        assert_eq!(
+            b.get_config_value(&AmazonS3ConfigKey::RoleSessionName)
+                .as_deref(),
+            Some("mine")
+        );
     }
 
     #[test]
@@ -430,9 +513,13 @@ mod tests {
             ..s3("bkt")
         };
         let b = cfg.s3_builder(&e).unwrap();
-        assert_eq!(b.get_config_value(&AmazonS3ConfigKey::RoleArn).as_deref(), Some("arn:aws:iam::1:role/r"));
         assert_eq!(
-            b.get_config_value(&AmazonS3ConfigKey::WebIdentityTokenFile).as_deref(),
+            b.get_config_value(&AmazonS3ConfigKey::RoleArn).as_deref(),
+            Some("arn:aws:iam::1:role/r")
+        );
+        assert_eq!(
+            b.get_config_value(&AmazonS3ConfigKey::WebIdentityTokenFile)
+                .as_deref(),
             Some("/var/run/token")
         );
         assert_eq!(
@@ -441,11 +528,15 @@ mod tests {
             Some("aws:kms")
         );
         assert_eq!(
-            b.get_config_value(&sse_key("aws_sse_kms_key_id").unwrap()).as_deref(),
+            b.get_config_value(&sse_key("aws_sse_kms_key_id").unwrap())
+                .as_deref(),
             Some("arn:aws:kms:key")
         );
         assert_eq!(
-            cfg.default_attributes().get(&Attribute::StorageClass).map(|v| v.to_string()).as_deref(),
+            cfg.default_attributes()
+                .get(&Attribute::StorageClass)
+                .map(|v| v.to_string())
+                .as_deref(),
             Some("STANDARD_IA")
         );
         // Plain AssumeRole is a documented gap: refused, not silently ignored.
@@ -455,9 +546,30 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(StorageConfig { bucket_name: String::new(), ..s3("") }.validate().is_err());
-        assert!(StorageConfig { class: "GLACIER".into(), ..s3("b") }.validate().is_err());
-        assert!(StorageConfig { encryption: Encryption::CustomerManaged, ..s3("b") }.validate().is_err());
+        assert!(
+            StorageConfig {
+                bucket_name: String::new(),
+                ..s3("")
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            StorageConfig {
+                class: "GLACIER".into(),
+                ..s3("b")
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            StorageConfig {
+                encryption: Encryption::CustomerManaged,
+                ..s3("b")
+            }
+            .validate()
+            .is_err()
+        );
         let gcs = StorageConfig {
             provider: Provider::Gcs,
             encryption: Encryption::CustomerManaged,
@@ -465,30 +577,79 @@ mod tests {
             ..s3("b")
         };
         assert!(gcs.validate().is_err());
-        assert!(StorageConfig { provider: Provider::Local, ..Default::default() }.validate().is_err());
-        assert!(StorageConfig { key_prefix: "a//b".into(), ..s3("b") }.validate().is_err());
+        assert!(
+            StorageConfig {
+                provider: Provider::Local,
+                ..Default::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            StorageConfig {
+                key_prefix: "a//b".into(),
+                ..s3("b")
+            }
+            .validate()
+            .is_err()
+        );
         assert!("s4".parse::<Provider>().is_err());
-        assert_eq!("customer-managed".parse::<Encryption>().unwrap(), Encryption::CustomerManaged);
+        assert_eq!(
+            "customer-managed".parse::<Encryption>().unwrap(),
+            Encryption::CustomerManaged
+        );
     }
 
     #[test]
     fn gcs_and_azure_builders_read_their_env() {
-        let cfg = StorageConfig { provider: Provider::Gcs, ..s3("gbkt") };
+        let cfg = StorageConfig {
+            provider: Provider::Gcs,
+            ..s3("gbkt")
+        };
         let b = cfg.gcs_builder(&env(&[("GOOGLE_APPLICATION_CREDENTIALS", "/etc/gcp.json")]));
-        assert_eq!(b.get_config_value(&GoogleConfigKey::Bucket).as_deref(), Some("gbkt"));
-        assert_eq!(b.get_config_value(&GoogleConfigKey::ApplicationCredentials).as_deref(), Some("/etc/gcp.json"));
         assert_eq!(
-            cfg.default_attributes().get(&Attribute::StorageClass).map(|v| v.to_string()).as_deref(),
+            b.get_config_value(&GoogleConfigKey::Bucket).as_deref(),
+            Some("gbkt")
+        );
+        assert_eq!(
+            b.get_config_value(&GoogleConfigKey::ApplicationCredentials)
+                .as_deref(),
+            Some("/etc/gcp.json")
+        );
+        assert_eq!(
+            cfg.default_attributes()
+                .get(&Attribute::StorageClass)
+                .map(|v| v.to_string())
+                .as_deref(),
             Some("STANDARD")
         );
-        let cfg = StorageConfig { provider: Provider::Azure, ..s3("ctr") };
+        let cfg = StorageConfig {
+            provider: Provider::Azure,
+            ..s3("ctr")
+        };
         let b = cfg.azure_builder(&env(&[("AZURE_STORAGE_ACCOUNT_NAME", "acct")]));
-        assert_eq!(b.get_config_value(&AzureConfigKey::ContainerName).as_deref(), Some("ctr"));
-        assert_eq!(b.get_config_value(&AzureConfigKey::AccountName).as_deref(), Some("acct"));
-        assert!(cfg.default_attributes().is_empty(), "STANDARD is not an Azure access tier");
-        let cool = StorageConfig { class: "cool".into(), ..cfg };
         assert_eq!(
-            cool.default_attributes().get(&Attribute::StorageClass).map(|v| v.to_string()).as_deref(),
+            b.get_config_value(&AzureConfigKey::ContainerName)
+                .as_deref(),
+            Some("ctr")
+        );
+        assert_eq!(
+            b.get_config_value(&AzureConfigKey::AccountName).as_deref(),
+            Some("acct")
+        );
+        assert!(
+            cfg.default_attributes().is_empty(),
+            "STANDARD is not an Azure access tier"
+        );
+        let cool = StorageConfig {
+            class: "cool".into(),
+            ..cfg
+        };
+        assert_eq!(
+            cool.default_attributes()
+                .get(&Attribute::StorageClass)
+                .map(|v| v.to_string())
+                .as_deref(),
             Some("Cool")
         );
     }
@@ -496,9 +657,16 @@ mod tests {
     #[test]
     fn local_and_memory_backends_build() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StorageConfig { provider: Provider::Local, local_dir: Some(dir.path().into()), ..Default::default() };
+        let cfg = StorageConfig {
+            provider: Provider::Local,
+            local_dir: Some(dir.path().into()),
+            ..Default::default()
+        };
         assert!(cfg.build_backend(&Env::new()).is_ok());
-        let cfg = StorageConfig { provider: Provider::Memory, ..Default::default() };
+        let cfg = StorageConfig {
+            provider: Provider::Memory,
+            ..Default::default()
+        };
         assert!(cfg.build_backend(&Env::new()).is_ok());
     }
 }
