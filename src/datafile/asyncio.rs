@@ -62,12 +62,18 @@ impl RecordStream {
             }
         });
         tokio::task::spawn_blocking(move || decode_blocking(byte_rx, expected_kind, rec_tx));
-        RecordStream { rx: rec_rx, summary: None, ended: false }
+        RecordStream {
+            rx: rec_rx,
+            summary: None,
+            ended: false,
+        }
     }
 
     /// Next record; `Ok(None)` once the whole file has been validated.
     pub async fn next_record(&mut self) -> Result<Option<Record>, Error> {
-        futures::future::poll_fn(|cx| self.poll_item(cx)).await.transpose()
+        futures::future::poll_fn(|cx| self.poll_item(cx))
+            .await
+            .transpose()
     }
 
     /// Header and footer, once the stream has ended successfully.
@@ -116,7 +122,10 @@ fn decode_blocking(
     expected_kind: Option<FileKind>,
     rec_tx: mpsc::Sender<Msg>,
 ) {
-    let input = ChannelReader { rx: byte_rx, current: Bytes::new() };
+    let input = ChannelReader {
+        rx: byte_rx,
+        current: Bytes::new(),
+    };
     let mut reader = match Reader::new(input, expected_kind) {
         Ok(r) => r,
         Err(e) => {
@@ -129,7 +138,9 @@ fn decode_blocking(
             Ok(Some(record)) => Msg::Record(record),
             Ok(None) => match reader.summary() {
                 Some(s) => Msg::Done(s.clone()),
-                None => Msg::Failed(Error::UnexpectedEof { what: super::What::Footer }),
+                None => Msg::Failed(Error::UnexpectedEof {
+                    what: super::What::Footer,
+                }),
             },
             Err(e) => Msg::Failed(e),
         };

@@ -37,7 +37,10 @@ pub struct InspectOptions {
 
 impl Default for InspectOptions {
     fn default() -> Self {
-        InspectOptions { values: ValueMode::Truncated(32), expected_kind: None }
+        InspectOptions {
+            values: ValueMode::Truncated(32),
+            expected_kind: None,
+        }
     }
 }
 
@@ -84,15 +87,19 @@ pub fn inspect_with(
 ) -> Result<FileSummary, InspectError> {
     writeln!(out, "file: {}", escape(path_or_url.as_bytes())).map_err(InspectError::Output)?;
     if path_or_url.contains("://") && !path_or_url.starts_with("file://") {
-        let (store, location) = crate::objstore::config::open_url(path_or_url).map_err(|source| {
-            InspectError::Url { url: path_or_url.to_string(), source }
-        })?;
+        let (store, location) =
+            crate::objstore::config::open_url(path_or_url).map_err(|source| InspectError::Url {
+                url: path_or_url.to_string(),
+                source,
+            })?;
         let input = remote_reader(store, location);
         inspect_reader(input, opts, out)
     } else {
         let path = path_or_url.strip_prefix("file://").unwrap_or(path_or_url);
-        let file = std::fs::File::open(path)
-            .map_err(|source| InspectError::Open { path: path.to_string(), source })?;
+        let file = std::fs::File::open(path).map_err(|source| InspectError::Open {
+            path: path.to_string(),
+            source,
+        })?;
         inspect_reader(BufReader::new(file), opts, out)
     }
 }
@@ -141,7 +148,9 @@ fn inspect_inner<R: Read>(
         print_record(out, index, &record, opts.values).map_err(o)?;
         index += 1;
     }
-    let summary = reader.summary().cloned().ok_or(Error::UnexpectedEof { what: super::What::Footer })?;
+    let summary = reader.summary().cloned().ok_or(Error::UnexpectedEof {
+        what: super::What::Footer,
+    })?;
     let f = &summary.footer;
     writeln!(
         out,
@@ -263,7 +272,10 @@ fn remote_reader(
     std::thread::spawn(move || {
         use futures::StreamExt;
         use object_store::ObjectStoreExt;
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -287,7 +299,10 @@ fn remote_reader(
             }
         });
     });
-    StdChannelReader { rx, current: Bytes::new() }
+    StdChannelReader {
+        rx,
+        current: Bytes::new(),
+    }
 }
 
 struct StdChannelReader {
@@ -320,11 +335,26 @@ mod tests {
 
     #[test]
     fn timestamps_format_as_rfc3339() {
-        let ts = prost_types::Timestamp { seconds: 1_700_000_000, nanos: 5 };
+        let ts = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        };
         assert_eq!(fmt_ts(Some(&ts)), "2023-11-14T22:13:20.000000005Z");
-        assert_eq!(fmt_ts(Some(&prost_types::Timestamp { seconds: 0, nanos: 0 })), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            fmt_ts(Some(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0
+            })),
+            "1970-01-01T00:00:00.000000000Z"
+        );
         assert_eq!(fmt_ts(None), "-");
-        assert_eq!(fmt_ts(Some(&prost_types::Timestamp { seconds: 0, nanos: -1 })), "0s+-1ns");
+        assert_eq!(
+            fmt_ts(Some(&prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1
+            })),
+            "0s+-1ns"
+        );
     }
 
     #[test]
@@ -335,9 +365,15 @@ mod tests {
     #[test]
     fn secrets_are_redacted_unless_full() {
         let k = b"/registry/secrets/default/token";
-        assert_eq!(show_value(k, b"hunter2", ValueMode::Truncated(32)), "7B:<redacted Secret>");
+        assert_eq!(
+            show_value(k, b"hunter2", ValueMode::Truncated(32)),
+            "7B:<redacted Secret>"
+        );
         assert_eq!(show_value(k, b"hunter2", ValueMode::Full), "7B:\"hunter2\"");
-        assert_eq!(show_value(b"/registry/pods/x", b"abcdef", ValueMode::Truncated(3)), "6B:\"abc\"…");
+        assert_eq!(
+            show_value(b"/registry/pods/x", b"abcdef", ValueMode::Truncated(3)),
+            "6B:\"abc\"…"
+        );
         assert_eq!(show_value(b"/k", b"abcdef", ValueMode::Hidden), "6B");
     }
 }

@@ -251,15 +251,23 @@ pub fn now_timestamp() -> prost_types::Timestamp {
 
 /// Checks one record's position in the `(revision, sub_revision)` order; `prev` is the
 /// previous record's `(revision, sub_revision)`.
-pub(crate) fn check_order(index: i64, prev: Option<(i64, i64)>, record: &Record) -> Result<(), Error> {
+pub(crate) fn check_order(
+    index: i64,
+    prev: Option<(i64, i64)>,
+    record: &Record,
+) -> Result<(), Error> {
     if record.revision <= 0 {
-        return Err(Error::InvalidRevision { index, revision: record.revision });
+        return Err(Error::InvalidRevision {
+            index,
+            revision: record.revision,
+        });
     }
     let ok = match prev {
         None => record.sub_revision == 0,
         Some((prev_rev, prev_sub)) => {
             (record.revision > prev_rev && record.sub_revision == 0)
-                || (record.revision == prev_rev && Some(record.sub_revision) == prev_sub.checked_add(1))
+                || (record.revision == prev_rev
+                    && Some(record.sub_revision) == prev_sub.checked_add(1))
         }
     };
     if ok {

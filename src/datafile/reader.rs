@@ -48,13 +48,17 @@ impl<R: Read> Reader<R> {
     pub fn new(inner: R, expected_kind: Option<FileKind>) -> Result<Self, Error> {
         let mut buffered = BufReader::with_capacity(64 * 1024, inner);
         let what = What::Header;
-        let body = wire::read_delimited(&mut buffered, what)?.ok_or(Error::UnexpectedEof { what })?;
+        let body =
+            wire::read_delimited(&mut buffered, what)?.ok_or(Error::UnexpectedEof { what })?;
         let header =
             FileHeader::decode(body.as_slice()).map_err(|source| Error::Decode { what, source })?;
-        if let Some(expected) = expected_kind {
-            if header.kind != expected as i32 {
-                return Err(Error::KindMismatch { expected: kind_name(expected), found: header.kind });
-            }
+        if let Some(expected) = expected_kind
+            && header.kind != expected as i32
+        {
+            return Err(Error::KindMismatch {
+                expected: kind_name(expected),
+                found: header.kind,
+            });
         }
         let compression = FileCompression::try_from(header.compression)
             .ok()
@@ -69,7 +73,8 @@ impl<R: Read> Reader<R> {
                 let mut dec = zstd::stream::read::Decoder::with_buffer(buffered)
                     .map_err(|e| Error::io(What::Record(0), e))?
                     .single_frame();
-                dec.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| Error::io(What::Record(0), e))?;
+                dec.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                    .map_err(|e| Error::io(What::Record(0), e))?;
                 Source::Zstd(BufReader::with_capacity(64 * 1024, dec))
             }
             _ => Source::Plain(buffered),
@@ -147,8 +152,10 @@ impl<R: Read> Reader<R> {
     fn read_record(&mut self) -> Result<Record, Error> {
         let index = self.read;
         let what = What::Record(index);
-        let body = wire::read_delimited(self.reader(what)?, what)?.ok_or(Error::UnexpectedEof { what })?;
-        let record = Record::decode(body.as_slice()).map_err(|source| Error::Decode { what, source })?;
+        let body =
+            wire::read_delimited(self.reader(what)?, what)?.ok_or(Error::UnexpectedEof { what })?;
+        let record =
+            Record::decode(body.as_slice()).map_err(|source| Error::Decode { what, source })?;
         let crcless = verify_crc(&body, RECORD_CRC_FIELD, record.crc, what)?;
         check_order(index, self.prev, &record)?;
         self.digest.update(&crcless);
@@ -162,13 +169,17 @@ impl<R: Read> Reader<R> {
 
     fn read_footer(&mut self) -> Result<FileSummary, Error> {
         let what = What::Footer;
-        let body = wire::read_delimited(self.reader(what)?, what)?.ok_or(Error::UnexpectedEof { what })?;
+        let body =
+            wire::read_delimited(self.reader(what)?, what)?.ok_or(Error::UnexpectedEof { what })?;
         let footer =
             FileFooter::decode(body.as_slice()).map_err(|source| Error::Decode { what, source })?;
         verify_crc(&body, FOOTER_CRC_FIELD, footer.crc, what)?;
         let computed = self.digest.clone().finalize();
         if footer.records_crc != computed {
-            return Err(Error::RecordsCrcMismatch { stored: footer.records_crc, computed });
+            return Err(Error::RecordsCrcMismatch {
+                stored: footer.records_crc,
+                computed,
+            });
         }
         if footer.first_revision != self.first_revision {
             return Err(Error::FirstRevisionMismatch {
@@ -178,10 +189,16 @@ impl<R: Read> Reader<R> {
         }
         let last = self.prev.map(|(rev, _)| rev).unwrap_or(0);
         if footer.last_revision != last {
-            return Err(Error::LastRevisionMismatch { footer: footer.last_revision, actual: last });
+            return Err(Error::LastRevisionMismatch {
+                footer: footer.last_revision,
+                actual: last,
+            });
         }
         self.expect_end()?;
-        Ok(FileSummary { header: self.header.clone(), footer })
+        Ok(FileSummary {
+            header: self.header.clone(),
+            footer,
+        })
     }
 
     /// Everything after the footer must be empty: for zstd, the rest of the frame (which also
@@ -232,7 +249,11 @@ fn verify_crc(body: &[u8], field: u32, stored: u64, what: What) -> Result<Vec<u8
     let crcless = wire::strip_field(body, field, what)?;
     let computed = CRC64.checksum(&crcless);
     if computed != stored {
-        return Err(Error::CrcMismatch { what, stored, computed });
+        return Err(Error::CrcMismatch {
+            what,
+            stored,
+            computed,
+        });
     }
     Ok(crcless)
 }

@@ -16,7 +16,10 @@ use super::*;
 const T0: i64 = 1_750_000_000;
 
 fn ts(offset: i64, nanos: i32) -> Option<Timestamp> {
-    Some(Timestamp { seconds: T0 + offset, nanos })
+    Some(Timestamp {
+        seconds: T0 + offset,
+        nanos,
+    })
 }
 
 fn header_params(kind: FileKind, compression: FileCompression, count: usize) -> HeaderParams {
@@ -25,7 +28,10 @@ fn header_params(kind: FileKind, compression: FileCompression, count: usize) -> 
         compression,
         records_count: count as i64,
         leader_id: "node-a".to_string(),
-        created_at: Timestamp { seconds: T0 + 1000, nanos: 123_456_789 },
+        created_at: Timestamp {
+            seconds: T0 + 1000,
+            nanos: 123_456_789,
+        },
     }
 }
 
@@ -61,10 +67,31 @@ fn tombstone(rev: i64, sub: i64, key: &[u8], create_rev: i64, prev: i64) -> Reco
 /// Two single-record revisions, uncompressed (a sync-path style chunk).
 fn chunk_small() -> (HeaderParams, Vec<Record>) {
     let records = vec![
-        put(5, b"/registry/configmaps/default/a", b"{\"data\":1}", 5, 0, 1),
-        put(6, b"/registry/configmaps/default/a", b"{\"data\":2}", 5, 5, 2),
+        put(
+            5,
+            b"/registry/configmaps/default/a",
+            b"{\"data\":1}",
+            5,
+            0,
+            1,
+        ),
+        put(
+            6,
+            b"/registry/configmaps/default/a",
+            b"{\"data\":2}",
+            5,
+            5,
+            2,
+        ),
     ];
-    (header_params(FileKind::KindChunk, FileCompression::CompressionNone, records.len()), records)
+    (
+        header_params(
+            FileKind::KindChunk,
+            FileCompression::CompressionNone,
+            records.len(),
+        ),
+        records,
+    )
 }
 
 /// A batch chunk over 4 KiB (so zstd), with a multi-record revision (a 3-key DeleteRange).
@@ -72,15 +99,35 @@ fn chunk_batch() -> (HeaderParams, Vec<Record>) {
     let mut records = Vec::new();
     for i in 0..3i64 {
         let value: Vec<u8> = (0..1500).map(|j| b'a' + ((i * 7 + j) % 26) as u8).collect();
-        records.push(put(7 + i, format!("/registry/pods/ns/p{i}").as_bytes(), &value, 7 + i, 0, 1));
+        records.push(put(
+            7 + i,
+            format!("/registry/pods/ns/p{i}").as_bytes(),
+            &value,
+            7 + i,
+            0,
+            1,
+        ));
     }
     for sub in 0..3i64 {
-        records.push(tombstone(10, sub, format!("/registry/pods/ns/p{sub}").as_bytes(), 7 + sub, 7 + sub));
+        records.push(tombstone(
+            10,
+            sub,
+            format!("/registry/pods/ns/p{sub}").as_bytes(),
+            7 + sub,
+            7 + sub,
+        ));
     }
     let mut leased = put(11, b"/registry/events/ns/e1", b"event", 11, 0, 1);
     leased.lease = 3600;
     records.push(leased);
-    let (h, r) = (header_params(FileKind::KindChunk, choose_chunk_compression(&records), records.len()), records);
+    let (h, r) = (
+        header_params(
+            FileKind::KindChunk,
+            choose_chunk_compression(&records),
+            records.len(),
+        ),
+        records,
+    );
     assert_eq!(h.compression, FileCompression::CompressionZstd);
     (h, r)
 }
@@ -102,14 +149,25 @@ fn snapshot() -> (HeaderParams, Vec<Record>) {
     let mut r8 = put(8, b"/registry/secrets/default/s", b"c2VjcmV0", 8, 0, 1);
     r8.dek = 0;
     let records = vec![r1, r2, r3, r4, r5, r6, r7, r8];
-    (header_params(FileKind::KindSnapshot, FileCompression::CompressionZstd, records.len()), records)
+    (
+        header_params(
+            FileKind::KindSnapshot,
+            FileCompression::CompressionZstd,
+            records.len(),
+        ),
+        records,
+    )
 }
 
 fn vectors() -> Vec<(&'static str, HeaderParams, Vec<Record>)> {
     let (h1, r1) = chunk_small();
     let (h2, r2) = chunk_batch();
     let (h3, r3) = snapshot();
-    vec![("chunk-small.netsy", h1, r1), ("chunk-batch-zstd.netsy", h2, r2), ("snapshot.netsy", h3, r3)]
+    vec![
+        ("chunk-small.netsy", h1, r1),
+        ("chunk-batch-zstd.netsy", h2, r2),
+        ("snapshot.netsy", h3, r3),
+    ]
 }
 
 fn vector_dir() -> PathBuf {
@@ -150,7 +208,10 @@ fn golden_vectors_are_reproduced_bit_for_bit() {
             std::fs::write(path.with_extension("inspect.txt"), text).unwrap();
         }
         let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(bytes, golden, "{name}: writer output differs from the committed vector");
+        assert_eq!(
+            bytes, golden,
+            "{name}: writer output differs from the committed vector"
+        );
     }
 }
 
@@ -197,7 +258,10 @@ fn inspect_output_matches_committed_text() {
     assert!(out.contains("key=\"/k/\\x00\\xffbin\""), "{out}");
     assert!(out.ends_with("valid: yes\n"), "{out}");
     let mut full = Vec::new();
-    let opts = InspectOptions { values: ValueMode::Full, ..Default::default() };
+    let opts = InspectOptions {
+        values: ValueMode::Full,
+        ..Default::default()
+    };
     inspect_with(path.to_str().unwrap(), &opts, &mut full).unwrap();
     assert!(String::from_utf8(full).unwrap().contains("c2VjcmV0"));
 }
@@ -207,13 +271,19 @@ fn go_written_vectors_are_read() {
     // Written by tests/compat/go-reader (Go protobuf + klauspost zstd) from our vectors.
     for (name, params, records) in vectors() {
         let path = vector_dir().join(format!("go-{name}"));
-        let Ok(bytes) = std::fs::read(&path) else { panic!("missing {}", path.display()) };
+        let Ok(bytes) = std::fs::read(&path) else {
+            panic!("missing {}", path.display())
+        };
         let (read, summary) = read_all(&bytes, Some(params.kind)).unwrap();
         assert_eq!(without_crc(read), records, "{name}");
         assert_eq!(summary.header.created_at, Some(params.created_at));
         if params.compression == FileCompression::CompressionNone {
             // Go's canonical encoding is ours: byte-identical files.
-            assert_eq!(bytes, std::fs::read(vector_dir().join(name)).unwrap(), "{name}");
+            assert_eq!(
+                bytes,
+                std::fs::read(vector_dir().join(name)).unwrap(),
+                "{name}"
+            );
         }
     }
 }
@@ -221,11 +291,16 @@ fn go_written_vectors_are_read() {
 /// Splits a file into its raw (decompressed) message bodies.
 fn raw_messages(bytes: &[u8]) -> Vec<Vec<u8>> {
     let mut input = bytes;
-    let header = wire::read_delimited(&mut input, What::Header).unwrap().unwrap();
+    let header = wire::read_delimited(&mut input, What::Header)
+        .unwrap()
+        .unwrap();
     let decoded = FileHeader::decode(header.as_slice()).unwrap();
     let mut rest = Vec::new();
     if decoded.compression == FileCompression::CompressionZstd as i32 {
-        zstd::stream::read::Decoder::new(input).unwrap().read_to_end(&mut rest).unwrap();
+        zstd::stream::read::Decoder::new(input)
+            .unwrap()
+            .read_to_end(&mut rest)
+            .unwrap();
     } else {
         rest.extend_from_slice(input);
     }
@@ -264,13 +339,20 @@ fn encoding_is_canonical_decode_reencode_identity() {
                     }
                 }
                 let field = key >> 3;
-                assert!(field > last, "{name} record {i}: field {field} after {last}");
+                assert!(
+                    field > last,
+                    "{name} record {i}: field {field} after {last}"
+                );
                 last = field;
                 pos += skip_value(&m[pos..], key & 7);
             }
         }
         let footer = FileFooter::decode(msgs.last().unwrap().as_slice()).unwrap();
-        assert_eq!(&footer.encode_to_vec(), msgs.last().unwrap(), "{name} footer");
+        assert_eq!(
+            &footer.encode_to_vec(),
+            msgs.last().unwrap(),
+            "{name} footer"
+        );
     }
     // Single-record revisions never carry field 16; multi-record revisions do (sub > 0).
     let (p, r) = chunk_small();
@@ -326,18 +408,31 @@ fn truncation_at_every_offset_is_an_error() {
         for len in 0..bytes.len() {
             let err = read_all(&bytes[..len], None).unwrap_err();
             if params.compression == FileCompression::CompressionNone {
-                assert!(matches!(err, Error::UnexpectedEof { .. }), "{name} at {len}: {err}");
+                assert!(
+                    matches!(err, Error::UnexpectedEof { .. }),
+                    "{name} at {len}: {err}"
+                );
             }
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(read_all(&longer, None), Err(Error::TrailingData)), "{name}");
+        assert!(
+            matches!(read_all(&longer, None), Err(Error::TrailingData)),
+            "{name}"
+        );
     }
-    assert!(matches!(read_all(&[], None), Err(Error::UnexpectedEof { what: What::Header })));
+    assert!(matches!(
+        read_all(&[], None),
+        Err(Error::UnexpectedEof { what: What::Header })
+    ));
 }
 
 /// Frames a message whose `crc` field is `field`, computing the crc unless one is given.
-fn frame_with_crc<M: Message + Clone>(msg: &M, set_crc: impl Fn(&mut M, u64), crc: Option<u64>) -> Vec<u8> {
+fn frame_with_crc<M: Message + Clone>(
+    msg: &M,
+    set_crc: impl Fn(&mut M, u64),
+    crc: Option<u64>,
+) -> Vec<u8> {
     let mut m = msg.clone();
     set_crc(&mut m, 0);
     let crc = crc.unwrap_or_else(|| CRC64.checksum(&m.encode_to_vec()));
@@ -370,29 +465,65 @@ fn wrong_counts_revisions_and_crcs_are_clean_errors() {
     let (header, records, footer) = good_parts();
     // Sanity: the builder reproduces the writer.
     let (params, _) = chunk_small();
-    assert_eq!(build_raw(&header, &records, &footer), encode(&params, &records));
+    assert_eq!(
+        build_raw(&header, &records, &footer),
+        encode(&params, &records)
+    );
 
-    let more = FileHeader { records_count: 3, ..header.clone() };
+    let more = FileHeader {
+        records_count: 3,
+        ..header.clone()
+    };
     assert!(read_all(&build_raw(&more, &records, &footer), None).is_err());
-    let fewer = FileHeader { records_count: 1, ..header.clone() };
+    let fewer = FileHeader {
+        records_count: 1,
+        ..header.clone()
+    };
     assert!(matches!(
         read_all(&build_raw(&fewer, &records, &footer), None),
-        Err(Error::CrcMismatch { what: What::Footer, .. } | Error::Decode { what: What::Footer, .. })
+        Err(Error::CrcMismatch {
+            what: What::Footer,
+            ..
+        } | Error::Decode {
+            what: What::Footer,
+            ..
+        })
     ));
-    let negative = FileHeader { records_count: -1, ..header.clone() };
-    assert!(matches!(read_all(&build_raw(&negative, &[], &footer), None), Err(Error::NegativeCount(-1))));
+    let negative = FileHeader {
+        records_count: -1,
+        ..header.clone()
+    };
+    assert!(matches!(
+        read_all(&build_raw(&negative, &[], &footer), None),
+        Err(Error::NegativeCount(-1))
+    ));
 
-    let bad_first = FileFooter { first_revision: 4, ..footer.clone() };
+    let bad_first = FileFooter {
+        first_revision: 4,
+        ..footer
+    };
     assert!(matches!(
         read_all(&build_raw(&header, &records, &bad_first), None),
-        Err(Error::FirstRevisionMismatch { footer: 4, actual: 5 })
+        Err(Error::FirstRevisionMismatch {
+            footer: 4,
+            actual: 5
+        })
     ));
-    let bad_last = FileFooter { last_revision: 7, ..footer.clone() };
+    let bad_last = FileFooter {
+        last_revision: 7,
+        ..footer
+    };
     assert!(matches!(
         read_all(&build_raw(&header, &records, &bad_last), None),
-        Err(Error::LastRevisionMismatch { footer: 7, actual: 6 })
+        Err(Error::LastRevisionMismatch {
+            footer: 7,
+            actual: 6
+        })
     ));
-    let bad_records_crc = FileFooter { records_crc: footer.records_crc ^ 1, ..footer.clone() };
+    let bad_records_crc = FileFooter {
+        records_crc: footer.records_crc ^ 1,
+        ..footer
+    };
     assert!(matches!(
         read_all(&build_raw(&header, &records, &bad_records_crc), None),
         Err(Error::RecordsCrcMismatch { .. })
@@ -406,30 +537,57 @@ fn wrong_counts_revisions_and_crcs_are_clean_errors() {
     ));
     // Out of order and non-positive revisions.
     let swapped = vec![records[1].clone(), records[0].clone()];
-    assert!(matches!(read_all(&build_raw(&header, &swapped, &footer), None), Err(Error::OutOfOrder { index: 1, .. })));
+    assert!(matches!(
+        read_all(&build_raw(&header, &swapped, &footer), None),
+        Err(Error::OutOfOrder { index: 1, .. })
+    ));
     let mut zero = records.clone();
     zero[0].revision = 0;
-    assert!(matches!(read_all(&build_raw(&header, &zero, &footer), None), Err(Error::InvalidRevision { .. })));
+    assert!(matches!(
+        read_all(&build_raw(&header, &zero, &footer), None),
+        Err(Error::InvalidRevision { .. })
+    ));
     let mut gap = records.clone();
     gap[1].revision = 5;
     gap[1].sub_revision = 2;
-    assert!(matches!(read_all(&build_raw(&header, &gap, &footer), None), Err(Error::OutOfOrder { .. })));
+    assert!(matches!(
+        read_all(&build_raw(&header, &gap, &footer), None),
+        Err(Error::OutOfOrder { .. })
+    ));
 
     // Header problems.
     for c in [0, 3, 99] {
-        let h = FileHeader { compression: c, ..header.clone() };
-        assert!(matches!(read_all(&build_raw(&h, &records, &footer), None), Err(Error::UnknownCompression(x)) if x == c));
+        let h = FileHeader {
+            compression: c,
+            ..header.clone()
+        };
+        assert!(
+            matches!(read_all(&build_raw(&h, &records, &footer), None), Err(Error::UnknownCompression(x)) if x == c)
+        );
     }
     let bytes = build_raw(&header, &records, &footer);
-    assert!(matches!(read_all(&bytes, Some(FileKind::KindSnapshot)), Err(Error::KindMismatch { .. })));
+    assert!(matches!(
+        read_all(&bytes, Some(FileKind::KindSnapshot)),
+        Err(Error::KindMismatch { .. })
+    ));
     let mut bad_crc = frame_with_crc(&header, |h, c| h.crc = c, Some(12345));
     bad_crc.extend_from_slice(&bytes[frame_with_crc(&header, |h, c| h.crc = c, None).len()..]);
-    assert!(matches!(read_all(&bad_crc, None), Err(Error::CrcMismatch { what: What::Header, stored: 12345, .. })));
+    assert!(matches!(
+        read_all(&bad_crc, None),
+        Err(Error::CrcMismatch {
+            what: What::Header,
+            stored: 12345,
+            ..
+        })
+    ));
 
     // A huge length prefix is refused before allocating.
     let mut huge = Vec::new();
     wire::put_varint(&mut huge, 1 << 40);
-    assert!(matches!(read_all(&huge, None), Err(Error::MessageTooLarge { .. })));
+    assert!(matches!(
+        read_all(&huge, None),
+        Err(Error::MessageTooLarge { .. })
+    ));
 }
 
 #[test]
@@ -448,7 +606,12 @@ fn unknown_fields_are_kept_in_the_crc_like_go() {
     let mut digest = CRC64.digest();
     digest.update(&body);
     digest.update(&records[1].encode_to_vec());
-    let footer = FileFooter { records_crc: digest.finalize(), first_revision: 5, last_revision: 6, crc: 0 };
+    let footer = FileFooter {
+        records_crc: digest.finalize(),
+        first_revision: 5,
+        last_revision: 6,
+        crc: 0,
+    };
     file.extend(frame_with_crc(&footer, |f, c| f.crc = c, None));
     let (read, _) = read_all(&file, None).unwrap();
     assert_eq!(read.len(), 2);
@@ -459,18 +622,43 @@ fn writer_rejects_misuse() {
     let (params, records) = chunk_small();
     let mut w = Writer::new(Vec::new(), params.clone()).unwrap();
     w.write_record(&records[0]).unwrap();
-    assert!(matches!(w.finish(), Err(Error::CountMismatch { announced: 2, written: 1 })));
+    assert!(matches!(
+        w.finish(),
+        Err(Error::CountMismatch {
+            announced: 2,
+            written: 1
+        })
+    ));
 
     let mut w = Writer::new(Vec::new(), params.clone()).unwrap();
     w.write_record(&records[1]).unwrap();
-    assert!(matches!(w.write_record(&records[0]), Err(Error::OutOfOrder { .. })));
+    assert!(matches!(
+        w.write_record(&records[0]),
+        Err(Error::OutOfOrder { .. })
+    ));
 
-    let mut w = Writer::new(Vec::new(), HeaderParams { records_count: 1, ..params.clone() }).unwrap();
+    let mut w = Writer::new(
+        Vec::new(),
+        HeaderParams {
+            records_count: 1,
+            ..params.clone()
+        },
+    )
+    .unwrap();
     w.write_record(&records[0]).unwrap();
-    assert!(matches!(w.write_record(&records[1]), Err(Error::CountMismatch { .. })));
+    assert!(matches!(
+        w.write_record(&records[1]),
+        Err(Error::CountMismatch { .. })
+    ));
 
-    let bad = HeaderParams { compression: FileCompression::CompressionUnknown, ..params.clone() };
-    assert!(matches!(Writer::new(Vec::new(), bad), Err(Error::UnknownCompression(0))));
+    let bad = HeaderParams {
+        compression: FileCompression::CompressionUnknown,
+        ..params.clone()
+    };
+    assert!(matches!(
+        Writer::new(Vec::new(), bad),
+        Err(Error::UnknownCompression(0))
+    ));
 
     // Caller-provided crc values are ignored.
     let mut with_crc = records.clone();
@@ -480,7 +668,10 @@ fn writer_rejects_misuse() {
 
 #[test]
 fn empty_file_roundtrips() {
-    for compression in [FileCompression::CompressionNone, FileCompression::CompressionZstd] {
+    for compression in [
+        FileCompression::CompressionNone,
+        FileCompression::CompressionZstd,
+    ] {
         let params = header_params(FileKind::KindSnapshot, compression, 0);
         let bytes = encode(&params, &[]);
         let (read, summary) = read_all(&bytes, Some(FileKind::KindSnapshot)).unwrap();
@@ -492,12 +683,21 @@ fn empty_file_roundtrips() {
 #[test]
 fn chunk_compression_threshold() {
     let small = vec![put(1, b"k", &[0u8; 4095], 1, 0, 1)];
-    assert_eq!(choose_chunk_compression(&small), FileCompression::CompressionNone);
+    assert_eq!(
+        choose_chunk_compression(&small),
+        FileCompression::CompressionNone
+    );
     let exact = vec![put(1, b"k", &[0u8; 4095], 1, 0, 1)];
     assert_eq!(exact[0].key.len() + exact[0].value.len(), 4096);
-    assert_eq!(choose_chunk_compression(&exact), FileCompression::CompressionNone);
+    assert_eq!(
+        choose_chunk_compression(&exact),
+        FileCompression::CompressionNone
+    );
     let over = vec![put(1, b"kk", &[0u8; 4095], 1, 0, 1)];
-    assert_eq!(choose_chunk_compression(&over), FileCompression::CompressionZstd);
+    assert_eq!(
+        choose_chunk_compression(&over),
+        FileCompression::CompressionZstd
+    );
 }
 
 #[tokio::test]
@@ -505,8 +705,10 @@ async fn async_stream_decodes_byte_by_byte_and_reports_corruption() {
     use futures::StreamExt;
     for (name, params, records) in vectors() {
         let bytes = encode(&params, &records);
-        let chunks: Vec<std::io::Result<bytes::Bytes>> =
-            bytes.iter().map(|b| Ok(bytes::Bytes::copy_from_slice(&[*b]))).collect();
+        let chunks: Vec<std::io::Result<bytes::Bytes>> = bytes
+            .iter()
+            .map(|b| Ok(bytes::Bytes::copy_from_slice(&[*b])))
+            .collect();
         let mut s = asyncio::RecordStream::spawn(futures::stream::iter(chunks), Some(params.kind));
         let mut got = Vec::new();
         while let Some(r) = s.next_record().await.unwrap() {
@@ -525,5 +727,8 @@ async fn async_stream_decodes_byte_by_byte_and_reports_corruption() {
     // An error of the byte source ends the stream with that error.
     let stream = futures::stream::iter(vec![Err(std::io::Error::other("network down"))]);
     let results: Vec<_> = asyncio::RecordStream::spawn(stream, None).collect().await;
-    assert!(matches!(&results[..], [Err(Error::Io { .. })]), "{results:?}");
+    assert!(
+        matches!(&results[..], [Err(Error::Io { .. })]),
+        "{results:?}"
+    );
 }

@@ -93,7 +93,11 @@ pub fn read_delimited<R: Read + ?Sized>(r: &mut R, what: What) -> Result<Option<
         }
     }
     if len > MAX_MESSAGE_LEN as u64 {
-        return Err(Error::MessageTooLarge { what, len, max: MAX_MESSAGE_LEN });
+        return Err(Error::MessageTooLarge {
+            what,
+            len,
+            max: MAX_MESSAGE_LEN,
+        });
     }
     let len = len as usize;
     let mut body = Vec::with_capacity(len.min(64 * 1024));

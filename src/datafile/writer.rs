@@ -56,7 +56,10 @@ impl<W: Write> Writer<W> {
     /// Writes the header and prepares the (possibly compressed) record stream.
     pub fn new(inner: W, params: HeaderParams) -> Result<Self, Error> {
         let compression = params.compression;
-        if !matches!(compression, FileCompression::CompressionNone | FileCompression::CompressionZstd) {
+        if !matches!(
+            compression,
+            FileCompression::CompressionNone | FileCompression::CompressionZstd
+        ) {
             return Err(Error::UnknownCompression(compression as i32));
         }
         if params.records_count < 0 {
@@ -120,7 +123,11 @@ impl<W: Write> Writer<W> {
             wire::encode(&copy)
         };
         if body.len() + 11 > MAX_MESSAGE_LEN {
-            return Err(Error::RecordTooLarge { index, len: body.len(), max: MAX_MESSAGE_LEN });
+            return Err(Error::RecordTooLarge {
+                index,
+                len: body.len(),
+                max: MAX_MESSAGE_LEN,
+            });
         }
         let crc = CRC64.checksum(&body);
         let framed_body = with_leading_crc(crc, &body);
@@ -163,8 +170,16 @@ impl<W: Write> Writer<W> {
             Sink::Plain(w) => w,
             Sink::Zstd(enc) => enc.finish().map_err(Error::Write)?,
         };
-        let inner = buffered.into_inner().map_err(|e| Error::Write(e.into_error()))?;
-        Ok((inner, FileSummary { header: self.header, footer }))
+        let inner = buffered
+            .into_inner()
+            .map_err(|e| Error::Write(e.into_error()))?;
+        Ok((
+            inner,
+            FileSummary {
+                header: self.header,
+                footer,
+            },
+        ))
     }
 }
 

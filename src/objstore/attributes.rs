@@ -34,7 +34,10 @@ impl DefaultAttributes {
     /// Attributes setting only the storage class.
     pub fn storage_class(class: &str) -> Attributes {
         let mut a = Attributes::new();
-        a.insert(Attribute::StorageClass, AttributeValue::from(class.to_string()));
+        a.insert(
+            Attribute::StorageClass,
+            AttributeValue::from(class.to_string()),
+        );
         a
     }
 
@@ -55,7 +58,12 @@ impl fmt::Display for DefaultAttributes {
 
 #[async_trait]
 impl ObjectStore for DefaultAttributes {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        mut opts: PutOptions,
+    ) -> Result<PutResult> {
         self.merge(&mut opts.attributes);
         self.inner.put_opts(location, payload, opts).await
     }
@@ -73,11 +81,18 @@ impl ObjectStore for DefaultAttributes {
         self.inner.get_opts(location, options).await
     }
 
-    async fn get_ranges(&self, location: &Path, ranges: &[std::ops::Range<u64>]) -> Result<Vec<bytes::Bytes>> {
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<bytes::Bytes>> {
         self.inner.get_ranges(location, ranges).await
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         self.inner.delete_stream(locations)
     }
 
@@ -85,7 +100,11 @@ impl ObjectStore for DefaultAttributes {
         self.inner.list(prefix)
     }
 
-    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
         self.inner.list_with_offset(prefix, offset)
     }
 
@@ -105,8 +124,8 @@ impl ObjectStore for DefaultAttributes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::memory::InMemory;
     use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
     use std::sync::{Arc, Mutex};
 
     /// Records the attributes of each put.
@@ -124,16 +143,32 @@ mod tests {
     impl ObjectStore for Spy {
         async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
             self.seen.lock().unwrap().push(o.attributes.clone());
-            self.inner.put_opts(l, p, PutOptions { attributes: Attributes::new(), ..o }).await
+            self.inner
+                .put_opts(
+                    l,
+                    p,
+                    PutOptions {
+                        attributes: Attributes::new(),
+                        ..o
+                    },
+                )
+                .await
         }
-        async fn put_multipart_opts(&self, l: &Path, o: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+        async fn put_multipart_opts(
+            &self,
+            l: &Path,
+            o: PutMultipartOptions,
+        ) -> Result<Box<dyn MultipartUpload>> {
             self.seen.lock().unwrap().push(o.attributes.clone());
             self.inner.put_multipart_opts(l, o).await
         }
         async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
             self.inner.get_opts(l, o).await
         }
-        fn delete_stream(&self, l: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        fn delete_stream(
+            &self,
+            l: BoxStream<'static, Result<Path>>,
+        ) -> BoxStream<'static, Result<Path>> {
             self.inner.delete_stream(l)
         }
         fn list(&self, p: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -150,16 +185,30 @@ mod tests {
     #[tokio::test]
     async fn storage_class_added_unless_set() {
         let spy = Arc::new(Spy::default());
-        let store = DefaultAttributes::new(spy.clone(), DefaultAttributes::storage_class("STANDARD_IA"));
+        let store =
+            DefaultAttributes::new(spy.clone(), DefaultAttributes::storage_class("STANDARD_IA"));
         store.put(&Path::from("a"), "x".into()).await.unwrap();
         let mut own = Attributes::new();
         own.insert(Attribute::StorageClass, "GLACIER".into());
         store
-            .put_opts(&Path::from("b"), "x".into(), PutOptions { attributes: own, ..Default::default() })
+            .put_opts(
+                &Path::from("b"),
+                "x".into(),
+                PutOptions {
+                    attributes: own,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let seen = spy.seen.lock().unwrap();
-        assert_eq!(seen[0].get(&Attribute::StorageClass).map(|v| v.as_ref()), Some("STANDARD_IA"));
-        assert_eq!(seen[1].get(&Attribute::StorageClass).map(|v| v.as_ref()), Some("GLACIER"));
+        assert_eq!(
+            seen[0].get(&Attribute::StorageClass).map(|v| v.as_ref()),
+            Some("STANDARD_IA")
+        );
+        assert_eq!(
+            seen[1].get(&Attribute::StorageClass).map(|v| v.as_ref()),
+            Some("GLACIER")
+        );
     }
 }

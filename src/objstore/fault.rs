@@ -65,7 +65,10 @@ enum Before {
 }
 
 fn injected(what: &'static str) -> object_store::Error {
-    object_store::Error::Generic { store: STORE, source: Box::new(InjectedFault(what)) }
+    object_store::Error::Generic {
+        store: STORE,
+        source: Box::new(InjectedFault(what)),
+    }
 }
 
 /// A seed for randomized tests: `NETSY_TEST_SEED` if set, else random. Printed so that a
@@ -121,11 +124,18 @@ impl FaultStore {
     }
 
     fn take(counter: &AtomicU32) -> bool {
-        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     fn roll(&self, p: f64) -> bool {
-        p > 0.0 && self.rng.lock().map(|mut r| r.random::<f64>() < p).unwrap_or(false)
+        p > 0.0
+            && self
+                .rng
+                .lock()
+                .map(|mut r| r.random::<f64>() < p)
+                .unwrap_or(false)
     }
 
     fn before(&self) -> Before {
@@ -142,7 +152,11 @@ impl FaultStore {
         let delay = match cfg.latency {
             Some((lo, hi)) if hi > lo => {
                 let span = (hi - lo).as_micros().min(u128::from(u64::MAX)) as u64;
-                let extra = self.rng.lock().map(|mut r| r.random_range(0..=span)).unwrap_or(0);
+                let extra = self
+                    .rng
+                    .lock()
+                    .map(|mut r| r.random_range(0..=span))
+                    .unwrap_or(0);
                 lo + Duration::from_micros(extra)
             }
             Some((lo, _)) => lo,
@@ -184,7 +198,12 @@ impl fmt::Display for FaultStore {
 
 #[async_trait]
 impl ObjectStore for FaultStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         self.gate("put").await?;
         let result = self.inner.put_opts(location, payload, opts).await?;
         if self.drop_response() {
@@ -207,7 +226,10 @@ impl ObjectStore for FaultStore {
         self.inner.get_opts(location, options).await
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         match self.before() {
             Before::Proceed(_) => self.inner.delete_stream(locations),
             _ => futures::stream::once(async { Err(injected("delete")) }).boxed(),

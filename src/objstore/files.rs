@@ -110,7 +110,12 @@ impl ObjectStorage {
     ) -> Result<Self, Error> {
         let layout = Layout::new(&cfg.key_prefix)?;
         let backend = cfg.build_backend(env)?;
-        Ok(Self::with_backend(backend, layout, cfg.retry.clone(), metrics))
+        Ok(Self::with_backend(
+            backend,
+            layout,
+            cfg.retry.clone(),
+            metrics,
+        ))
     }
 
     /// Stacks retry (outermost) and metrics over `backend` (e.g. `InMemory` or a
@@ -163,17 +168,27 @@ impl ObjectStorage {
             leader_id: leader_id.to_string(),
             created_at,
         };
-        let bytes = datafile::encode_file(params, records)
-            .map_err(|source| Error::Datafile { key: key.to_string(), source })?;
-        Ok(EncodedChunk { key, last_revision: last.revision, records: records.len(), bytes: Bytes::from(bytes) })
+        let bytes = datafile::encode_file(params, records).map_err(|source| Error::Datafile {
+            key: key.to_string(),
+            source,
+        })?;
+        Ok(EncodedChunk {
+            key,
+            last_revision: last.revision,
+            records: records.len(),
+            bytes: Bytes::from(bytes),
+        })
     }
 
     /// Create-if-absent upload of an encoded chunk; an existing object with the same records
     /// counts as success.
     pub async fn put_chunk(&self, chunk: &EncodedChunk) -> Result<UploadOutcome, Error> {
-        let outcome = cas::put_if_absent_with(self.store.as_ref(), &chunk.key, chunk.bytes.clone(), |a, b| {
-            same_records(a, b, FileKind::KindChunk)
-        })
+        let outcome = cas::put_if_absent_with(
+            self.store.as_ref(),
+            &chunk.key,
+            chunk.bytes.clone(),
+            |a, b| same_records(a, b, FileKind::KindChunk),
+        )
         .await?;
         if outcome == PutIfAbsent::AlreadyPresent {
             tracing::info!(key = %chunk.key, "chunk already present with the same records");
@@ -186,19 +201,34 @@ impl ObjectStorage {
 
     /// Encodes and uploads a chunk of `records` (create-only, ambiguity resolved; see the
     /// module docs).
-    pub async fn upload_chunk(&self, records: &[Record], leader_id: &str) -> Result<ChunkUpload, Error> {
+    pub async fn upload_chunk(
+        &self,
+        records: &[Record],
+        leader_id: &str,
+    ) -> Result<ChunkUpload, Error> {
         let chunk = self.encode_chunk(records, leader_id, datafile::now_timestamp())?;
         let outcome = self.put_chunk(&chunk).await?;
-        Ok(ChunkUpload { key: chunk.key, last_revision: chunk.last_revision, bytes: chunk.bytes.len(), outcome })
+        Ok(ChunkUpload {
+            key: chunk.key,
+            last_revision: chunk.last_revision,
+            bytes: chunk.bytes.len(),
+            outcome,
+        })
     }
 
     fn chunk_key(&self, revision: i64) -> Result<Path, Error> {
-        let rev = u64::try_from(revision).ok().filter(|r| *r > 0).ok_or(Error::InvalidRevision(revision))?;
+        let rev = u64::try_from(revision)
+            .ok()
+            .filter(|r| *r > 0)
+            .ok_or(Error::InvalidRevision(revision))?;
         Ok(self.layout.chunk(rev))
     }
 
     fn snapshot_key(&self, revision: i64) -> Result<Path, Error> {
-        let rev = u64::try_from(revision).ok().filter(|r| *r > 0).ok_or(Error::InvalidRevision(revision))?;
+        let rev = u64::try_from(revision)
+            .ok()
+            .filter(|r| *r > 0)
+            .ok_or(Error::InvalidRevision(revision))?;
         Ok(self.layout.snapshot(rev))
     }
 
@@ -206,16 +236,29 @@ impl ObjectStorage {
 
     /// Creates a temporary snapshot file `snapshot_{rev}_{random}.netsy` in `dir` for a
     /// [`datafile::Writer`] (run the writer in a blocking thread; snapshots are zstd).
-    pub fn create_snapshot_temp(dir: &FsPath, revision: i64) -> io::Result<(std::fs::File, PathBuf)> {
+    pub fn create_snapshot_temp(
+        dir: &FsPath,
+        revision: i64,
+    ) -> io::Result<(std::fs::File, PathBuf)> {
         for _ in 0..16 {
-            let path = dir.join(format!("snapshot_{revision}_{:016x}.netsy", rand::random::<u64>()));
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            let path = dir.join(format!(
+                "snapshot_{revision}_{:016x}.netsy",
+                rand::random::<u64>()
+            ));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(f) => return Ok((f, path)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free temporary snapshot name"))
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free temporary snapshot name",
+        ))
     }
 
     /// Streams a finished snapshot file to `snapshots/{revision}.netsy` (single PUT when small,
@@ -224,7 +267,8 @@ impl ObjectStorage {
     pub async fn upload_snapshot_file(&self, revision: i64, file: &FsPath) -> Result<Path, Error> {
         let key = self.snapshot_key(revision)?;
         let mut src = tokio::fs::File::open(file).await?;
-        let mut writer = BufWriter::with_capacity(Arc::clone(&self.store), key.clone(), UPLOAD_PART);
+        let mut writer =
+            BufWriter::with_capacity(Arc::clone(&self.store), key.clone(), UPLOAD_PART);
         let copied = tokio::io::copy(&mut src, &mut writer).await;
         match copied {
             Ok(_) => {
@@ -242,8 +286,10 @@ impl ObjectStorage {
 
     /// Every snapshot, newest first.
     pub async fn list_snapshots(&self) -> Result<Vec<FileRef>, Error> {
-        let mut refs = self.list_parsed(&self.layout.snapshots_dir(), |l, k| l.parse_snapshot(k)).await?;
-        refs.sort_by(|a, b| b.revision.cmp(&a.revision));
+        let mut refs = self
+            .list_parsed(&self.layout.snapshots_dir(), |l, k| l.parse_snapshot(k))
+            .await?;
+        refs.sort_by_key(|r| std::cmp::Reverse(r.revision));
         Ok(refs)
     }
 
@@ -254,7 +300,9 @@ impl ObjectStorage {
 
     /// Chunks whose (last) revision is greater than `after`, oldest first.
     pub async fn list_chunks_after(&self, after: i64) -> Result<Vec<FileRef>, Error> {
-        let mut refs = self.list_parsed(&self.layout.chunks_dir(), |l, k| l.parse_chunk(k)).await?;
+        let mut refs = self
+            .list_parsed(&self.layout.chunks_dir(), |l, k| l.parse_chunk(k))
+            .await?;
         refs.retain(|r| r.revision > after);
         refs.sort_by_key(|r| r.revision);
         Ok(refs)
@@ -265,13 +313,22 @@ impl ObjectStorage {
         prefix: &Path,
         parse: impl Fn(&Layout, &Path) -> Option<u64>,
     ) -> Result<Vec<FileRef>, Error> {
-        let metas: Vec<_> = self.store.list(Some(prefix)).try_collect().await.map_err(|e| from_store(e, prefix))?;
+        let metas: Vec<_> = self
+            .store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| from_store(e, prefix))?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {
                 let rev = parse(&self.layout, &m.location)?;
                 let revision = i64::try_from(rev).ok()?;
-                Some(FileRef { key: m.location, revision, size: m.size })
+                Some(FileRef {
+                    key: m.location,
+                    revision,
+                    size: m.size,
+                })
             })
             .collect())
     }
@@ -280,27 +337,47 @@ impl ObjectStorage {
     /// [`RecordStream`]). Store errors surface as [`Error::Datafile`] with an `Io` source; use
     /// [`Error::kind`] to tell transient from corrupt.
     pub fn stream_records(&self, key: &Path, expected_kind: Option<FileKind>) -> RecordStream {
-        RecordStream::spawn(download(Arc::clone(&self.store), key.clone()), expected_kind)
+        RecordStream::spawn(
+            download(Arc::clone(&self.store), key.clone()),
+            expected_kind,
+        )
     }
 
     /// Like [`Self::stream_records`], mapping errors to [`Error`] (with the key).
-    pub fn records(&self, key: &Path, expected_kind: Option<FileKind>) -> impl Stream<Item = Result<Record, Error>> + use<> {
+    pub fn records(
+        &self,
+        key: &Path,
+        expected_kind: Option<FileKind>,
+    ) -> impl Stream<Item = Result<Record, Error>> + use<> {
         let k = key.to_string();
-        self.stream_records(key, expected_kind).map(move |r| r.map_err(|source| Error::Datafile { key: k.clone(), source }))
+        self.stream_records(key, expected_kind).map(move |r| {
+            r.map_err(|source| Error::Datafile {
+                key: k.clone(),
+                source,
+            })
+        })
     }
 
     /// Reads a whole (small) data file into memory: records and summary.
-    pub async fn read_file(&self, key: &Path, expected_kind: Option<FileKind>) -> Result<(Vec<Record>, FileSummary), Error> {
+    pub async fn read_file(
+        &self,
+        key: &Path,
+        expected_kind: Option<FileKind>,
+    ) -> Result<(Vec<Record>, FileSummary), Error> {
         let mut stream = self.stream_records(key, expected_kind);
         let mut records = Vec::new();
-        let err = |source| Error::Datafile { key: key.to_string(), source };
+        let err = |source| Error::Datafile {
+            key: key.to_string(),
+            source,
+        };
         while let Some(r) = stream.next_record().await.map_err(err)? {
             records.push(r);
         }
-        let summary = stream
-            .summary()
-            .cloned()
-            .ok_or_else(|| err(datafile::Error::UnexpectedEof { what: datafile::What::Footer }))?;
+        let summary = stream.summary().cloned().ok_or_else(|| {
+            err(datafile::Error::UnexpectedEof {
+                what: datafile::What::Footer,
+            })
+        })?;
         Ok((records, summary))
     }
 
@@ -334,7 +411,10 @@ pub fn same_records(a: &[u8], b: &[u8], kind: FileKind) -> bool {
         return true;
     }
     let read = |bytes: &[u8]| -> Option<Vec<Record>> {
-        Reader::new(bytes, Some(kind)).ok()?.collect::<Result<Vec<_>, _>>().ok()
+        Reader::new(bytes, Some(kind))
+            .ok()?
+            .collect::<Result<Vec<_>, _>>()
+            .ok()
     };
     match (read(a), read(b)) {
         (Some(x), Some(y)) => x == y,
@@ -345,7 +425,10 @@ pub fn same_records(a: &[u8], b: &[u8], kind: FileKind) -> bool {
 fn io_to_store(e: io::Error, key: &Path) -> Error {
     // object_store's BufWriter reports store failures as io::Error wrapping object_store::Error.
     if store_error_in(&e).is_some() {
-        match e.into_inner().map(|inner| inner.downcast::<object_store::Error>()) {
+        match e
+            .into_inner()
+            .map(|inner| inner.downcast::<object_store::Error>())
+        {
             Some(Ok(se)) => return from_store(*se, key),
             Some(Err(other)) => return Error::Io(io::Error::other(other)),
             None => return Error::Io(io::Error::other("unknown upload error")),
@@ -408,8 +491,8 @@ fn download(store: DynStore, key: Path) -> impl Stream<Item = io::Result<Bytes>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objstore::fault::{FaultConfig, FaultStore, test_seed};
     use crate::datafile::FileCompression;
+    use crate::objstore::fault::{FaultConfig, FaultStore, test_seed};
     use crate::objstore::{ErrorKind, ObjectKind};
     use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
@@ -423,7 +506,10 @@ mod tests {
             create_revision: rev,
             version: 1,
             value: value.to_vec(),
-            created_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
             leader_id: "n1".into(),
             ..Default::default()
         }
@@ -443,8 +529,17 @@ mod tests {
     #[tokio::test]
     async fn chunk_upload_is_create_only_and_resolves_lost_responses() {
         let seed = test_seed();
-        let fault = Arc::new(FaultStore::new(Arc::new(InMemory::new()), FaultConfig::default(), seed));
-        let storage = ObjectStorage::with_backend(fault.clone(), Layout::new("pfx").unwrap(), fast_retry(), None);
+        let fault = Arc::new(FaultStore::new(
+            Arc::new(InMemory::new()),
+            FaultConfig::default(),
+            seed,
+        ));
+        let storage = ObjectStorage::with_backend(
+            fault.clone(),
+            Layout::new("pfx").unwrap(),
+            fast_retry(),
+            None,
+        );
         let records = vec![rec(1, "/a", b"1"), rec(2, "/b", b"2")];
 
         // The PUT lands but its response is lost: the retry sees AlreadyExists, reads back,
@@ -463,23 +558,49 @@ mod tests {
         let err = storage.upload_chunk(&other, "n2").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
 
-        let fresh = storage.upload_chunk(&[rec(3, "/c", b"3")], "n1").await.unwrap();
+        let fresh = storage
+            .upload_chunk(&[rec(3, "/c", b"3")], "n1")
+            .await
+            .unwrap();
         assert_eq!(fresh.outcome, UploadOutcome::Created);
-        let (read, summary) = storage.read_file(&fresh.key, Some(FileKind::KindChunk)).await.unwrap();
+        let (read, summary) = storage
+            .read_file(&fresh.key, Some(FileKind::KindChunk))
+            .await
+            .unwrap();
         assert_eq!(summary.last_revision(), 3);
         assert_eq!(read[0].value, b"3");
     }
 
     #[tokio::test]
     async fn backfill_listing_and_streaming() {
-        let storage = ObjectStorage::with_backend(Arc::new(InMemory::new()), Layout::new("").unwrap(), fast_retry(), None);
+        let storage = ObjectStorage::with_backend(
+            Arc::new(InMemory::new()),
+            Layout::new("").unwrap(),
+            fast_retry(),
+            None,
+        );
         for (rev, big) in [(1, false), (2, true), (3, false), (10_002, false)] {
-            let value = if big { vec![7u8; 10_000] } else { b"v".to_vec() };
-            storage.upload_chunk(&[rec(rev, "/k", &value)], "n1").await.unwrap();
+            let value = if big {
+                vec![7u8; 10_000]
+            } else {
+                b"v".to_vec()
+            };
+            storage
+                .upload_chunk(&[rec(rev, "/k", &value)], "n1")
+                .await
+                .unwrap();
         }
         // Noise that must be ignored.
-        storage.store().put(&Path::from("chunks/0001/junk.netsy"), "x".into()).await.unwrap();
-        storage.store().put(&Path::from("snapshots/README"), "x".into()).await.unwrap();
+        storage
+            .store()
+            .put(&Path::from("chunks/0001/junk.netsy"), "x".into())
+            .await
+            .unwrap();
+        storage
+            .store()
+            .put(&Path::from("snapshots/README"), "x".into())
+            .await
+            .unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         for rev in [2, 3] {
@@ -500,12 +621,21 @@ mod tests {
             assert_eq!(storage.layout().classify(&key), ObjectKind::Snapshot);
         }
         let snaps = storage.list_snapshots().await.unwrap();
-        assert_eq!(snaps.iter().map(|s| s.revision).collect::<Vec<_>>(), vec![3, 2]);
+        assert_eq!(
+            snaps.iter().map(|s| s.revision).collect::<Vec<_>>(),
+            vec![3, 2]
+        );
         let latest = storage.latest_snapshot().await.unwrap().unwrap();
         let chunks = storage.list_chunks_after(latest.revision).await.unwrap();
-        assert_eq!(chunks.iter().map(|c| c.revision).collect::<Vec<_>>(), vec![10_002]);
+        assert_eq!(
+            chunks.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![10_002]
+        );
         let all = storage.list_chunks_after(0).await.unwrap();
-        assert_eq!(all.iter().map(|c| c.revision).collect::<Vec<_>>(), vec![1, 2, 3, 10_002]);
+        assert_eq!(
+            all.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![1, 2, 3, 10_002]
+        );
 
         let mut s = storage.stream_records(&latest.key, Some(FileKind::KindSnapshot));
         let mut revs = Vec::new();
@@ -516,15 +646,24 @@ mod tests {
         assert_eq!(s.summary().unwrap().last_revision(), 3);
 
         // Wrong kind is an error, not a silent success.
-        let err = storage.read_file(&latest.key, Some(FileKind::KindChunk)).await.unwrap_err();
+        let err = storage
+            .read_file(&latest.key, Some(FileKind::KindChunk))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
         // A missing object is a store error.
-        let err = storage.read_file(&storage.layout().snapshot(99), None).await.unwrap_err();
+        let err = storage
+            .read_file(&storage.layout().snapshot(99), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
 
         assert_eq!(storage.delete_chunks_up_to(3).await.unwrap(), 3);
         let left = storage.list_chunks_after(0).await.unwrap();
-        assert_eq!(left.iter().map(|c| c.revision).collect::<Vec<_>>(), vec![10_002]);
+        assert_eq!(
+            left.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![10_002]
+        );
     }
 
     /// A body stream that breaks after some bytes is resumed with a ranged GET.
@@ -542,13 +681,26 @@ mod tests {
         }
         #[async_trait::async_trait]
         impl object_store::ObjectStore for Flaky {
-            async fn put_opts(&self, l: &Path, p: object_store::PutPayload, o: object_store::PutOptions) -> object_store::Result<object_store::PutResult> {
+            async fn put_opts(
+                &self,
+                l: &Path,
+                p: object_store::PutPayload,
+                o: object_store::PutOptions,
+            ) -> object_store::Result<object_store::PutResult> {
                 self.inner.put_opts(l, p, o).await
             }
-            async fn put_multipart_opts(&self, l: &Path, o: object_store::PutMultipartOptions) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            async fn put_multipart_opts(
+                &self,
+                l: &Path,
+                o: object_store::PutMultipartOptions,
+            ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
                 self.inner.put_multipart_opts(l, o).await
             }
-            async fn get_opts(&self, l: &Path, o: GetOptions) -> object_store::Result<object_store::GetResult> {
+            async fn get_opts(
+                &self,
+                l: &Path,
+                o: GetOptions,
+            ) -> object_store::Result<object_store::GetResult> {
                 let mut r = self.inner.get_opts(l, o).await?;
                 if !self.broken.swap(true, std::sync::atomic::Ordering::SeqCst) {
                     let bytes = r.bytes().await?;
@@ -556,7 +708,10 @@ mod tests {
                     let half = bytes.slice(..bytes.len() / 2);
                     let s = futures::stream::iter(vec![
                         Ok(half),
-                        Err(object_store::Error::Generic { store: "Flaky", source: "connection reset".into() }),
+                        Err(object_store::Error::Generic {
+                            store: "Flaky",
+                            source: "connection reset".into(),
+                        }),
                     ])
                     .boxed();
                     r = object_store::GetResult {
@@ -569,26 +724,53 @@ mod tests {
                 }
                 Ok(r)
             }
-            fn delete_stream(&self, l: futures::stream::BoxStream<'static, object_store::Result<Path>>) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            fn delete_stream(
+                &self,
+                l: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+            ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
                 self.inner.delete_stream(l)
             }
-            fn list(&self, p: Option<&Path>) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            fn list(
+                &self,
+                p: Option<&Path>,
+            ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+            {
                 self.inner.list(p)
             }
-            async fn list_with_delimiter(&self, p: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            async fn list_with_delimiter(
+                &self,
+                p: Option<&Path>,
+            ) -> object_store::Result<object_store::ListResult> {
                 self.inner.list_with_delimiter(p).await
             }
-            async fn copy_opts(&self, f: &Path, t: &Path, o: object_store::CopyOptions) -> object_store::Result<()> {
+            async fn copy_opts(
+                &self,
+                f: &Path,
+                t: &Path,
+                o: object_store::CopyOptions,
+            ) -> object_store::Result<()> {
                 self.inner.copy_opts(f, t, o).await
             }
         }
-        let flaky = Arc::new(Flaky { inner: InMemory::new(), broken: false.into() });
+        let flaky = Arc::new(Flaky {
+            inner: InMemory::new(),
+            broken: false.into(),
+        });
         let storage = ObjectStorage::from_parts(flaky.clone(), Layout::default());
-        let records: Vec<_> = (1..=50).map(|r| rec(r, &format!("/k{r}"), &[r as u8; 300])).collect();
-        flaky.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        let records: Vec<_> = (1..=50)
+            .map(|r| rec(r, &format!("/k{r}"), &[r as u8; 300]))
+            .collect();
+        flaky
+            .broken
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let up = storage.upload_chunk(&records, "n1").await.unwrap();
-        flaky.broken.store(false, std::sync::atomic::Ordering::SeqCst);
-        let (read, _) = storage.read_file(&up.key, Some(FileKind::KindChunk)).await.unwrap();
+        flaky
+            .broken
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let (read, _) = storage
+            .read_file(&up.key, Some(FileKind::KindChunk))
+            .await
+            .unwrap();
         assert_eq!(read.len(), 50);
     }
 }

@@ -83,14 +83,23 @@ impl Layout {
         let parsed = Path::parse(trimmed)
             .map_err(|e| LayoutError::Prefix(key_prefix.to_string(), e.to_string()))?;
         if parsed.as_ref() != trimmed {
-            return Err(LayoutError::Prefix(key_prefix.to_string(), "not a canonical path".into()));
+            return Err(LayoutError::Prefix(
+                key_prefix.to_string(),
+                "not a canonical path".into(),
+            ));
         }
-        Ok(Layout { prefix: trimmed.to_string() })
+        Ok(Layout {
+            prefix: trimmed.to_string(),
+        })
     }
 
     /// The prefix with its implied trailing `/` (`""` when none).
     pub fn prefix(&self) -> String {
-        if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) }
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        }
     }
 
     fn key(&self, relative: &str) -> Path {
@@ -110,7 +119,9 @@ impl Layout {
     /// anything that is not exactly one safe path segment is refused.
     pub fn node(&self, node_id: &str) -> Result<Path, LayoutError> {
         let ok = !node_id.is_empty()
-            && node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && node_id != "."
             && node_id != "..";
         if !ok {
@@ -141,7 +152,10 @@ impl Layout {
 
     /// `chunks/{rev%10000:04}/{rev:019}.netsy`; `revision` is the chunk's LAST revision.
     pub fn chunk(&self, revision: u64) -> Path {
-        self.key(&format!("{CHUNKS}/{:04}/{revision:019}.netsy", revision % 10_000))
+        self.key(&format!(
+            "{CHUNKS}/{:04}/{revision:019}.netsy",
+            revision % 10_000
+        ))
     }
 
     /// Prefix under which snapshots are listed.
@@ -181,7 +195,9 @@ impl Layout {
 
     /// Classifies a key (for metrics); keys outside the prefix are [`ObjectKind::Other`].
     pub fn classify(&self, key: &Path) -> ObjectKind {
-        let Some(rel) = self.relative(key) else { return ObjectKind::Other };
+        let Some(rel) = self.relative(key) else {
+            return ObjectKind::Other;
+        };
         match rel {
             "members.json" => ObjectKind::Members,
             "leader/elector.json" => ObjectKind::Elector,
@@ -214,10 +230,19 @@ mod tests {
         assert_eq!(l.node("node-1").unwrap().as_ref(), "nodes/node-1.json");
         assert_eq!(l.elector().as_ref(), "leader/elector.json");
         assert_eq!(l.bootstrap().as_ref(), "bootstrap.netsy");
-        assert_eq!(l.snapshot(100).as_ref(), "snapshots/0000000000000000100.netsy");
-        assert_eq!(l.chunk(12345).as_ref(), "chunks/2345/0000000000000012345.netsy");
+        assert_eq!(
+            l.snapshot(100).as_ref(),
+            "snapshots/0000000000000000100.netsy"
+        );
+        assert_eq!(
+            l.chunk(12345).as_ref(),
+            "chunks/2345/0000000000000012345.netsy"
+        );
         assert_eq!(l.chunk(7).as_ref(), "chunks/0007/0000000000000000007.netsy");
-        assert_eq!(l.chunk(10_000).as_ref(), "chunks/0000/0000000000000010000.netsy");
+        assert_eq!(
+            l.chunk(10_000).as_ref(),
+            "chunks/0000/0000000000000010000.netsy"
+        );
         assert_eq!(l.prefix(), "");
     }
 
@@ -230,8 +255,14 @@ mod tests {
             assert_eq!(l.node("a").unwrap().as_ref(), "team/netsy/nodes/a.json");
             assert_eq!(l.elector().as_ref(), "team/netsy/leader/elector.json");
             assert_eq!(l.bootstrap().as_ref(), "team/netsy/bootstrap.netsy");
-            assert_eq!(l.snapshot(1).as_ref(), "team/netsy/snapshots/0000000000000000001.netsy");
-            assert_eq!(l.chunk(12345).as_ref(), "team/netsy/chunks/2345/0000000000000012345.netsy");
+            assert_eq!(
+                l.snapshot(1).as_ref(),
+                "team/netsy/snapshots/0000000000000000001.netsy"
+            );
+            assert_eq!(
+                l.chunk(12345).as_ref(),
+                "team/netsy/chunks/2345/0000000000000012345.netsy"
+            );
             assert_eq!(l.snapshots_dir().as_ref(), "team/netsy/snapshots");
             assert_eq!(l.chunks_dir().as_ref(), "team/netsy/chunks");
         }
@@ -273,7 +304,10 @@ mod tests {
             assert_eq!(l.parse_chunk(&Path::from(other)), None, "{other}");
         }
         let root = Layout::new("").unwrap();
-        assert_eq!(root.parse_snapshot(&Path::from("snapshots/0000000000000000042.netsy")), Some(42));
+        assert_eq!(
+            root.parse_snapshot(&Path::from("snapshots/0000000000000000042.netsy")),
+            Some(42)
+        );
     }
 
     #[test]

@@ -32,8 +32,8 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-    RenameOptions, Result, UploadPart,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result, UploadPart,
 };
 
 use crate::datafile::wire::CRC64;
@@ -60,7 +60,11 @@ impl LocalDirStore {
             .map_err(std::io::Error::other)?
             .with_fsync(true)
             .with_automatic_cleanup(true);
-        Ok(LocalDirStore { inner: Arc::new(inner), root, locks: Arc::new(locks) })
+        Ok(LocalDirStore {
+            inner: Arc::new(inner),
+            root,
+            locks: Arc::new(locks),
+        })
     }
 
     /// The directory holding the objects.
@@ -89,7 +93,8 @@ impl LocalDirStore {
                     .write(true)
                     .open(&path)
                     .map_err(|e| generic(format!("open lock {}: {e}", path.display())))?;
-                file.lock().map_err(|e| generic(format!("lock {}: {e}", path.display())))?;
+                file.lock()
+                    .map_err(|e| generic(format!("lock {}: {e}", path.display())))?;
                 held.push(file);
             }
             Ok(held)
@@ -100,18 +105,26 @@ impl LocalDirStore {
 
     fn check_writable(location: &Path) -> Result<()> {
         if is_lock_path(location) {
-            return Err(generic(format!("{location}: keys under {LOCK_DIR}/ are reserved")));
+            return Err(generic(format!(
+                "{location}: keys under {LOCK_DIR}/ are reserved"
+            )));
         }
         Ok(())
     }
 }
 
 fn generic(msg: String) -> object_store::Error {
-    object_store::Error::Generic { store: STORE, source: msg.into() }
+    object_store::Error::Generic {
+        store: STORE,
+        source: msg.into(),
+    }
 }
 
 fn is_lock_path(location: &Path) -> bool {
-    location.parts().next().is_some_and(|p| p.as_ref() == LOCK_DIR)
+    location
+        .parts()
+        .next()
+        .is_some_and(|p| p.as_ref() == LOCK_DIR)
 }
 
 impl fmt::Display for LocalDirStore {
@@ -122,7 +135,12 @@ impl fmt::Display for LocalDirStore {
 
 #[async_trait]
 impl ObjectStore for LocalDirStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         Self::check_writable(location)?;
         let _guard = self.lock(&[location]).await?;
         match &opts.mode {
@@ -142,10 +160,15 @@ impl ObjectStore for LocalDirStore {
                         source: format!("ETag {expected} does not match {current:?}").into(),
                     });
                 }
-                let overwrite = PutOptions { mode: PutMode::Overwrite, ..opts };
+                let overwrite = PutOptions {
+                    mode: PutMode::Overwrite,
+                    ..opts
+                };
                 self.inner.put_opts(location, payload, overwrite).await
             }
-            PutMode::Create | PutMode::Overwrite => self.inner.put_opts(location, payload, opts).await,
+            PutMode::Create | PutMode::Overwrite => {
+                self.inner.put_opts(location, payload, opts).await
+            }
         }
     }
 
@@ -156,14 +179,21 @@ impl ObjectStore for LocalDirStore {
     ) -> Result<Box<dyn MultipartUpload>> {
         Self::check_writable(location)?;
         let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(LockedUpload { inner, store: self.clone(), location: location.clone() }))
+        Ok(Box::new(LockedUpload {
+            inner,
+            store: self.clone(),
+            location: location.clone(),
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.inner.get_opts(location, options).await
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         let this = self.clone();
         locations
             .then(move |location| {
@@ -183,7 +213,11 @@ impl ObjectStore for LocalDirStore {
         hide_locks(self.inner.list(prefix))
     }
 
-    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
         hide_locks(self.inner.list_with_offset(prefix, offset))
     }
 
@@ -246,7 +280,11 @@ mod tests {
     use object_store::UpdateVersion;
 
     fn update(etag: &str) -> PutOptions {
-        PutMode::Update(UpdateVersion { e_tag: Some(etag.to_string()), version: None }).into()
+        PutMode::Update(UpdateVersion {
+            e_tag: Some(etag.to_string()),
+            version: None,
+        })
+        .into()
     }
 
     #[tokio::test]
@@ -254,29 +292,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDirStore::new(dir.path()).unwrap();
         let key = Path::from("members.json");
-        let r1 = store.put_opts(&key, "v1".into(), PutMode::Create.into()).await.unwrap();
-        let err = store.put_opts(&key, "v1b".into(), PutMode::Create.into()).await.unwrap_err();
-        assert!(matches!(err, object_store::Error::AlreadyExists { .. }), "{err}");
+        let r1 = store
+            .put_opts(&key, "v1".into(), PutMode::Create.into())
+            .await
+            .unwrap();
+        let err = store
+            .put_opts(&key, "v1b".into(), PutMode::Create.into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, object_store::Error::AlreadyExists { .. }),
+            "{err}"
+        );
         let e1 = r1.e_tag.clone().unwrap();
-        assert_eq!(store.head(&key).await.unwrap().e_tag.as_deref(), Some(e1.as_str()));
-        let r2 = store.put_opts(&key, "v2".into(), update(&e1)).await.unwrap();
+        assert_eq!(
+            store.head(&key).await.unwrap().e_tag.as_deref(),
+            Some(e1.as_str())
+        );
+        let r2 = store
+            .put_opts(&key, "v2".into(), update(&e1))
+            .await
+            .unwrap();
         let e2 = r2.e_tag.unwrap();
         assert_ne!(e1, e2);
-        let err = store.put_opts(&key, "v3".into(), update(&e1)).await.unwrap_err();
-        assert!(matches!(err, object_store::Error::Precondition { .. }), "{err}");
+        let err = store
+            .put_opts(&key, "v3".into(), update(&e1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, object_store::Error::Precondition { .. }),
+            "{err}"
+        );
         let got = store.get(&key).await.unwrap();
         assert_eq!(got.meta.e_tag.as_deref(), Some(e2.as_str()));
         assert_eq!(got.bytes().await.unwrap().as_ref(), b"v2");
-        let err = store.put_opts(&Path::from("missing"), "x".into(), update(&e2)).await.unwrap_err();
-        assert!(matches!(err, object_store::Error::Precondition { .. }), "{err}");
+        let err = store
+            .put_opts(&Path::from("missing"), "x".into(), update(&e2))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, object_store::Error::Precondition { .. }),
+            "{err}"
+        );
         // Lock files are invisible and untouchable.
-        let listed: Vec<_> = store.list(None).map(|m| m.unwrap().location.to_string()).collect().await;
+        let listed: Vec<_> = store
+            .list(None)
+            .map(|m| m.unwrap().location.to_string())
+            .collect()
+            .await;
         assert_eq!(listed, vec!["members.json".to_string()]);
         let top = store.list_with_delimiter(None).await.unwrap();
         assert!(top.common_prefixes.is_empty(), "{top:?}");
-        assert!(store.put(&Path::from(".netsy-locks/00.lock"), "x".into()).await.is_err());
+        assert!(
+            store
+                .put(&Path::from(".netsy-locks/00.lock"), "x".into())
+                .await
+                .is_err()
+        );
         store.delete(&key).await.unwrap();
-        assert!(matches!(store.head(&key).await, Err(object_store::Error::NotFound { .. })));
+        assert!(matches!(
+            store.head(&key).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -290,7 +367,10 @@ mod tests {
             for racer in 0..8 {
                 let (store, key) = (store.clone(), key.clone());
                 tasks.push(tokio::spawn(async move {
-                    store.put_opts(&key, format!("{racer}").into(), PutMode::Create.into()).await.is_ok()
+                    store
+                        .put_opts(&key, format!("{racer}").into(), PutMode::Create.into())
+                        .await
+                        .is_ok()
                 }));
             }
             let mut winners = 0;
@@ -304,7 +384,10 @@ mod tests {
             for racer in 0..8 {
                 let (store, key, etag) = (store.clone(), key.clone(), etag.clone());
                 tasks.push(tokio::spawn(async move {
-                    store.put_opts(&key, format!("u{racer}").into(), update(&etag)).await.is_ok()
+                    store
+                        .put_opts(&key, format!("u{racer}").into(), update(&etag))
+                        .await
+                        .is_ok()
                 }));
             }
             let mut winners = 0;
@@ -321,7 +404,9 @@ mod tests {
     /// Body of a child process in `concurrent_racers_in_two_processes` (a no-op otherwise).
     #[tokio::test]
     async fn local_cas_child_process() {
-        let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+        let Ok(dir) = std::env::var(CHILD_ENV) else {
+            return;
+        };
         let store = LocalDirStore::new(&dir).unwrap();
         let me = std::process::id();
         let counter = Path::from("counter");
@@ -331,26 +416,45 @@ mod tests {
         loop {
             let ready = std::fs::read_dir(&dir)
                 .unwrap()
-                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ready-"))
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("ready-")
+                })
                 .count();
             if ready >= 2 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the other racer never started");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other racer never started"
+            );
             tokio::task::yield_now().await;
         }
         let mut create_wins = 0;
         for round in 0..ROUNDS {
             let key = Path::from(format!("race/{round}"));
-            if store.put_opts(&key, format!("{me}").into(), PutMode::Create.into()).await.is_ok() {
+            if store
+                .put_opts(&key, format!("{me}").into(), PutMode::Create.into())
+                .await
+                .is_ok()
+            {
                 create_wins += 1;
             }
             // Read-modify-write increment of a shared counter; retried on precondition failure.
             loop {
                 let got = store.get(&counter).await.unwrap();
                 let etag = got.meta.e_tag.clone().unwrap();
-                let n: u64 = String::from_utf8(got.bytes().await.unwrap().to_vec()).unwrap().parse().unwrap();
-                match store.put_opts(&counter, format!("{}", n + 1).into(), update(&etag)).await {
+                let n: u64 = String::from_utf8(got.bytes().await.unwrap().to_vec())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                match store
+                    .put_opts(&counter, format!("{}", n + 1).into(), update(&etag))
+                    .await
+                {
                     Ok(_) => break,
                     Err(object_store::Error::Precondition { .. }) => continue,
                     Err(e) => panic!("{e}"),
@@ -369,7 +473,12 @@ mod tests {
         let children: Vec<_> = (0..2)
             .map(|_| {
                 std::process::Command::new(&exe)
-                    .args(["--exact", "objstore::local::tests::local_cas_child_process", "--nocapture", "--test-threads=1"])
+                    .args([
+                        "--exact",
+                        "objstore::local::tests::local_cas_child_process",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
                     .env(CHILD_ENV, dir.path())
                     .stdout(std::process::Stdio::piped())
                     .stderr(std::process::Stdio::piped())
@@ -381,7 +490,11 @@ mod tests {
         for child in children {
             let out = child.wait_with_output().unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "child failed: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let wins: usize = stdout
                 .lines()
                 .find_map(|l| l.split_once("CREATE_WINS ").map(|(_, n)| n))
@@ -393,7 +506,17 @@ mod tests {
             total_wins += wins;
         }
         assert_eq!(total_wins, ROUNDS, "exactly one create winner per round");
-        let final_count = store.get(&Path::from("counter")).await.unwrap().bytes().await.unwrap();
-        assert_eq!(final_count.as_ref(), format!("{}", 2 * ROUNDS).as_bytes(), "no lost update");
+        let final_count = store
+            .get(&Path::from("counter"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(
+            final_count.as_ref(),
+            format!("{}", 2 * ROUNDS).as_bytes(),
+            "no lost update"
+        );
     }
 }

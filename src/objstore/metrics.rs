@@ -47,7 +47,15 @@ pub struct ObjectStoreMetrics {
 }
 
 const BYTE_BUCKETS: &[f64] = &[
-    1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0, 67108864.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
     104857600.0,
 ];
 
@@ -56,7 +64,10 @@ impl ObjectStoreMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         Ok(ObjectStoreMetrics {
             writes: IntCounterVec::new(
-                Opts::new("netsy_object_storage_writes_total", "Object storage write attempts"),
+                Opts::new(
+                    "netsy_object_storage_writes_total",
+                    "Object storage write attempts",
+                ),
                 &["kind", "mode", "result"],
             )?,
             write_duration: Histogram::with_opts(HistogramOpts::new(
@@ -64,12 +75,18 @@ impl ObjectStoreMetrics {
                 "Duration of object storage write attempts",
             ))?,
             write_bytes: HistogramVec::new(
-                HistogramOpts::new("netsy_object_storage_write_bytes", "Bytes per object storage write")
-                    .buckets(BYTE_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "netsy_object_storage_write_bytes",
+                    "Bytes per object storage write",
+                )
+                .buckets(BYTE_BUCKETS.to_vec()),
                 &["kind", "mode"],
             )?,
             reads: IntCounterVec::new(
-                Opts::new("netsy_object_storage_reads_total", "Object storage read attempts"),
+                Opts::new(
+                    "netsy_object_storage_reads_total",
+                    "Object storage read attempts",
+                ),
                 &["result"],
             )?,
             read_duration: Histogram::with_opts(HistogramOpts::new(
@@ -127,7 +144,11 @@ pub struct MetricsStore {
 impl MetricsStore {
     /// Wraps `inner`; `layout` classifies keys into the `kind` label.
     pub fn new(inner: DynStore, metrics: Arc<ObjectStoreMetrics>, layout: Layout) -> Self {
-        MetricsStore { inner, metrics, layout }
+        MetricsStore {
+            inner,
+            metrics,
+            layout,
+        }
     }
 
     fn kind(&self, location: &Path) -> &'static str {
@@ -143,14 +164,22 @@ impl fmt::Display for MetricsStore {
 
 #[async_trait]
 impl ObjectStore for MetricsStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
         let (kind, mode) = (self.kind(location), mode_label(&opts.mode));
         let len = payload.content_length();
         let started = Instant::now();
         let r = self.inner.put_opts(location, payload, opts).await;
         self.metrics.write(kind, mode, started, result_label(&r));
         if r.is_ok() {
-            self.metrics.write_bytes.with_label_values(&[kind, mode]).observe(len as f64);
+            self.metrics
+                .write_bytes
+                .with_label_values(&[kind, mode])
+                .observe(len as f64);
         }
         r
     }
@@ -173,12 +202,20 @@ impl ObjectStore for MetricsStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let started = Instant::now();
         let r = self.inner.get_opts(location, options).await;
-        self.metrics.reads.with_label_values(&[result_label(&r)]).inc();
-        self.metrics.read_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .reads
+            .with_label_values(&[result_label(&r)])
+            .inc();
+        self.metrics
+            .read_duration
+            .observe(started.elapsed().as_secs_f64());
         r
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
         let metrics = Arc::clone(&self.metrics);
         let layout = self.layout.clone();
         let started = Instant::now();
@@ -198,29 +235,40 @@ impl ObjectStore for MetricsStore {
         self.inner.list(prefix)
     }
 
-    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
         self.inner.list_with_offset(prefix, offset)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         let started = Instant::now();
         let r = self.inner.list_with_delimiter(prefix).await;
-        self.metrics.reads.with_label_values(&[result_label(&r)]).inc();
-        self.metrics.read_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .reads
+            .with_label_values(&[result_label(&r)])
+            .inc();
+        self.metrics
+            .read_duration
+            .observe(started.elapsed().as_secs_f64());
         r
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         let started = Instant::now();
         let r = self.inner.copy_opts(from, to, options).await;
-        self.metrics.write(self.kind(to), "copy", started, result_label(&r));
+        self.metrics
+            .write(self.kind(to), "copy", started, result_label(&r));
         r
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
         let started = Instant::now();
         let r = self.inner.rename_opts(from, to, options).await;
-        self.metrics.write(self.kind(to), "copy", started, result_label(&r));
+        self.metrics
+            .write(self.kind(to), "copy", started, result_label(&r));
         r
     }
 }
@@ -243,16 +291,21 @@ impl MultipartUpload for CountingUpload {
 
     async fn complete(&mut self) -> Result<PutResult> {
         let r = self.inner.complete().await;
-        self.metrics.write(self.kind, "multipart", self.started, result_label(&r));
+        self.metrics
+            .write(self.kind, "multipart", self.started, result_label(&r));
         if r.is_ok() {
-            self.metrics.write_bytes.with_label_values(&[self.kind, "multipart"]).observe(self.bytes as f64);
+            self.metrics
+                .write_bytes
+                .with_label_values(&[self.kind, "multipart"])
+                .observe(self.bytes as f64);
         }
         r
     }
 
     async fn abort(&mut self) -> Result<()> {
         let r = self.inner.abort().await;
-        self.metrics.write(self.kind, "multipart", self.started, "aborted");
+        self.metrics
+            .write(self.kind, "multipart", self.started, "aborted");
         r
     }
 }
@@ -271,8 +324,16 @@ mod tests {
         let layout = Layout::new("p").unwrap();
         let store = MetricsStore::new(Arc::new(InMemory::new()), metrics.clone(), layout.clone());
         let chunk = layout.chunk(5);
-        store.put_opts(&chunk, "x".into(), PutMode::Create.into()).await.unwrap();
-        assert!(store.put_opts(&chunk, "x".into(), PutMode::Create.into()).await.is_err());
+        store
+            .put_opts(&chunk, "x".into(), PutMode::Create.into())
+            .await
+            .unwrap();
+        assert!(
+            store
+                .put_opts(&chunk, "x".into(), PutMode::Create.into())
+                .await
+                .is_err()
+        );
         store.get(&chunk).await.unwrap();
         assert!(store.get(&layout.members()).await.is_err());
         let w = |k: &str, m: &str, r: &str| metrics.writes.with_label_values(&[k, m, r]).get();
@@ -280,8 +341,13 @@ mod tests {
         assert_eq!(w("chunk", "create", "already_exists"), 1);
         assert_eq!(metrics.reads.with_label_values(&["success"]).get(), 1);
         assert_eq!(metrics.reads.with_label_values(&["not_found"]).get(), 1);
-        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
         assert!(text.contains("netsy_object_storage_writes_total{kind=\"chunk\",mode=\"create\",result=\"success\"} 1"), "{text}");
-        assert!(text.contains("netsy_object_storage_write_bytes_bucket"), "{text}");
+        assert!(
+            text.contains("netsy_object_storage_write_bytes_bucket"),
+            "{text}"
+        );
     }
 }

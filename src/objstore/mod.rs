@@ -149,7 +149,8 @@ impl From<object_store::Error> for Error {
 
 /// The object-store error inside an `io::Error` produced while streaming a download.
 pub(crate) fn store_error_in(e: &std::io::Error) -> Option<&object_store::Error> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<object_store::Error>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<object_store::Error>())
 }
 
 /// Maps an object-store error for a known key (object_store's own paths may be backend paths).

@@ -76,7 +76,10 @@ pub struct Timeout {
 }
 
 fn timeout_error(op: &'static str, after: Duration) -> object_store::Error {
-    object_store::Error::Generic { store: STORE, source: Box::new(Timeout { op, after }) }
+    object_store::Error::Generic {
+        store: STORE,
+        source: Box::new(Timeout { op, after }),
+    }
 }
 
 /// Whether retrying `e` may help.
@@ -112,7 +115,10 @@ pub struct RetryStore {
 impl RetryStore {
     /// Wraps `inner`.
     pub fn new(inner: DynStore, cfg: RetryConfig) -> Self {
-        RetryStore { inner, cfg: Arc::new(cfg) }
+        RetryStore {
+            inner,
+            cfg: Arc::new(cfg),
+        }
     }
 
     async fn run<T, F, Fut>(&self, op: &'static str, mut f: F) -> Result<T>
@@ -186,8 +192,16 @@ impl fmt::Display for RetryStore {
 
 #[async_trait]
 impl ObjectStore for RetryStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        self.run("put", || self.inner.put_opts(location, payload.clone(), opts.clone())).await
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.run("put", || {
+            self.inner.put_opts(location, payload.clone(), opts.clone())
+        })
+        .await
     }
 
     async fn put_multipart_opts(
@@ -195,20 +209,37 @@ impl ObjectStore for RetryStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        let upload = self.run("put_multipart", || self.inner.put_multipart_opts(location, opts.clone())).await?;
-        Ok(Box::new(TimeoutUpload { inner: upload, timeout: self.cfg.call_timeout }))
+        let upload = self
+            .run("put_multipart", || {
+                self.inner.put_multipart_opts(location, opts.clone())
+            })
+            .await?;
+        Ok(Box::new(TimeoutUpload {
+            inner: upload,
+            timeout: self.cfg.call_timeout,
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        let mut result = self.run("get", || self.inner.get_opts(location, options.clone())).await?;
+        let mut result = self
+            .run("get", || self.inner.get_opts(location, options.clone()))
+            .await?;
         if let GetResultPayload::Stream(s) = result.payload {
-            result.payload = GetResultPayload::Stream(idle_timeout(s, "get body", self.cfg.stream_idle_timeout));
+            result.payload =
+                GetResultPayload::Stream(idle_timeout(s, "get body", self.cfg.stream_idle_timeout));
         }
         Ok(result)
     }
 
-    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
-        idle_timeout(self.inner.delete_stream(locations), "delete", self.cfg.stream_idle_timeout)
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        idle_timeout(
+            self.inner.delete_stream(locations),
+            "delete",
+            self.cfg.stream_idle_timeout,
+        )
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -251,15 +282,20 @@ impl ObjectStore for RetryStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.run("list", || self.inner.list_with_delimiter(prefix)).await
+        self.run("list", || self.inner.list_with_delimiter(prefix))
+            .await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.run("copy", || self.inner.copy_opts(from, to, options.clone())).await
+        self.run("copy", || self.inner.copy_opts(from, to, options.clone()))
+            .await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        self.run("rename", || self.inner.rename_opts(from, to, options.clone())).await
+        self.run("rename", || {
+            self.inner.rename_opts(from, to, options.clone())
+        })
+        .await
     }
 }
 
@@ -276,7 +312,9 @@ impl MultipartUpload for TimeoutUpload {
         let fut = self.inner.put_part(data);
         let timeout = self.timeout;
         Box::pin(async move {
-            tokio::time::timeout(timeout, fut).await.map_err(|_| timeout_error("put_part", timeout))?
+            tokio::time::timeout(timeout, fut)
+                .await
+                .map_err(|_| timeout_error("put_part", timeout))?
         })
     }
 
@@ -296,7 +334,10 @@ impl MultipartUpload for TimeoutUpload {
 }
 
 /// Collects a listing into a vector (helper for small listings).
-pub async fn collect_list(store: &dyn ObjectStore, prefix: Option<&Path>) -> Result<Vec<ObjectMeta>> {
+pub async fn collect_list(
+    store: &dyn ObjectStore,
+    prefix: Option<&Path>,
+) -> Result<Vec<ObjectMeta>> {
     store.list(prefix).try_collect().await
 }
 
@@ -335,7 +376,10 @@ mod tests {
         fault.fail_next(0);
         // Non-transient errors are not retried.
         let before = counter.get();
-        assert!(matches!(store.get(&Path::from("missing")).await, Err(object_store::Error::NotFound { .. })));
+        assert!(matches!(
+            store.get(&Path::from("missing")).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
         assert_eq!(counter.get(), before);
     }
 
