@@ -392,6 +392,25 @@ async fn s3_conditional_semantics_and_datafiles_on_seaweedfs() {
         .expect("chunk read");
     assert_eq!(recs[0].revision, 4);
 
+    // `netsy datafile inspect s3://…` streams the object and validates it.
+    let url = format!("s3://netsy/{}", chunks[0].key);
+    let (s3, location) = netsy::objstore::config::open_url_with(&url, &env).expect("url");
+    let report = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let opts = datafile::InspectOptions::default();
+        datafile::inspect::inspect_object(s3, location, &opts, &mut out).map(|_| out)
+    })
+    .await
+    .expect("join")
+    .expect("inspect");
+    let report = String::from_utf8(report).expect("utf8");
+    assert!(
+        report.contains("record 0: revision=4 key=\"/registry/k\""),
+        "{report}"
+    );
+    assert!(report.contains("5000B:\"xxxx"), "{report}");
+    assert!(report.ends_with("valid: yes\n"), "{report}");
+
     assert_eq!(storage.delete_chunks_up_to(5).await.expect("delete"), 3);
     let left = storage.list_chunks_after(0).await.expect("list");
     assert_eq!(left.iter().map(|c| c.revision).collect::<Vec<_>>(), vec![6]);

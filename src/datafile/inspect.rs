@@ -92,8 +92,7 @@ pub fn inspect_with(
                 url: path_or_url.to_string(),
                 source,
             })?;
-        let input = remote_reader(store, location);
-        inspect_reader(input, opts, out)
+        inspect_object(store, location, opts, out)
     } else {
         let path = path_or_url.strip_prefix("file://").unwrap_or(path_or_url);
         let file = std::fs::File::open(path).map_err(|source| InspectError::Open {
@@ -102,6 +101,18 @@ pub fn inspect_with(
         })?;
         inspect_reader(BufReader::new(file), opts, out)
     }
+}
+
+/// Validates and prints the data file at `location` in `store`, streaming it (a helper thread
+/// with its own runtime performs the GET, so this blocking function may be called from any
+/// thread, including a tokio blocking task; not from an async task itself).
+pub fn inspect_object(
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    location: object_store::path::Path,
+    opts: &InspectOptions,
+    out: &mut impl Write,
+) -> Result<FileSummary, InspectError> {
+    inspect_reader(remote_reader(store, location), opts, out)
 }
 
 /// Validates and prints a data file read from `input`.

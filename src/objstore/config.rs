@@ -386,6 +386,11 @@ fn bucket_in_host(endpoint: &str, bucket: &str) -> Result<String, Error> {
 /// Opens `url` (`s3://bucket/key`, `gs://bucket/key`, `az://container/key`) with credentials
 /// from the process environment, for tools such as `netsy datafile inspect`.
 pub fn open_url(url: &str) -> Result<(DynStore, Path), Error> {
+    open_url_with(url, &process_env())
+}
+
+/// [`open_url`] with an explicit environment.
+pub fn open_url_with(url: &str, env: &Env) -> Result<(DynStore, Path), Error> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| Error::Config(format!("not a URL: {url}")))?;
@@ -403,11 +408,10 @@ pub fn open_url(url: &str) -> Result<(DynStore, Path), Error> {
         bucket_name: bucket.to_string(),
         ..StorageConfig::default()
     };
-    let env = process_env();
     let store: DynStore = match provider {
-        Provider::S3 => Arc::new(cfg.s3_builder(&env)?.build().map_err(Error::Store)?),
-        Provider::Gcs => Arc::new(cfg.gcs_builder(&env).build().map_err(Error::Store)?),
-        _ => Arc::new(cfg.azure_builder(&env).build().map_err(Error::Store)?),
+        Provider::S3 => Arc::new(cfg.s3_builder(env)?.build().map_err(Error::Store)?),
+        Provider::Gcs => Arc::new(cfg.gcs_builder(env).build().map_err(Error::Store)?),
+        _ => Arc::new(cfg.azure_builder(env).build().map_err(Error::Store)?),
     };
     let location =
         Path::parse(key).map_err(|e| Error::Config(format!("invalid object key {key:?}: {e}")))?;
