@@ -26,6 +26,7 @@
 pub mod api;
 pub mod config;
 pub mod datafile;
+pub mod durability;
 pub mod health;
 pub mod metrics;
 pub mod objstore;

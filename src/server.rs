@@ -15,14 +15,96 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, ApiOptions, Context, Member};
 use crate::config::NodeConfig;
+use crate::durability::{
+    self, BucketHook, SnapshotPolicy, SnapshotWorker, backfill::BackfillError,
+};
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
-use crate::store::{NoopCommitHook, Store, StoreOptions};
+use crate::objstore::ObjectStorage;
+use crate::store::{Store, StoreOptions};
 use crate::systemd;
 use crate::watch::{RingLimits, WatchHub};
+use tokio::runtime::Handle;
 
 /// gRPC framing overhead allowed above the largest request, as etcd does.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Opens the local store and brings it up to date with the bucket; a local copy that does not
+/// fit the bucket's history is thrown away and rebuilt once.
+async fn load(
+    cfg: &NodeConfig,
+    hub: &WatchHub,
+    storage: &ObjectStorage,
+    committed: tokio::sync::mpsc::Sender<crate::durability::Committed>,
+) -> anyhow::Result<Store> {
+    for attempt in 0..2 {
+        systemd::status("loading: opening the local database");
+        tracing::info!(data_dir = %cfg.data_dir.display(), attempt, "loading_stage_started");
+        let hook = BucketHook::new(
+            storage.clone(),
+            cfg.node_id.clone(),
+            Handle::current(),
+            committed.clone(),
+        );
+        let store = {
+            let opts = StoreOptions {
+                data_dir: cfg.data_dir.clone(),
+                node_id: cfg.node_id.clone(),
+                readers: 4,
+            };
+            let hub = hub.clone();
+            tokio::task::spawn_blocking(move || Store::open(opts, hub, Box::new(hook)))
+                .await
+                .context("store task")?
+                .with_context(|| {
+                    format!(
+                        "NETSY_DATA_DIR: cannot open the local database in {}",
+                        cfg.data_dir.display()
+                    )
+                })?
+        };
+        let progress = |line: &str| {
+            tracing::info!("{line}");
+            systemd::status(line);
+        };
+        match durability::backfill(&store, storage, &cfg.node_id, &progress).await {
+            Ok(stats) => {
+                tracing::info!(
+                    snapshot = ?stats.snapshot_revision,
+                    chunks = stats.chunks,
+                    records = stats.records,
+                    bytes = stats.bytes,
+                    seconds = stats.seconds,
+                    records_per_second = stats.records as f64 / stats.seconds.max(0.001),
+                    revision = stats.latest_revision,
+                    leases = stats.leases,
+                    compaction = stats.compaction_revision,
+                    "loading_stage_completed"
+                );
+                store.leases().refresh_all();
+                return Ok(store);
+            }
+            Err(
+                e @ (BackfillError::Gap { .. }
+                | BackfillError::Store(crate::store::Error::Corrupt(_))),
+            ) if attempt == 0 => {
+                tracing::warn!(error = %e, "local_db_rebuild_started: the local copy does not fit the bucket");
+                drop(store);
+                for suffix in ["", "-wal", "-shm"] {
+                    let p = cfg.data_dir.join(format!("db.sqlite3{suffix}"));
+                    if let Err(err) = std::fs::remove_file(&p) {
+                        if err.kind() != std::io::ErrorKind::NotFound {
+                            return Err(err)
+                                .with_context(|| format!("cannot remove {}", p.display()));
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(e).context("loading from object storage failed"),
+        }
+    }
+    anyhow::bail!("loading from object storage failed twice")
+}
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(
@@ -52,27 +134,29 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
-    systemd::status("loading: opening the local database");
-    tracing::info!(data_dir = %cfg.data_dir.display(), "loading_stage_started");
     let hub = WatchHub::new(RingLimits::default());
-    let store = {
-        let opts = StoreOptions {
-            data_dir: cfg.data_dir.clone(),
-            node_id: cfg.node_id.clone(),
-            readers: 4,
-        };
-        let hub = hub.clone();
-        tokio::task::spawn_blocking(move || Store::open(opts, hub, Box::new(NoopCommitHook)))
-            .await
-            .context("store task")?
-            .with_context(|| {
-                format!(
-                    "NETSY_DATA_DIR: cannot open the local database in {}",
-                    cfg.data_dir.display()
-                )
-            })?
-    };
+    let storage = crate::durability::open_storage(&cfg.cluster.storage, &metrics.registry)
+        .context("storage: cannot configure object storage")?;
+    let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(1024);
+    let store = load(&cfg, &hub, &storage, committed_tx).await?;
     let _ = health_state.revisions.set(store.revisions().clone());
+    let snapshots = SnapshotWorker {
+        store: store.clone(),
+        storage: storage.clone(),
+        node_id: cfg.node_id.clone(),
+        temp_dir: cfg.data_dir.clone(),
+        policy: SnapshotPolicy {
+            threshold_records: cfg.cluster.snapshot.threshold_records,
+            threshold_bytes: u64::try_from(cfg.cluster.snapshot.threshold_size_mb)
+                .unwrap_or(u64::MAX / 2)
+                << 20,
+            threshold_age: Duration::from_secs(
+                u64::try_from(cfg.cluster.snapshot.threshold_age_minutes).unwrap_or(0) * 60,
+            ),
+            retention_count: cfg.cluster.snapshot.retention_count,
+        },
+    };
+    tokio::spawn(snapshots.run(committed_rx, stop_rx.clone()));
     let member = Member {
         cluster_id: api::fnv1a64(&cfg.cluster_id),
         member_id: api::fnv1a64(&cfg.node_id),

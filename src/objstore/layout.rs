@@ -140,6 +140,21 @@ impl Layout {
         self.key("leader/elector.json")
     }
 
+    /// `leases/{id:016x}.json`: a granted lease (ours; the original has no real leases).
+    pub fn lease(&self, id: i64) -> Path {
+        self.key(&format!("leases/{:016x}.json", id as u64))
+    }
+
+    /// Prefix under which leases are listed.
+    pub fn leases_dir(&self) -> Path {
+        self.key("leases")
+    }
+
+    /// `state/compaction.json`: the cluster's compaction revision (ours).
+    pub fn compaction(&self) -> Path {
+        self.key("state/compaction.json")
+    }
+
     /// `bootstrap.netsy`.
     pub fn bootstrap(&self) -> Path {
         self.key("bootstrap.netsy")
