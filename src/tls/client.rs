@@ -175,12 +175,23 @@ impl tower::Service<Uri> for PeerConnector {
             let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
             let port = uri.port_u16().ok_or("peer URI has no port")?;
             let name = ServerName::try_from(host.clone())?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
             let _ = tcp.set_nodelay(true);
-            let stream = tls.connect(name, tcp).await?;
+            let stream = tls.connect(name, tcp).await.map_err(|e| handshake_error(&host, port, &e))?;
             Ok(TokioIo::new(stream))
         })
     }
+}
+
+/// "TLS handshake with host:port failed: reason", with our identity errors shown by `Display`.
+fn handshake_error(host: &str, port: u16, e: &std::io::Error) -> BoxError {
+    let reason = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => other.0.to_string(),
+        _ => e.to_string(),
+    };
+    format!("TLS handshake with {host}:{port} failed: {reason}").into()
 }
 
 /// A tonic endpoint for `address` (`host:port`, `[v6]:port`, or a URI whose scheme is ignored).

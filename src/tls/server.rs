@@ -49,7 +49,7 @@ tokio::task_local! {
     static REMOTE: SocketAddr;
 }
 
-/// Who a listener admits.
+/// Who a listener admits, and over which protocol versions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerPolicy {
     /// Listener name, the `listener` label of the refusal counter (`client`, `peer`).
@@ -58,23 +58,43 @@ pub struct ListenerPolicy {
     pub cluster_id: String,
     /// Roles admitted on this listener.
     pub roles: Vec<Role>,
+    /// Also accept TLS 1.2 (default: TLS 1.3 only, as the spec says). For etcd clients whose
+    /// Go transport caps at TLS 1.2 when given a client certificate (etcdctl 3.5.1 does);
+    /// verification is the same.
+    pub allow_tls12: bool,
 }
 
 impl ListenerPolicy {
     /// The client port (2378): role `client` of this cluster.
     pub fn client_port(cluster_id: &str) -> Self {
-        ListenerPolicy { listener: "client", cluster_id: cluster_id.to_string(), roles: vec![Role::Client] }
+        ListenerPolicy {
+            listener: "client",
+            cluster_id: cluster_id.to_string(),
+            roles: vec![Role::Client],
+            allow_tls12: false,
+        }
     }
 
     /// The peer port (2381): role `peer` of this cluster (name passing the identifier rule).
     pub fn peer_port(cluster_id: &str) -> Self {
-        ListenerPolicy { listener: "peer", cluster_id: cluster_id.to_string(), roles: vec![Role::Peer] }
+        ListenerPolicy {
+            listener: "peer",
+            cluster_id: cluster_id.to_string(),
+            roles: vec![Role::Peer],
+            allow_tls12: false,
+        }
     }
 
     /// Replaces the admitted roles (e.g. `[Client, Peer]` on the client port when nodes forward
     /// client requests there).
     pub fn with_roles(mut self, roles: &[Role]) -> Self {
         self.roles = roles.to_vec();
+        self
+    }
+
+    /// Sets [`ListenerPolicy::allow_tls12`].
+    pub fn with_tls12(mut self, allow: bool) -> Self {
+        self.allow_tls12 = allow;
         self
     }
 }
@@ -313,7 +333,8 @@ pub struct TlsServer {
 }
 
 impl TlsServer {
-    /// Builds the listener's TLS 1.3 config (ALPN `h2`) on top of the reloader.
+    /// Builds the listener's TLS 1.3 config (ALPN `h2`, no session resumption) on top of the
+    /// reloader.
     pub fn new(reloader: Arc<TlsReloader>, policy: ListenerPolicy) -> Result<Self, TlsError> {
         let provider = provider();
         let refusals = Arc::new(Refusals {
@@ -321,6 +342,11 @@ impl TlsServer {
             counter: reloader.metrics().refusals.clone(),
             last_logged: Mutex::new(HashMap::new()),
         });
+        let versions: &[&rustls::SupportedProtocolVersion] = if policy.allow_tls12 {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
         let verifier = InboundVerifier {
             reloader: reloader.clone(),
             policy,
@@ -328,7 +354,7 @@ impl TlsServer {
             schemes: provider.signature_verification_algorithms.supported_schemes(),
         };
         let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_protocol_versions(versions)?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(CurrentServerCert(reloader)));
         config.alpn_protocols = vec![b"h2".to_vec()];
