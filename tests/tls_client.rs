@@ -9,10 +9,18 @@ use netsy::tls::{LeafSpec, ListenerPolicy, TlsServer, connect, connect_lazy, pee
 use tls_support::*;
 
 /// A peer-port server for `node-2` whose server certificate is built from `server`.
-async fn peer_server(ca: &netsy::tls::CertAuthority, server: LeafSpec) -> (NodeFiles, RunningServer) {
-    let files = node_files_with(ca, server, LeafSpec::node_peer_client(CLUSTER, "node-2", lifetime()));
+async fn peer_server(
+    ca: &netsy::tls::CertAuthority,
+    server: LeafSpec,
+) -> (NodeFiles, RunningServer) {
+    let files = node_files_with(
+        ca,
+        server,
+        LeafSpec::node_peer_client(CLUSTER, "node-2", lifetime()),
+    );
     let reloader = load(&files.paths);
-    let running = start_server(TlsServer::new(reloader, ListenerPolicy::peer_port(CLUSTER)).unwrap()).await;
+    let running =
+        start_server(TlsServer::new(reloader, ListenerPolicy::peer_port(CLUSTER)).unwrap()).await;
     (files, running)
 }
 
@@ -25,13 +33,26 @@ async fn outbound_peer_channel_presents_the_node_certificate() {
 
     let config = peer_client_config(reloader.clone(), CLUSTER, Some("node-2")).unwrap();
     let address = format!("localhost:{}", server.addr.port());
-    let ch = connect(&address, config.clone(), Duration::from_secs(5)).await.unwrap();
-    assert_eq!(status(ch).await.unwrap(), "netsy://test-cluster/peer/node-1");
+    let ch = connect(&address, config.clone(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(ch).await.unwrap(),
+        "netsy://test-cluster/peer/node-1"
+    );
 
     // Any node of the cluster, by IP address, lazily.
     let any = peer_client_config(reloader, CLUSTER, None).unwrap();
-    let ch = connect_lazy(&format!("127.0.0.1:{}", server.addr.port()), any, Duration::from_secs(5)).unwrap();
-    assert_eq!(status(ch).await.unwrap(), "netsy://test-cluster/peer/node-1");
+    let ch = connect_lazy(
+        &format!("127.0.0.1:{}", server.addr.port()),
+        any,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        status(ch).await.unwrap(),
+        "netsy://test-cluster/peer/node-1"
+    );
 }
 
 #[tokio::test]
@@ -44,14 +65,29 @@ async fn outbound_refuses_a_server_that_is_not_the_expected_peer() {
     // Wrong node: the server is node-2, we dial expecting node-3.
     let (_f, server) = peer_server(&ca, server_spec(CLUSTER, "node-2")).await;
     let config = peer_client_config(reloader.clone(), CLUSTER, Some("node-3")).unwrap();
-    let err = connect(&localhost(server.addr.port()), config, Duration::from_secs(5)).await.unwrap_err();
+    let err = connect(
+        &localhost(server.addr.port()),
+        config,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     let msg = error_chain(&err);
-    assert!(msg.contains("expected netsy://test-cluster/peer/node-3"), "{msg}");
+    assert!(
+        msg.contains("expected netsy://test-cluster/peer/node-3"),
+        "{msg}"
+    );
 
     // Wrong cluster.
     let (_f, server) = peer_server(&ca, server_spec("other-cluster", "node-2")).await;
     let config = peer_client_config(reloader.clone(), CLUSTER, None).unwrap();
-    let err = connect(&localhost(server.addr.port()), config, Duration::from_secs(5)).await.unwrap_err();
+    let err = connect(
+        &localhost(server.addr.port()),
+        config,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     let msg = error_chain(&err);
     assert!(msg.contains("netsy://other-cluster/peer/node-2"), "{msg}");
 
@@ -60,7 +96,13 @@ async fn outbound_refuses_a_server_that_is_not_the_expected_peer() {
     spec.uris = vec!["netsy://test-cluster/client/node-2".into()];
     let (_f, server) = peer_server(&ca, spec).await;
     let config = peer_client_config(reloader.clone(), CLUSTER, Some("node-2")).unwrap();
-    let err = connect(&localhost(server.addr.port()), config, Duration::from_secs(5)).await.unwrap_err();
+    let err = connect(
+        &localhost(server.addr.port()),
+        config,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     let msg = error_chain(&err);
     assert!(msg.contains("netsy://test-cluster/client/node-2"), "{msg}");
 
@@ -69,14 +111,26 @@ async fn outbound_refuses_a_server_that_is_not_the_expected_peer() {
     spec.ips.clear();
     let (_f, server) = peer_server(&ca, spec).await;
     let config = peer_client_config(reloader.clone(), CLUSTER, Some("node-2")).unwrap();
-    let err = connect(&format!("127.0.0.1:{}", server.addr.port()), config, Duration::from_secs(5)).await.unwrap_err();
+    let err = connect(
+        &format!("127.0.0.1:{}", server.addr.port()),
+        config,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     let msg = error_chain(&err);
     assert!(msg.contains("not valid for name"), "{msg}");
 
     // Right identity, server certificate from another CA.
     let (_f, server) = peer_server(&new_ca(), server_spec(CLUSTER, "node-2")).await;
     let config = peer_client_config(reloader, CLUSTER, Some("node-2")).unwrap();
-    let err = connect(&localhost(server.addr.port()), config, Duration::from_secs(5)).await.unwrap_err();
+    let err = connect(
+        &localhost(server.addr.port()),
+        config,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     let msg = error_chain(&err);
     assert!(msg.contains("UnknownIssuer"), "{msg}");
 }

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use rustls::pki_types::ServerName;
 
+use super::TlsError;
 use super::files::{FileKind, Material, RawFiles, TlsPaths};
 use super::identity::{Identity, IdentityError, Role};
-use super::TlsError;
 
 /// What this node's certificates must say about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,14 +28,28 @@ pub struct NodeCertPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("{file} {}: {source}", path.display())]
-    Identity { file: FileKind, path: PathBuf, source: IdentityError },
+    Identity {
+        file: FileKind,
+        path: PathBuf,
+        source: IdentityError,
+    },
     #[error("{file} {}: URI SAN is {found}, expected {want} (this node and cluster)", path.display())]
-    WrongIdentity { file: FileKind, path: PathBuf, found: String, want: String },
+    WrongIdentity {
+        file: FileKind,
+        path: PathBuf,
+        found: String,
+        want: String,
+    },
     #[error(
         "{file} {}: not valid for advertise address {address:?} (host {host}); add it as a DNS or IP SAN",
         path.display()
     )]
-    AdvertiseNotCovered { file: FileKind, path: PathBuf, address: String, host: String },
+    AdvertiseNotCovered {
+        file: FileKind,
+        path: PathBuf,
+        address: String,
+        host: String,
+    },
     #[error("advertise address {address:?}: {reason}")]
     BadAdvertise { address: String, reason: String },
 }
@@ -58,19 +72,38 @@ pub fn check_node_files(paths: &TlsPaths, policy: &NodeCertPolicy) -> Result<(),
     Ok(())
 }
 
-pub(crate) fn check_material(m: &Material, paths: &TlsPaths, policy: &NodeCertPolicy) -> Result<(), CheckError> {
+pub(crate) fn check_material(
+    m: &Material,
+    paths: &TlsPaths,
+    policy: &NodeCertPolicy,
+) -> Result<(), CheckError> {
     let want = format!("netsy://{}/peer/{}", policy.cluster_id, policy.node_id);
-    for (file, chain) in [(FileKind::ServerCert, m.server_chain()), (FileKind::ClientCert, m.client_chain())] {
+    for (file, chain) in [
+        (FileKind::ServerCert, m.server_chain()),
+        (FileKind::ClientCert, m.client_chain()),
+    ] {
         let path = paths.path(file).to_path_buf();
         let ee = chain.first().map(|c| c.as_ref()).unwrap_or_default();
-        let id = Identity::from_der(ee).map_err(|source| CheckError::Identity { file, path: path.clone(), source })?;
-        if id.role != Role::Peer || id.cluster_id != policy.cluster_id || id.name != policy.node_id {
-            return Err(CheckError::WrongIdentity { file, path, found: id.uri(), want });
+        let id = Identity::from_der(ee).map_err(|source| CheckError::Identity {
+            file,
+            path: path.clone(),
+            source,
+        })?;
+        if id.role != Role::Peer || id.cluster_id != policy.cluster_id || id.name != policy.node_id
+        {
+            return Err(CheckError::WrongIdentity {
+                file,
+                path,
+                found: id.uri(),
+                want,
+            });
         }
     }
     for address in &policy.advertise {
-        let Some(host) = advertise_host(address)
-            .map_err(|reason| CheckError::BadAdvertise { address: address.clone(), reason })?
+        let Some(host) = advertise_host(address).map_err(|reason| CheckError::BadAdvertise {
+            address: address.clone(),
+            reason,
+        })?
         else {
             continue;
         };
@@ -132,7 +165,10 @@ mod tests {
     #[test]
     fn advertise_hosts() {
         let ok = |a: &str| advertise_host(a).unwrap();
-        assert_eq!(ok("netsy-0.netsy.default.svc.cluster.local:2378").as_deref(), Some("netsy-0.netsy.default.svc.cluster.local"));
+        assert_eq!(
+            ok("netsy-0.netsy.default.svc.cluster.local:2378").as_deref(),
+            Some("netsy-0.netsy.default.svc.cluster.local")
+        );
         assert_eq!(ok("10.0.0.1:2381").as_deref(), Some("10.0.0.1"));
         assert_eq!(ok("[::1]:2378").as_deref(), Some("::1"));
         assert_eq!(ok("::1").as_deref(), Some("::1"));

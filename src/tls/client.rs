@@ -64,7 +64,13 @@ impl ServerCertVerifier for OutboundVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let material = self.reloader.current();
-        material.outbound.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        material.outbound.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
         let id = Identity::from_der(end_entity).map_err(|e| identity_failure(e.into()))?;
         let name_ok = self.node_id.as_ref().is_none_or(|n| *n == id.name);
         if id.role != Role::Peer || id.cluster_id != self.cluster_id || !name_ok {
@@ -73,7 +79,10 @@ impl ServerCertVerifier for OutboundVerifier {
                 self.cluster_id,
                 self.node_id.as_deref().unwrap_or("{any node}")
             );
-            return Err(identity_failure(PeerIdentityError::Mismatch { found: id.uri(), expected }));
+            return Err(identity_failure(PeerIdentityError::Mismatch {
+                found: id.uri(),
+                expected,
+            }));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -84,7 +93,10 @@ impl ServerCertVerifier for OutboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.reloader.current().outbound.verify_tls12_signature(message, cert, dss)
+        self.reloader
+            .current()
+            .outbound
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -93,7 +105,10 @@ impl ServerCertVerifier for OutboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.reloader.current().outbound.verify_tls13_signature(message, cert, dss)
+        self.reloader
+            .current()
+            .outbound
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -132,7 +147,9 @@ pub fn peer_client_config(
         reloader: reloader.clone(),
         cluster_id: cluster_id.to_string(),
         node_id: node_id.map(str::to_string),
-        schemes: provider.signature_verification_algorithms.supported_schemes(),
+        schemes: provider
+            .signature_verification_algorithms
+            .supported_schemes(),
     };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -153,7 +170,9 @@ pub struct PeerConnector {
 
 impl PeerConnector {
     pub fn new(config: Arc<ClientConfig>) -> Self {
-        PeerConnector { tls: TlsConnector::from(config) }
+        PeerConnector {
+            tls: TlsConnector::from(config),
+        }
     }
 }
 
@@ -172,14 +191,20 @@ impl tower::Service<Uri> for PeerConnector {
         let tls = self.tls.clone();
         Box::pin(async move {
             let host = uri.host().ok_or("peer URI has no host")?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             let port = uri.port_u16().ok_or("peer URI has no port")?;
             let name = ServerName::try_from(host.clone())?;
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
             let _ = tcp.set_nodelay(true);
-            let stream = tls.connect(name, tcp).await.map_err(|e| handshake_error(&host, port, &e))?;
+            let stream = tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| handshake_error(&host, port, &e))?;
             Ok(TokioIo::new(stream))
         })
     }
@@ -187,8 +212,13 @@ impl tower::Service<Uri> for PeerConnector {
 
 /// "TLS handshake with host:port failed: reason", with our identity errors shown by `Display`.
 fn handshake_error(host: &str, port: u16, e: &std::io::Error) -> BoxError {
-    let reason = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => other.0.to_string(),
+    let reason = match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) => {
+            other.0.to_string()
+        }
         _ => e.to_string(),
     };
     format!("TLS handshake with {host}:{port} failed: {reason}").into()
@@ -196,11 +226,16 @@ fn handshake_error(host: &str, port: u16, e: &std::io::Error) -> BoxError {
 
 /// A tonic endpoint for `address` (`host:port`, `[v6]:port`, or a URI whose scheme is ignored).
 fn endpoint(address: &str, connect_timeout: Duration) -> Result<Endpoint, TlsError> {
-    let bad = |reason: String| TlsError::Address { address: address.to_string(), reason };
+    let bad = |reason: String| TlsError::Address {
+        address: address.to_string(),
+        reason,
+    };
     let authority = address.split_once("://").map_or(address, |(_, rest)| rest);
     let authority = authority.split('/').next().unwrap_or_default();
     // The connector does TLS itself; `http` keeps tonic from looking for its own TLS.
-    let uri: Uri = format!("http://{authority}").parse().map_err(|e| bad(format!("{e}")))?;
+    let uri: Uri = format!("http://{authority}")
+        .parse()
+        .map_err(|e| bad(format!("{e}")))?;
     if uri.port_u16().is_none() {
         return Err(bad("no port".into()));
     }
@@ -218,6 +253,12 @@ pub fn connect_lazy(
 }
 
 /// Like [`connect_lazy`] but connects now, failing if the first connection fails.
-pub async fn connect(address: &str, config: Arc<ClientConfig>, connect_timeout: Duration) -> Result<Channel, TlsError> {
-    Ok(endpoint(address, connect_timeout)?.connect_with_connector(PeerConnector::new(config)).await?)
+pub async fn connect(
+    address: &str,
+    config: Arc<ClientConfig>,
+    connect_timeout: Duration,
+) -> Result<Channel, TlsError> {
+    Ok(endpoint(address, connect_timeout)?
+        .connect_with_connector(PeerConnector::new(config))
+        .await?)
 }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::client::WebPkiServerVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, RootCertStore};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -68,8 +68,13 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    pub(crate) const ALL: [FileKind; 5] =
-        [FileKind::Ca, FileKind::ServerCert, FileKind::ServerKey, FileKind::ClientCert, FileKind::ClientKey];
+    pub(crate) const ALL: [FileKind; 5] = [
+        FileKind::Ca,
+        FileKind::ServerCert,
+        FileKind::ServerKey,
+        FileKind::ClientCert,
+        FileKind::ClientKey,
+    ];
 
     /// The `file` label of `netsy_tls_reload_failures_total`.
     pub fn label(self) -> &'static str {
@@ -123,8 +128,8 @@ pub enum FileProblem {
     Expired(SystemTime),
     #[error("not valid before {}", rfc3339(*.0))]
     NotYetValid(SystemTime),
-    #[error("not signed by the CA in {}: {error}", ca.display())]
-    NotSignedByCa { ca: PathBuf, error: rustls::Error },
+    #[error("not signed by the CA in {}: {detail}", ca.display())]
+    NotSignedByCa { ca: PathBuf, detail: String },
     #[error("not valid for {0}: {1}")]
     WrongUsage(&'static str, rustls::Error),
     #[error("{0}")]
@@ -144,8 +149,11 @@ impl RawFiles {
         let mut out: [Vec<u8>; 5] = Default::default();
         for (slot, file) in out.iter_mut().zip(FileKind::ALL) {
             let path = paths.path(file);
-            *slot = std::fs::read(path)
-                .map_err(|e| FileError { file, path: path.to_path_buf(), reason: FileProblem::Read(e) })?;
+            *slot = std::fs::read(path).map_err(|e| FileError {
+                file,
+                path: path.to_path_buf(),
+                reason: FileProblem::Read(e),
+            })?;
         }
         Ok(RawFiles(out))
     }
@@ -252,7 +260,11 @@ impl Material {
 
     /// Parses and cross-checks a snapshot of the files: every file parses, each key matches its
     /// certificate, both leaves are currently valid and chain to the CA with the right usage.
-    pub(crate) fn build(paths: &TlsPaths, raw: RawFiles, now: SystemTime) -> Result<Self, FileError> {
+    pub(crate) fn build(
+        paths: &TlsPaths,
+        raw: RawFiles,
+        now: SystemTime,
+    ) -> Result<Self, FileError> {
         let err = |file: FileKind, reason: FileProblem| FileError {
             file,
             path: paths.path(file).to_path_buf(),
@@ -262,13 +274,18 @@ impl Material {
         let mut roots = RootCertStore::empty();
         let mut ca_not_after = None::<SystemTime>;
         for der in &ca_certs {
-            let facts = CertFacts::from_der(der).map_err(|e| err(FileKind::Ca, FileProblem::BadCertificate(e)))?;
+            let facts = CertFacts::from_der(der)
+                .map_err(|e| err(FileKind::Ca, FileProblem::BadCertificate(e)))?;
             ca_not_after = Some(ca_not_after.map_or(facts.not_after, |t| t.min(facts.not_after)));
-            roots
-                .add(der.clone())
-                .map_err(|e| err(FileKind::Ca, FileProblem::Invalid(format!("not a usable CA certificate: {e}"))))?;
+            roots.add(der.clone()).map_err(|e| {
+                err(
+                    FileKind::Ca,
+                    FileProblem::Invalid(format!("not a usable CA certificate: {e}")),
+                )
+            })?;
         }
-        let ca_not_after = ca_not_after.ok_or_else(|| err(FileKind::Ca, FileProblem::NoPem("CERTIFICATE")))?;
+        let ca_not_after =
+            ca_not_after.ok_or_else(|| err(FileKind::Ca, FileProblem::NoPem("CERTIFICATE")))?;
         let roots = Arc::new(roots);
         let provider = provider();
         let inbound = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -278,21 +295,42 @@ impl Material {
             .build()
             .map_err(|e| err(FileKind::Ca, FileProblem::Invalid(e.to_string())))?;
 
-        let unix_now = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
-        let server = load_leaf(paths, &raw, FileKind::ServerCert, FileKind::ServerKey, now, |ee, rest| {
-            let parsed = ParsedCertificate::try_from(ee)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                &roots,
-                rest,
-                unix_now,
-                provider.signature_verification_algorithms.all,
-            )
-        })?;
-        let client = load_leaf(paths, &raw, FileKind::ClientCert, FileKind::ClientKey, now, |ee, rest| {
-            inbound.verify_client_cert(ee, rest, unix_now).map(|_| ())
-        })?;
-        Ok(Material { raw, ca_certs, ca_not_after, server, client, inbound, outbound })
+        let unix_now =
+            UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
+        let server = load_leaf(
+            paths,
+            &raw,
+            FileKind::ServerCert,
+            FileKind::ServerKey,
+            now,
+            |ee, rest| {
+                let parsed = ParsedCertificate::try_from(ee)?;
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &parsed,
+                    &roots,
+                    rest,
+                    unix_now,
+                    provider.signature_verification_algorithms.all,
+                )
+            },
+        )?;
+        let client = load_leaf(
+            paths,
+            &raw,
+            FileKind::ClientCert,
+            FileKind::ClientKey,
+            now,
+            |ee, rest| inbound.verify_client_cert(ee, rest, unix_now).map(|_| ()),
+        )?;
+        Ok(Material {
+            raw,
+            ca_certs,
+            ca_not_after,
+            server,
+            client,
+            inbound,
+            outbound,
+        })
     }
 
     /// Whether the server certificate is valid for `name` (DNS name or IP address).
@@ -320,7 +358,8 @@ fn load_leaf(
     let Some(ee) = chain.first() else {
         return Err(err(cert_file, FileProblem::NoPem("CERTIFICATE")));
     };
-    let facts = CertFacts::from_der(ee).map_err(|e| err(cert_file, FileProblem::BadCertificate(e)))?;
+    let facts =
+        CertFacts::from_der(ee).map_err(|e| err(cert_file, FileProblem::BadCertificate(e)))?;
     if now < facts.not_before {
         return Err(err(cert_file, FileProblem::NotYetValid(facts.not_before)));
     }
@@ -328,26 +367,55 @@ fn load_leaf(
         return Err(err(cert_file, FileProblem::Expired(facts.not_after)));
     }
     let key = parse_key(raw.get(key_file)).map_err(|r| err(key_file, r))?;
-    let signing = provider().key_provider.load_private_key(key).map_err(|e| err(key_file, FileProblem::BadKey(e)))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| err(key_file, FileProblem::BadKey(e)))?;
     let certified = CertifiedKey::new(chain.clone(), signing);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(_) => {
-            return Err(err(key_file, FileProblem::KeyMismatch(paths.path(cert_file).to_path_buf())));
+            return Err(err(
+                key_file,
+                FileProblem::KeyMismatch(paths.path(cert_file).to_path_buf()),
+            ));
         }
     }
-    verify_chain(ee, &chain[1..]).map_err(|e| err(cert_file, chain_problem(paths, cert_file, e)))?;
-    Ok(Leaf { key: Arc::new(certified), facts })
+    verify_chain(ee, &chain[1..])
+        .map_err(|e| err(cert_file, chain_problem(paths, cert_file, e)))?;
+    Ok(Leaf {
+        key: Arc::new(certified),
+        facts,
+    })
 }
 
 fn chain_problem(paths: &TlsPaths, cert_file: FileKind, e: rustls::Error) -> FileProblem {
     use CertificateError as C;
-    let usage = if cert_file == FileKind::ServerCert { "TLS server authentication" } else { "TLS client authentication" };
+    let usage = if cert_file == FileKind::ServerCert {
+        "TLS server authentication"
+    } else {
+        "TLS client authentication"
+    };
     match &e {
         rustls::Error::InvalidCertificate(C::InvalidPurpose | C::InvalidPurposeContext { .. }) => {
             FileProblem::WrongUsage(usage, e)
         }
-        _ => FileProblem::NotSignedByCa { ca: paths.ca_cert.clone(), error: e },
+        _ => FileProblem::NotSignedByCa {
+            ca: paths.ca_cert.clone(),
+            detail: chain_detail(&e),
+        },
+    }
+}
+
+fn chain_detail(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "issuer not found in the bundle".into()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+            "signature does not verify".into()
+        }
+        other => other.to_string(),
     }
 }
 

@@ -67,13 +67,20 @@ pub struct CertsArgs {
 
 /// Runs `netsy certs`.
 pub fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
-    validate_identifier(&args.cluster_id).map_err(|e| anyhow::anyhow!("--cluster-id {:?}: {e}", args.cluster_id))?;
+    validate_identifier(&args.cluster_id)
+        .map_err(|e| anyhow::anyhow!("--cluster-id {:?}: {e}", args.cluster_id))?;
     for node in &args.nodes {
         validate_identifier(node).map_err(|e| anyhow::anyhow!("--node {node:?}: {e}"))?;
     }
     for name in &args.clients {
-        if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) || !name.is_ascii() {
-            bail!("--client {name:?}: use a non-empty ASCII name without '/' that does not start with '.'");
+        if name.is_empty()
+            || name.starts_with('.')
+            || name.contains(['/', '\\'])
+            || !name.is_ascii()
+        {
+            bail!(
+                "--client {name:?}: use a non-empty ASCII name without '/' that does not start with '.'"
+            );
         }
     }
     if args.nodes.is_empty() && args.clients.is_empty() {
@@ -90,29 +97,55 @@ pub fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
     let dir = &args.dir;
     let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
     let ca = if ca_crt.exists() && ca_key.exists() {
-        let cert = fs::read_to_string(&ca_crt).with_context(|| format!("reading {}", ca_crt.display()))?;
-        let key = fs::read_to_string(&ca_key).with_context(|| format!("reading {}", ca_key.display()))?;
-        CertAuthority::from_pem(&cert, &key).with_context(|| format!("loading the CA from {}", dir.display()))?
+        let cert =
+            fs::read_to_string(&ca_crt).with_context(|| format!("reading {}", ca_crt.display()))?;
+        let key =
+            fs::read_to_string(&ca_key).with_context(|| format!("reading {}", ca_key.display()))?;
+        CertAuthority::from_pem(&cert, &key)
+            .with_context(|| format!("loading the CA from {}", dir.display()))?
     } else {
-        let ca = CertAuthority::generate(&format!("netsy {} CA", args.cluster_id), Validity::starting_now(args.ca_validity))?;
+        let ca = CertAuthority::generate(
+            &format!("netsy {} CA", args.cluster_id),
+            Validity::starting_now(args.ca_validity),
+        )?;
         write_file(&ca_crt, ca.cert_pem(), false, true)?;
         write_file(&ca_key, ca.key_pem(), true, true)?;
         ca
     };
 
     let (dns, ips) = if args.dns_names.is_empty() && args.ips.is_empty() {
-        (vec!["localhost".to_string(), "{node}".to_string()], vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])])
+        (
+            vec!["localhost".to_string(), "{node}".to_string()],
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+            ],
+        )
     } else {
         (args.dns_names.clone(), args.ips.clone())
     };
     for node in &args.nodes {
-        let node_dir = if args.nodes.len() == 1 { dir.clone() } else { dir.join(node) };
+        let node_dir = if args.nodes.len() == 1 {
+            dir.clone()
+        } else {
+            dir.join(node)
+        };
         if node_dir != *dir {
             write_file(&node_dir.join("ca.crt"), ca.cert_pem(), false, true)?;
         }
         let dns: Vec<String> = dns.iter().map(|d| d.replace("{node}", node)).collect();
-        let server = ca.issue(&LeafSpec::node_server(&args.cluster_id, node, dns, ips.clone(), leaf_validity))?;
-        let peer = ca.issue(&LeafSpec::node_peer_client(&args.cluster_id, node, leaf_validity))?;
+        let server = ca.issue(&LeafSpec::node_server(
+            &args.cluster_id,
+            node,
+            dns,
+            ips.clone(),
+            leaf_validity,
+        ))?;
+        let peer = ca.issue(&LeafSpec::node_peer_client(
+            &args.cluster_id,
+            node,
+            leaf_validity,
+        ))?;
         write_pair(&node_dir, "server", &server, args.force)?;
         write_pair(&node_dir.join("client"), "peer", &peer, args.force)?;
         println!("node {node}: {}", node_dir.display());
@@ -120,13 +153,21 @@ pub fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
     for name in &args.clients {
         let client = ca.issue(&LeafSpec::client(&args.cluster_id, name, leaf_validity))?;
         write_pair(&dir.join("clients"), name, &client, args.force)?;
-        println!("client {name}: {}", dir.join("clients").join(format!("{name}.crt")).display());
+        println!(
+            "client {name}: {}",
+            dir.join("clients").join(format!("{name}.crt")).display()
+        );
     }
     Ok(())
 }
 
 fn write_pair(dir: &Path, stem: &str, cert: &IssuedCert, force: bool) -> anyhow::Result<()> {
-    write_file(&dir.join(format!("{stem}.crt")), &cert.cert_pem, false, force)?;
+    write_file(
+        &dir.join(format!("{stem}.crt")),
+        &cert.cert_pem,
+        false,
+        force,
+    )?;
     write_file(&dir.join(format!("{stem}.key")), &cert.key_pem, true, force)
 }
 
@@ -146,9 +187,14 @@ fn write_file(path: &Path, contents: &str, secret: bool, overwrite: bool) -> any
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(if secret { 0o600 } else { 0o644 });
     }
-    let mut f = options.open(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(contents.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    let mut f = options
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Validity period of a certificate.
@@ -165,19 +211,28 @@ impl Validity {
     /// Valid from five minutes ago (clock skew) for `lifetime`.
     pub fn starting_now(lifetime: Duration) -> Self {
         let now = SystemTime::now();
-        Validity { not_before: now - SKEW, not_after: now + lifetime }
+        Validity {
+            not_before: now - SKEW,
+            not_after: now + lifetime,
+        }
     }
 
     /// Expired a day ago.
     pub fn expired() -> Self {
         let now = SystemTime::now();
-        Validity { not_before: now - 2 * DAY, not_after: now - DAY }
+        Validity {
+            not_before: now - 2 * DAY,
+            not_after: now - DAY,
+        }
     }
 
     /// Valid from tomorrow.
     pub fn not_yet_valid() -> Self {
         let now = SystemTime::now();
-        Validity { not_before: now + DAY, not_after: now + 2 * DAY }
+        Validity {
+            not_before: now + DAY,
+            not_after: now + 2 * DAY,
+        }
     }
 }
 
@@ -196,7 +251,13 @@ pub struct LeafSpec {
 
 impl LeafSpec {
     /// A node's server certificate: `netsy://{cluster}/peer/{node}`, server and client auth.
-    pub fn node_server(cluster_id: &str, node_id: &str, dns_names: Vec<String>, ips: Vec<IpAddr>, validity: Validity) -> Self {
+    pub fn node_server(
+        cluster_id: &str,
+        node_id: &str,
+        dns_names: Vec<String>,
+        ips: Vec<IpAddr>,
+        validity: Validity,
+    ) -> Self {
         LeafSpec {
             common_name: node_id.to_string(),
             uris: vec![format!("netsy://{cluster_id}/peer/{node_id}")],
@@ -257,21 +318,35 @@ impl CertAuthority {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         set_validity(&mut params, validity)?;
         params.serial_number = Some(random_serial().0);
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
-        Ok(CertAuthority { issuer: Issuer::new(params, key), cert_pem: cert.pem(), key_pem })
+        Ok(CertAuthority {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+            key_pem,
+        })
     }
 
     /// An existing CA from its PEM certificate and key.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> anyhow::Result<Self> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(CertAuthority { issuer, cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() })
+        Ok(CertAuthority {
+            issuer,
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -287,29 +362,43 @@ impl CertAuthority {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, spec.common_name.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, spec.common_name.as_str());
         for uri in &spec.uris {
-            params.subject_alt_names.push(SanType::URI(uri.as_str().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into()?));
         }
         for dns in &spec.dns_names {
-            params.subject_alt_names.push(SanType::DnsName(dns.as_str().try_into()?));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.as_str().try_into()?));
         }
         for ip in &spec.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.server_auth {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if spec.client_auth {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, spec.validity)?;
         let (serial, serial_text) = random_serial();
         params.serial_number = Some(serial);
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: serial_text })
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial: serial_text,
+        })
     }
 }
 

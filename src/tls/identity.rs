@@ -62,7 +62,12 @@ impl Identity {
     pub(crate) fn from_x509(cert: &X509Certificate<'_>) -> Result<Self, IdentityError> {
         let uri = netsy_uri(cert)?;
         let (cluster_id, role, name) = parse_uri(uri)?;
-        Ok(Identity { cluster_id, role, name, serial: serial_hex(cert.raw_serial()) })
+        Ok(Identity {
+            cluster_id,
+            role,
+            name,
+            serial: serial_hex(cert.raw_serial()),
+        })
     }
 
     /// The identity as its URI, `netsy://{cluster_id}/{role}/{name}`.
@@ -90,14 +95,19 @@ pub enum IdentityError {
     EmptyCluster { uri: String },
     #[error("URI SAN {uri:?}: {what} is not allowed")]
     Malformed { uri: String, what: &'static str },
-    #[error("URI SAN {uri:?}: path must be exactly /{{role}}/{{name}}, found {segments} segment(s)")]
+    #[error(
+        "URI SAN {uri:?}: path must be exactly /{{role}}/{{name}}, found {segments} segment(s)"
+    )]
     SegmentCount { uri: String, segments: usize },
     #[error("URI SAN {uri:?}: role {role:?} is neither peer nor client")]
     InvalidRole { uri: String, role: String },
     #[error("URI SAN {uri:?}: name is empty")]
     EmptyName { uri: String },
     #[error("URI SAN {uri:?}: peer name is not a valid node id: {reason}")]
-    InvalidName { uri: String, reason: IdentifierError },
+    InvalidName {
+        uri: String,
+        reason: IdentifierError,
+    },
 }
 
 /// Why a string is not a valid identifier (node id).
@@ -125,7 +135,10 @@ pub fn validate_identifier(s: &str) -> Result<(), IdentifierError> {
     if len > MAX_IDENTIFIER_LEN {
         return Err(IdentifierError::TooLong(len));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
         return Err(IdentifierError::InvalidChar(c));
     }
     if s.starts_with('-') || s.ends_with('-') {
@@ -153,12 +166,15 @@ fn netsy_uri<'a>(cert: &'a X509Certificate<'_>) -> Result<&'a str, IdentityError
     }
     match first {
         None => Err(IdentityError::NoUriSan),
-        Some(first) => Err(IdentityError::NotNetsyScheme { first: first.to_string() }),
+        Some(first) => Err(IdentityError::NotNetsyScheme {
+            first: first.to_string(),
+        }),
     }
 }
 
 fn has_netsy_scheme(uri: &str) -> bool {
-    uri.split_once(':').is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("netsy"))
+    uri.split_once(':')
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("netsy"))
 }
 
 /// Splits `netsy://{cluster}/{role}/{name}` into its parts, validating each.
@@ -169,20 +185,35 @@ pub(crate) fn parse_uri(uri: &str) -> Result<(String, Role, String), IdentityErr
         _ => return Err(IdentityError::NotNetsyScheme { first: owned() }),
     };
     let Some(rest) = rest.strip_prefix("//") else {
-        return Err(IdentityError::Malformed { uri: owned(), what: "a URI without //authority" });
+        return Err(IdentityError::Malformed {
+            uri: owned(),
+            what: "a URI without //authority",
+        });
     };
     if rest.contains('?') {
-        return Err(IdentityError::Malformed { uri: owned(), what: "a query" });
+        return Err(IdentityError::Malformed {
+            uri: owned(),
+            what: "a query",
+        });
     }
     if rest.contains('#') {
-        return Err(IdentityError::Malformed { uri: owned(), what: "a fragment" });
+        return Err(IdentityError::Malformed {
+            uri: owned(),
+            what: "a fragment",
+        });
     }
     let (cluster, path) = rest.split_once('/').unwrap_or((rest, ""));
     if cluster.contains('@') {
-        return Err(IdentityError::Malformed { uri: owned(), what: "userinfo" });
+        return Err(IdentityError::Malformed {
+            uri: owned(),
+            what: "userinfo",
+        });
     }
     if cluster.contains(':') {
-        return Err(IdentityError::Malformed { uri: owned(), what: "a port" });
+        return Err(IdentityError::Malformed {
+            uri: owned(),
+            what: "a port",
+        });
     }
     if cluster.is_empty() {
         return Err(IdentityError::EmptyCluster { uri: owned() });
@@ -194,19 +225,29 @@ pub(crate) fn parse_uri(uri: &str) -> Result<(String, Role, String), IdentityErr
         path.split('/').collect()
     };
     let [role, name] = segments[..] else {
-        return Err(IdentityError::SegmentCount { uri: owned(), segments: segments.len() });
+        return Err(IdentityError::SegmentCount {
+            uri: owned(),
+            segments: segments.len(),
+        });
     };
     let role = match role {
         "peer" => Role::Peer,
         "client" => Role::Client,
-        other => return Err(IdentityError::InvalidRole { uri: owned(), role: other.to_string() }),
+        other => {
+            return Err(IdentityError::InvalidRole {
+                uri: owned(),
+                role: other.to_string(),
+            });
+        }
     };
     if name.is_empty() {
         return Err(IdentityError::EmptyName { uri: owned() });
     }
     if role == Role::Peer {
-        validate_identifier(name)
-            .map_err(|reason| IdentityError::InvalidName { uri: owned(), reason })?;
+        validate_identifier(name).map_err(|reason| IdentityError::InvalidName {
+            uri: owned(),
+            reason,
+        })?;
     }
     Ok((cluster.to_string(), role, name.to_string()))
 }
@@ -276,7 +317,9 @@ mod tests {
     fn non_netsy_scheme() {
         assert_eq!(
             parse(vec![uri("spiffe://prod/peer/node-1")]),
-            Err(IdentityError::NotNetsyScheme { first: "spiffe://prod/peer/node-1".into() })
+            Err(IdentityError::NotNetsyScheme {
+                first: "spiffe://prod/peer/node-1".into()
+            })
         );
     }
 
@@ -298,7 +341,10 @@ mod tests {
         ] {
             assert_eq!(
                 parse(vec![uri(u)]),
-                Err(IdentityError::SegmentCount { uri: u.into(), segments: n }),
+                Err(IdentityError::SegmentCount {
+                    uri: u.into(),
+                    segments: n
+                }),
                 "{u}"
             );
         }
@@ -308,7 +354,10 @@ mod tests {
     fn invalid_role() {
         assert_eq!(
             parse(vec![uri("netsy://prod/admin/root")]),
-            Err(IdentityError::InvalidRole { uri: "netsy://prod/admin/root".into(), role: "admin".into() })
+            Err(IdentityError::InvalidRole {
+                uri: "netsy://prod/admin/root".into(),
+                role: "admin".into()
+            })
         );
         assert!(matches!(
             parse(vec![uri("netsy://prod/Peer/node-1")]),
@@ -318,8 +367,14 @@ mod tests {
 
     #[test]
     fn empty_or_invalid_name() {
-        assert!(matches!(parse(vec![uri("netsy://prod/client/")]), Err(IdentityError::EmptyName { .. })));
-        assert!(matches!(parse(vec![uri("netsy://prod/peer/")]), Err(IdentityError::EmptyName { .. })));
+        assert!(matches!(
+            parse(vec![uri("netsy://prod/client/")]),
+            Err(IdentityError::EmptyName { .. })
+        ));
+        assert!(matches!(
+            parse(vec![uri("netsy://prod/peer/")]),
+            Err(IdentityError::EmptyName { .. })
+        ));
         assert_eq!(
             parse(vec![uri("netsy://prod/peer/Node_1")]),
             Err(IdentityError::InvalidName {
@@ -331,9 +386,16 @@ mod tests {
 
     #[test]
     fn malformed_authority() {
-        for u in ["netsy://prod:443/peer/n", "netsy://u@prod/peer/n", "netsy://prod/peer/n?x", "netsy:prod/peer/n"]
-        {
-            assert!(matches!(parse(vec![uri(u)]), Err(IdentityError::Malformed { .. })), "{u}");
+        for u in [
+            "netsy://prod:443/peer/n",
+            "netsy://u@prod/peer/n",
+            "netsy://prod/peer/n?x",
+            "netsy:prod/peer/n",
+        ] {
+            assert!(
+                matches!(parse(vec![uri(u)]), Err(IdentityError::Malformed { .. })),
+                "{u}"
+            );
         }
     }
 
@@ -341,16 +403,28 @@ mod tests {
     fn identifier_rule() {
         assert_eq!(validate_identifier("node-1"), Ok(()));
         assert_eq!(validate_identifier(&"a".repeat(32)), Ok(()));
-        assert_eq!(validate_identifier(&"a".repeat(33)), Err(IdentifierError::TooLong(33)));
+        assert_eq!(
+            validate_identifier(&"a".repeat(33)),
+            Err(IdentifierError::TooLong(33))
+        );
         assert_eq!(validate_identifier(""), Err(IdentifierError::Empty));
         assert_eq!(validate_identifier("-a"), Err(IdentifierError::EdgeHyphen));
         assert_eq!(validate_identifier("a-"), Err(IdentifierError::EdgeHyphen));
-        assert_eq!(validate_identifier("a--b"), Err(IdentifierError::DoubleHyphen));
-        assert_eq!(validate_identifier("a.b"), Err(IdentifierError::InvalidChar('.')));
+        assert_eq!(
+            validate_identifier("a--b"),
+            Err(IdentifierError::DoubleHyphen)
+        );
+        assert_eq!(
+            validate_identifier("a.b"),
+            Err(IdentifierError::InvalidChar('.'))
+        );
     }
 
     #[test]
     fn garbage_der() {
-        assert!(matches!(Identity::from_der(b"not a certificate"), Err(IdentityError::BadCertificate(_))));
+        assert!(matches!(
+            Identity::from_der(b"not a certificate"),
+            Err(IdentityError::BadCertificate(_))
+        ));
     }
 }

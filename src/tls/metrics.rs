@@ -12,7 +12,13 @@ pub struct TlsMetrics {
 }
 
 /// `file` label values of `netsy_tls_reload_failures_total`.
-pub(crate) const FILE_LABELS: [&str; 5] = ["ca", "server_cert", "server_key", "client_cert", "client_key"];
+pub(crate) const FILE_LABELS: [&str; 5] = [
+    "ca",
+    "server_cert",
+    "server_key",
+    "client_cert",
+    "client_key",
+];
 
 impl TlsMetrics {
     /// Creates the metrics without registering them anywhere (tests, tools).
@@ -51,7 +57,12 @@ impl TlsMetrics {
         for file in FILE_LABELS {
             reload_failures.with_label_values(&[file]);
         }
-        TlsMetrics { reloads, reload_failures, expiry, refusals }
+        TlsMetrics {
+            reloads,
+            reload_failures,
+            expiry,
+            refusals,
+        }
     }
 
     /// Creates the metrics and registers them in `registry`.

