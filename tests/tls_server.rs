@@ -189,7 +189,7 @@ async fn etcdctl_endpoint_status_over_mutual_tls() {
             .arg(format!("--cert={}", dir.join(cert).display()))
             .arg(format!("--key={}", dir.join(key).display()))
             .args([
-                "--dial-timeout=5s",
+                "--dial-timeout=3s",
                 "--command-timeout=5s",
                 "-w",
                 "json",
