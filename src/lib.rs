@@ -20,6 +20,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`systemd`]: sd-notify READY/STATUS/STOPPING/WATCHDOG (no-ops outside systemd).
 //! - [`telemetry`]: logging to journald, JSON or a terminal.
+//! - [`tls`]: mTLS with URI-SAN identities, certificate checks, live reload, `netsy certs`.
 //!
 //! Data flows one way: request → api → store → (commit hook) → objstore.
 
@@ -35,4 +36,5 @@ pub mod server;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;
