@@ -122,6 +122,24 @@ pub async fn run(
         .await
         .with_context(|| format!("NETSY_BIND_HEALTH: cannot listen on {}", cfg.bind_health))?;
 
+    let tls = match &cfg.tls {
+        Some(paths) => {
+            let tls_metrics =
+                crate::tls::TlsMetrics::register(&metrics.registry).context("TLS metrics")?;
+            let policy = crate::tls::NodeCertPolicy {
+                cluster_id: cfg.cluster_id.clone(),
+                node_id: cfg.node_id.clone(),
+                advertise: vec![cfg.advertise_client.clone(), cfg.advertise_peer.clone()],
+            };
+            let reloader = crate::tls::TlsReloader::load(paths.clone(), Some(policy), tls_metrics)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            reloader.spawn_polling(crate::tls::DEFAULT_POLL_INTERVAL);
+            Some(reloader)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+
     let health_state = HealthState {
         serving: serving.clone(),
         phase: Arc::new(std::sync::RwLock::new("loading")),
@@ -161,8 +179,8 @@ pub async fn run(
         cluster_id: api::fnv1a64(&cfg.cluster_id),
         member_id: api::fnv1a64(&cfg.node_id),
         name: cfg.node_id.clone(),
-        client_urls: vec![format!("http://{}", cfg.advertise_client)],
-        peer_urls: vec![format!("http://{}", cfg.advertise_peer)],
+        client_urls: vec![format!("{scheme}://{}", cfg.advertise_client)],
+        peer_urls: vec![format!("{scheme}://{}", cfg.advertise_peer)],
     };
     let ctx = Context {
         store: store.clone(),
@@ -204,12 +222,22 @@ pub async fn run(
     tokio::spawn(systemd::watchdog(store.clone(), stop_rx.clone()));
 
     let mut grpc_stop = stop_rx.clone();
-    let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(
-        TcpListenerStream::new(client_listener),
-        async move {
-            let _ = grpc_stop.changed().await;
-        },
-    ));
+    let stop = async move {
+        let _ = grpc_stop.changed().await;
+    };
+    let grpc_task = match &tls {
+        Some(reloader) => {
+            // TLS 1.2 stays allowed on the client port: etcdctl 3.5 offers only TLS 1.2 when it
+            // presents a client certificate. The peer port is TLS 1.3 only.
+            let policy = crate::tls::ListenerPolicy::client_port(&cfg.cluster_id).with_tls12(true);
+            let server =
+                crate::tls::TlsServer::new(reloader.clone(), policy).context("client port TLS")?;
+            tokio::spawn(grpc.serve_with_incoming_shutdown(server.incoming(client_listener), stop))
+        }
+        None => tokio::spawn(
+            grpc.serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stop),
+        ),
+    };
 
     serving.store(true, Ordering::Release);
     health_state.set_phase("healthy");
