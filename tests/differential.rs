@@ -707,9 +707,16 @@ async fn range_end_before_key(c: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// range_end "\0" = every key >= key. The case's keys start with 0xff so nothing else follows.
+/// Prefix for the cases that use range_end "\0" (every key >= key) on the shared servers: above
+/// every "t/..." prefix, and each such case (in table order) above the ones before it, so that
+/// "from my key to the end" holds only the case's own keys.
+fn open_end_prefix(c: &Ctx, order: u8) -> String {
+    format!("\u{7f}{}{}", order as char, c.p)
+}
+
+/// range_end "\0" = every key >= key.
 async fn range_open_end_from_key(c: &mut Ctx) -> Result<()> {
-    let p = format!("\u{7f}{}", c.p); // keys above every other case's prefix
+    let p = open_end_prefix(c, 1);
     for k in ["a", "b", "c"] {
         c.put_r(put_req(format!("{p}{k}"), k)).await?;
     }
@@ -1165,7 +1172,7 @@ async fn delete_nothing(c: &mut Ctx) -> Result<()> {
 }
 
 async fn delete_open_end(c: &mut Ctx) -> Result<()> {
-    let p = format!("\u{7f}{}", c.p);
+    let p = open_end_prefix(c, 2);
     for k in ["a", "b", "c"] {
         c.put_r(put_req(format!("{p}{k}"), k)).await?;
     }
@@ -1859,7 +1866,7 @@ async fn watch_range(c: &mut Ctx) -> Result<()> {
 }
 
 async fn watch_open_end(c: &mut Ctx) -> Result<()> {
-    let p = format!("\u{7f}{}", c.p);
+    let p = open_end_prefix(c, 3);
     let mut w = c.watcher().await?;
     w.create(WatchCreate { range_end: b"\0".to_vec(), ..WatchCreate::key(format!("{p}b")) }).await?;
     w.created(1).await;
