@@ -270,7 +270,11 @@ impl Ctx {
     }
     /// A revision relative to the base.
     fn r(&self, r: i64) -> String {
-        if r == 0 { "0".into() } else { format!("b{:+}", r - self.base) }
+        if r == 0 {
+            "0".into()
+        } else {
+            format!("b{:+}", r - self.base)
+        }
     }
     fn l(&self, id: i64) -> String {
         match self.aliases.iter().position(|a| *a == id && id != 0) {
@@ -333,7 +337,13 @@ impl Ctx {
         res
     }
     async fn compact(&mut self, rev: i64, physical: bool) -> Rpc<PbCompactionResponse> {
-        let res = self.c.compact(PbCompactionRequest { revision: rev, physical }).await;
+        let res = self
+            .c
+            .compact(PbCompactionRequest {
+                revision: rev,
+                physical,
+            })
+            .await;
         let label = format!("compact {} physical={physical}", self.r(rev));
         self.rec(&label, &res);
         res
@@ -344,7 +354,11 @@ impl Ctx {
         if let Ok(g) = &res {
             if id == 0 {
                 self.aliases.push(g.id);
-                self.check("server-chosen lease id is positive", g.id > 0, format!("id {}", g.id));
+                self.check(
+                    "server-chosen lease id is positive",
+                    g.id > 0,
+                    format!("id {}", g.id),
+                );
             }
             self.cleanup.push(g.id);
         }
@@ -358,7 +372,10 @@ impl Ctx {
         res
     }
     async fn ttl(&mut self, id: i64, keys: bool) -> Rpc<PbLeaseTimeToLiveResponse> {
-        let res = self.c.lease_time_to_live(PbLeaseTimeToLiveRequest { id, keys }).await;
+        let res = self
+            .c
+            .lease_time_to_live(PbLeaseTimeToLiveRequest { id, keys })
+            .await;
         let label = format!("lease timetolive {} keys={keys}", self.l(id));
         self.rec(&label, &res);
         res
@@ -370,7 +387,10 @@ impl Ctx {
     }
 
     async fn watcher(&mut self) -> Result<Watcher> {
-        Ok(Watcher { conn: self.c.watch().await?, items: Vec::new() })
+        Ok(Watcher {
+            conn: self.c.watch().await?,
+            items: Vec::new(),
+        })
     }
     /// Records the watcher's items (grouped per watch id, order kept within each id).
     fn rec_watch(&mut self, label: &str, w: &Watcher) {
@@ -429,22 +449,39 @@ fn kvs(v: &[PbKeyValue], c: &Ctx) -> String {
 }
 
 fn opt_kv(v: &Option<PbKeyValue>, c: &Ctx) -> String {
-    v.as_ref().map(|kv| kv.show(c)).unwrap_or_else(|| "none".into())
+    v.as_ref()
+        .map(|kv| kv.show(c))
+        .unwrap_or_else(|| "none".into())
 }
 
 impl Show for PbRangeResponse {
     fn show(&self, c: &Ctx) -> String {
-        format!("Range {} count={} more={} kvs={}", hdr(&self.header, c), self.count, self.more, kvs(&self.kvs, c))
+        format!(
+            "Range {} count={} more={} kvs={}",
+            hdr(&self.header, c),
+            self.count,
+            self.more,
+            kvs(&self.kvs, c)
+        )
     }
 }
 impl Show for PbPutResponse {
     fn show(&self, c: &Ctx) -> String {
-        format!("Put {} prev_kv={}", hdr(&self.header, c), opt_kv(&self.prev_kv, c))
+        format!(
+            "Put {} prev_kv={}",
+            hdr(&self.header, c),
+            opt_kv(&self.prev_kv, c)
+        )
     }
 }
 impl Show for PbDeleteResponse {
     fn show(&self, c: &Ctx) -> String {
-        format!("Delete {} deleted={} prev_kvs={}", hdr(&self.header, c), self.deleted, kvs(&self.prev_kvs, c))
+        format!(
+            "Delete {} deleted={} prev_kvs={}",
+            hdr(&self.header, c),
+            self.deleted,
+            kvs(&self.prev_kvs, c)
+        )
     }
 }
 impl Show for PbResponseOp {
@@ -461,7 +498,12 @@ impl Show for PbResponseOp {
 impl Show for PbTxnResponse {
     fn show(&self, c: &Ctx) -> String {
         let ops: Vec<String> = self.responses.iter().map(|o| o.show(c)).collect();
-        format!("Txn {} succeeded={} responses=[{}]", hdr(&self.header, c), self.succeeded, ops.join("; "))
+        format!(
+            "Txn {} succeeded={} responses=[{}]",
+            hdr(&self.header, c),
+            self.succeeded,
+            ops.join("; ")
+        )
     }
 }
 impl Show for PbCompactionResponse {
@@ -471,7 +513,13 @@ impl Show for PbCompactionResponse {
 }
 impl Show for PbLeaseGrantResponse {
     fn show(&self, c: &Ctx) -> String {
-        format!("LeaseGrant {} id={} ttl={} error={:?}", hdr(&self.header, c), c.l(self.id), self.ttl, self.error)
+        format!(
+            "LeaseGrant {} id={} ttl={} error={:?}",
+            hdr(&self.header, c),
+            c.l(self.id),
+            self.ttl,
+            self.error
+        )
     }
 }
 impl Show for PbLeaseRevokeResponse {
@@ -481,7 +529,12 @@ impl Show for PbLeaseRevokeResponse {
 }
 impl Show for PbLeaseKeepAliveResponse {
     fn show(&self, c: &Ctx) -> String {
-        format!("LeaseKeepAlive {} id={} ttl={}", hdr(&self.header, c), c.l(self.id), self.ttl)
+        format!(
+            "LeaseKeepAlive {} id={} ttl={}",
+            hdr(&self.header, c),
+            c.l(self.id),
+            self.ttl
+        )
     }
 }
 impl Show for PbLeaseTimeToLiveResponse {
@@ -511,12 +564,20 @@ impl Show for PbLeaseLeasesResponse {
     fn show(&self, c: &Ctx) -> String {
         let mut ids: Vec<String> = self.leases.iter().map(|l| c.l(l.id)).collect();
         ids.sort(); // etcd lists leases in map order
-        format!("LeaseLeases {} leases=[{}]", hdr(&self.header, c), ids.join(", "))
+        format!(
+            "LeaseLeases {} leases=[{}]",
+            hdr(&self.header, c),
+            ids.join(", ")
+        )
     }
 }
 impl Show for PbAlarmResponse {
     fn show(&self, c: &Ctx) -> String {
-        let a: Vec<String> = self.alarms.iter().map(|a| format!("alarm={}", a.alarm)).collect();
+        let a: Vec<String> = self
+            .alarms
+            .iter()
+            .map(|a| format!("alarm={}", a.alarm))
+            .collect();
         format!("Alarm {} alarms=[{}]", hdr(&self.header, c), a.join(", "))
     }
 }
@@ -531,10 +592,28 @@ impl Show for PbDefragmentResponse {
 // ---------------------------------------------------------------------------------------------
 
 enum WItem {
-    Created { id: i64, rev: i64, canceled: bool, reason: String, compact: i64 },
-    Canceled { id: i64, rev: i64, reason: String, compact: i64 },
-    Event { id: i64, ev: PbEvent },
-    Progress { id: i64, rev: i64, compact: i64 },
+    Created {
+        id: i64,
+        rev: i64,
+        canceled: bool,
+        reason: String,
+        compact: i64,
+    },
+    Canceled {
+        id: i64,
+        rev: i64,
+        reason: String,
+        compact: i64,
+    },
+    Event {
+        id: i64,
+        ev: PbEvent,
+    },
+    Progress {
+        id: i64,
+        rev: i64,
+        compact: i64,
+    },
     Timeout,
     StreamEnd,
     StreamError(String),
@@ -543,25 +622,56 @@ enum WItem {
 impl WItem {
     fn show(&self, c: &Ctx) -> (i64, String) {
         match self {
-            WItem::Created { id, rev, canceled, reason, compact } => (
+            WItem::Created {
+                id,
+                rev,
+                canceled,
+                reason,
+                compact,
+            } => (
                 *id,
-                format!("created rev={} canceled={canceled} reason={reason:?} compact={}", c.r(*rev), c.r(*compact)),
+                format!(
+                    "created rev={} canceled={canceled} reason={reason:?} compact={}",
+                    c.r(*rev),
+                    c.r(*compact)
+                ),
             ),
-            WItem::Canceled { id, rev, reason, compact } => {
-                (*id, format!("canceled rev={} reason={reason:?} compact={}", c.r(*rev), c.r(*compact)))
-            }
+            WItem::Canceled {
+                id,
+                rev,
+                reason,
+                compact,
+            } => (
+                *id,
+                format!(
+                    "canceled rev={} reason={reason:?} compact={}",
+                    c.r(*rev),
+                    c.r(*compact)
+                ),
+            ),
             WItem::Event { id, ev } => {
                 let t = match ev.r#type {
                     0 => "PUT".to_string(),
                     1 => "DELETE".to_string(),
                     x => format!("type{x}"),
                 };
-                (*id, format!("{t} kv={} prev_kv={}", opt_kv(&ev.kv, c), opt_kv(&ev.prev_kv, c)))
+                (
+                    *id,
+                    format!(
+                        "{t} kv={} prev_kv={}",
+                        opt_kv(&ev.kv, c),
+                        opt_kv(&ev.prev_kv, c)
+                    ),
+                )
             }
-            WItem::Progress { id, rev, compact } => {
-                (*id, format!("progress rev={} compact={}", c.r(*rev), c.r(*compact)))
-            }
-            WItem::Timeout => (i64::MAX, "TIMEOUT waiting for the expected responses".into()),
+            WItem::Progress { id, rev, compact } => (
+                *id,
+                format!("progress rev={} compact={}", c.r(*rev), c.r(*compact)),
+            ),
+            WItem::Timeout => (
+                i64::MAX,
+                "TIMEOUT waiting for the expected responses".into(),
+            ),
             WItem::StreamEnd => (i64::MAX, "stream ended".into()),
             WItem::StreamError(s) => (i64::MAX, format!("stream error: {s}")),
         }
@@ -588,7 +698,11 @@ impl Watcher {
                 Ok(Some(r)) => self.push(r),
                 Ok(None) => {
                     let ended = tokio::time::Instant::now() < deadline;
-                    self.items.push(if ended { WItem::StreamEnd } else { WItem::Timeout });
+                    self.items.push(if ended {
+                        WItem::StreamEnd
+                    } else {
+                        WItem::Timeout
+                    });
                     return false;
                 }
                 Err(e) => {
@@ -611,19 +725,40 @@ impl Watcher {
                 compact: r.compact_revision,
             });
         } else if r.canceled {
-            self.items.push(WItem::Canceled { id, rev, reason: r.cancel_reason.clone(), compact: r.compact_revision });
+            self.items.push(WItem::Canceled {
+                id,
+                rev,
+                reason: r.cancel_reason.clone(),
+                compact: r.compact_revision,
+            });
         } else if r.events.is_empty() {
-            self.items.push(WItem::Progress { id, rev, compact: r.compact_revision });
+            self.items.push(WItem::Progress {
+                id,
+                rev,
+                compact: r.compact_revision,
+            });
         }
         for ev in r.events {
             self.items.push(WItem::Event { id, ev });
         }
     }
     async fn created(&mut self, n: usize) -> bool {
-        self.until(|it| it.iter().filter(|i| matches!(i, WItem::Created { .. })).count() >= n).await
+        self.until(|it| {
+            it.iter()
+                .filter(|i| matches!(i, WItem::Created { .. }))
+                .count()
+                >= n
+        })
+        .await
     }
     async fn events(&mut self, n: usize) -> bool {
-        self.until(|it| it.iter().filter(|i| matches!(i, WItem::Event { .. })).count() >= n).await
+        self.until(|it| {
+            it.iter()
+                .filter(|i| matches!(i, WItem::Event { .. }))
+                .count()
+                >= n
+        })
+        .await
     }
     async fn event_key(&mut self, key: &[u8]) -> bool {
         self.until(|it| {
@@ -635,7 +770,8 @@ impl Watcher {
         self.until(|it| {
             it.iter()
                 .filter(|i| {
-                    matches!(i, WItem::Canceled { .. }) || matches!(i, WItem::Created { canceled: true, .. })
+                    matches!(i, WItem::Canceled { .. })
+                        || matches!(i, WItem::Created { canceled: true, .. })
                 })
                 .count()
                 >= n
@@ -643,7 +779,8 @@ impl Watcher {
         .await
     }
     async fn progress(&mut self) -> bool {
-        self.until(|it| it.iter().any(|i| matches!(i, WItem::Progress { .. }))).await
+        self.until(|it| it.iter().any(|i| matches!(i, WItem::Progress { .. })))
+            .await
     }
 }
 
@@ -651,8 +788,16 @@ impl Watcher {
 // Small request helpers
 // ---------------------------------------------------------------------------------------------
 
-fn txn(compare: Vec<PbCompare>, success: Vec<PbTxnRequestOp>, failure: Vec<PbTxnRequestOp>) -> PbTxnRequest {
-    PbTxnRequest { compare, success, failure }
+fn txn(
+    compare: Vec<PbCompare>,
+    success: Vec<PbTxnRequestOp>,
+    failure: Vec<PbTxnRequestOp>,
+) -> PbTxnRequest {
+    PbTxnRequest {
+        compare,
+        success,
+        failure,
+    }
 }
 fn with_lease(mut r: PbPutRequest, lease: i64) -> PbPutRequest {
     r.lease = lease;
@@ -742,7 +887,13 @@ async fn range_all_keys_from_nul(c: &mut Ctx) -> Result<()> {
     c.put_r(put_req(b"\0", "nul")).await?;
     c.get(range_req(b"\0")).await?; // the key "\0" itself
     c.get(range_of(b"\0", b"\0")).await?;
-    c.get(PbRangeRequest { key: b"\0".to_vec(), range_end: b"\0".to_vec(), count_only: true, ..Default::default() }).await?;
+    c.get(PbRangeRequest {
+        key: b"\0".to_vec(),
+        range_end: b"\0".to_vec(),
+        count_only: true,
+        ..Default::default()
+    })
+    .await?;
     Ok(())
 }
 
@@ -760,43 +911,90 @@ fn prefix_req(c: &Ctx) -> PbRangeRequest {
 async fn range_limit_more(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
     for limit in [1, 2, 4, 0] {
-        c.get(PbRangeRequest { limit, ..prefix_req(c) }).await?;
+        c.get(PbRangeRequest {
+            limit,
+            ..prefix_req(c)
+        })
+        .await?;
     }
     Ok(())
 }
 
 async fn range_limit_equal_count(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
-    c.get(PbRangeRequest { limit: 5, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { limit: 6, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { limit: 1, ..range_req(c.k("c")) }).await?;
+    c.get(PbRangeRequest {
+        limit: 5,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        limit: 6,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        limit: 1,
+        ..range_req(c.k("c"))
+    })
+    .await?;
     Ok(())
 }
 
 async fn range_count_only(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
-    c.get(PbRangeRequest { count_only: true, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { count_only: true, ..range_req(c.k("zz")) }).await?;
+    c.get(PbRangeRequest {
+        count_only: true,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        count_only: true,
+        ..range_req(c.k("zz"))
+    })
+    .await?;
     Ok(())
 }
 
 async fn range_count_only_with_limit(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
-    c.get(PbRangeRequest { count_only: true, limit: 2, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { count_only: true, keys_only: true, ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        count_only: true,
+        limit: 2,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        count_only: true,
+        keys_only: true,
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
 async fn range_keys_only(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
-    c.get(PbRangeRequest { keys_only: true, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { keys_only: true, ..range_req(c.k("b")) }).await?;
+    c.get(PbRangeRequest {
+        keys_only: true,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        keys_only: true,
+        ..range_req(c.k("b"))
+    })
+    .await?;
     Ok(())
 }
 
 async fn range_keys_only_with_limit(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
-    c.get(PbRangeRequest { keys_only: true, limit: 3, ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        keys_only: true,
+        limit: 3,
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
@@ -806,9 +1004,17 @@ async fn range_historical_revision(c: &mut Ctx) -> Result<()> {
     c.put("b", "x").await?; // b+3
     c.put("a", "3").await?; // b+4
     for n in [1, 2, 3, 4] {
-        c.get(PbRangeRequest { revision: c.rev(n), ..prefix_req(c) }).await?;
+        c.get(PbRangeRequest {
+            revision: c.rev(n),
+            ..prefix_req(c)
+        })
+        .await?;
     }
-    c.get(PbRangeRequest { revision: c.rev(2), ..range_req(c.k("a")) }).await?;
+    c.get(PbRangeRequest {
+        revision: c.rev(2),
+        ..range_req(c.k("a"))
+    })
+    .await?;
     Ok(())
 }
 
@@ -818,22 +1024,44 @@ async fn range_historical_deleted_key(c: &mut Ctx) -> Result<()> {
     c.del("a").await?; // b+3
     c.put("a", "again").await?; // b+4
     for n in [2, 3, 4] {
-        c.get(PbRangeRequest { revision: c.rev(n), ..prefix_req(c) }).await?;
+        c.get(PbRangeRequest {
+            revision: c.rev(n),
+            ..prefix_req(c)
+        })
+        .await?;
     }
     Ok(())
 }
 
 async fn range_current_revision_explicit(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
-    c.get(PbRangeRequest { revision: c.rev(1), ..range_req(c.k("a")) }).await?;
-    c.get(PbRangeRequest { revision: 0, ..range_req(c.k("a")) }).await?;
+    c.get(PbRangeRequest {
+        revision: c.rev(1),
+        ..range_req(c.k("a"))
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        revision: 0,
+        ..range_req(c.k("a"))
+    })
+    .await?;
     Ok(())
 }
 
 async fn range_future_revision_error(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
-    c.get(PbRangeRequest { revision: c.rev(2), ..range_req(c.k("a")) }).await.ok();
-    c.get(PbRangeRequest { revision: c.rev(1000), ..range_req(c.k("a")) }).await.ok();
+    c.get(PbRangeRequest {
+        revision: c.rev(2),
+        ..range_req(c.k("a"))
+    })
+    .await
+    .ok();
+    c.get(PbRangeRequest {
+        revision: c.rev(1000),
+        ..range_req(c.k("a"))
+    })
+    .await
+    .ok();
     Ok(())
 }
 
@@ -843,15 +1071,29 @@ async fn range_compacted_revision_error(c: &mut Ctx) -> Result<()> {
     c.put("a", "3").await?; // b+3
     c.compact(c.rev(2), false).await?;
     for n in [1, 2, 3] {
-        c.get(PbRangeRequest { revision: c.rev(n), ..range_req(c.k("a")) }).await.ok();
+        c.get(PbRangeRequest {
+            revision: c.rev(n),
+            ..range_req(c.k("a"))
+        })
+        .await
+        .ok();
     }
     Ok(())
 }
 
 async fn range_serializable(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
-    c.get(PbRangeRequest { serializable: true, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { serializable: true, revision: c.rev(2), ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        serializable: true,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        serializable: true,
+        revision: c.rev(2),
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
@@ -868,7 +1110,11 @@ async fn filter_keys(c: &mut Ctx) -> Result<()> {
 async fn range_min_mod_revision(c: &mut Ctx) -> Result<()> {
     filter_keys(c).await?;
     for n in [3, 4, 5, 6] {
-        c.get(PbRangeRequest { min_mod_revision: c.rev(n), ..prefix_req(c) }).await?;
+        c.get(PbRangeRequest {
+            min_mod_revision: c.rev(n),
+            ..prefix_req(c)
+        })
+        .await?;
     }
     Ok(())
 }
@@ -876,7 +1122,11 @@ async fn range_min_mod_revision(c: &mut Ctx) -> Result<()> {
 async fn range_max_mod_revision(c: &mut Ctx) -> Result<()> {
     filter_keys(c).await?;
     for n in [2, 3, 4, 5] {
-        c.get(PbRangeRequest { max_mod_revision: c.rev(n), ..prefix_req(c) }).await?;
+        c.get(PbRangeRequest {
+            max_mod_revision: c.rev(n),
+            ..prefix_req(c)
+        })
+        .await?;
     }
     Ok(())
 }
@@ -884,7 +1134,11 @@ async fn range_max_mod_revision(c: &mut Ctx) -> Result<()> {
 async fn range_min_create_revision(c: &mut Ctx) -> Result<()> {
     filter_keys(c).await?;
     for n in [1, 2, 3, 4] {
-        c.get(PbRangeRequest { min_create_revision: c.rev(n), ..prefix_req(c) }).await?;
+        c.get(PbRangeRequest {
+            min_create_revision: c.rev(n),
+            ..prefix_req(c)
+        })
+        .await?;
     }
     Ok(())
 }
@@ -892,25 +1146,59 @@ async fn range_min_create_revision(c: &mut Ctx) -> Result<()> {
 async fn range_max_create_revision(c: &mut Ctx) -> Result<()> {
     filter_keys(c).await?;
     for n in [1, 2, 3] {
-        c.get(PbRangeRequest { max_create_revision: c.rev(n), ..prefix_req(c) }).await?;
+        c.get(PbRangeRequest {
+            max_create_revision: c.rev(n),
+            ..prefix_req(c)
+        })
+        .await?;
     }
-    c.get(PbRangeRequest { min_create_revision: c.rev(2), max_create_revision: c.rev(2), ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        min_create_revision: c.rev(2),
+        max_create_revision: c.rev(2),
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
 async fn range_revision_filters_with_limit(c: &mut Ctx) -> Result<()> {
     filter_keys(c).await?;
-    c.get(PbRangeRequest { min_mod_revision: c.rev(4), limit: 1, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { max_create_revision: c.rev(2), limit: 1, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { min_mod_revision: c.rev(4), count_only: true, ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        min_mod_revision: c.rev(4),
+        limit: 1,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        max_create_revision: c.rev(2),
+        limit: 1,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        min_mod_revision: c.rev(4),
+        count_only: true,
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
 /// Four keys whose orders by key, version, create, mod and value all differ and have no ties:
 /// key a b c d; version b d a c; create c a d b; mod a c d b; value d c b a.
 async fn sort_keys(c: &mut Ctx) -> Result<()> {
-    for (k, v) in [("c", "m"), ("a", "z"), ("d", "a"), ("c", "x"), ("a", "k"), ("c", "b"), ("a", "t"), ("c", "h"), ("d", "e"), ("b", "q")]
-    {
+    for (k, v) in [
+        ("c", "m"),
+        ("a", "z"),
+        ("d", "a"),
+        ("c", "x"),
+        ("a", "k"),
+        ("c", "b"),
+        ("a", "t"),
+        ("c", "h"),
+        ("d", "e"),
+        ("b", "q"),
+    ] {
         c.put(k, v).await?;
     }
     Ok(())
@@ -918,9 +1206,27 @@ async fn sort_keys(c: &mut Ctx) -> Result<()> {
 
 async fn sort_case(c: &mut Ctx, target: i32, order: i32) -> Result<()> {
     sort_keys(c).await?;
-    c.get(PbRangeRequest { sort_target: target, sort_order: order, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { sort_target: target, sort_order: order, limit: 2, ..prefix_req(c) }).await?;
-    c.get(PbRangeRequest { sort_target: target, sort_order: order, keys_only: true, limit: 3, ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        sort_target: target,
+        sort_order: order,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        sort_target: target,
+        sort_order: order,
+        limit: 2,
+        ..prefix_req(c)
+    })
+    .await?;
+    c.get(PbRangeRequest {
+        sort_target: target,
+        sort_order: order,
+        keys_only: true,
+        limit: 3,
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
@@ -982,13 +1288,23 @@ async fn range_empty_key_error(c: &mut Ctx) -> Result<()> {
 /// netsy must do — so these two cases are properties on netsy only.
 async fn invalid_sort_case(c: &mut Ctx, order: i32, target: i32) -> Result<()> {
     c.put("a", "1").await?;
-    let r = c.c.range(PbRangeRequest { sort_order: order, sort_target: target, ..prefix_req(c) }).await;
+    let r =
+        c.c.range(PbRangeRequest {
+            sort_order: order,
+            sort_target: target,
+            ..prefix_req(c)
+        })
+        .await;
     let ok = matches!(&r, Err(e) if e.code() == tonic::Code::InvalidArgument && e.message() == "etcdserver: invalid sort option");
     let got = match &r {
         Ok(v) => v.show(c),
         Err(e) => show_status(e),
     };
-    c.check("InvalidArgument \"etcdserver: invalid sort option\"", ok, got);
+    c.check(
+        "InvalidArgument \"etcdserver: invalid sort option\"",
+        ok,
+        got,
+    );
     c.get_prefix().await?; // the server is still serving
     Ok(())
 }
@@ -1003,7 +1319,13 @@ async fn range_invalid_sort_target_error(c: &mut Ctx) -> Result<()> {
 
 async fn range_binary_keys(c: &mut Ctx) -> Result<()> {
     let p = c.p.clone().into_bytes();
-    for tail in [&[0x00u8, 0x01][..], &[0xff, 0xfe], &[0x7f], &[0x80, 0x00], &[0xff]] {
+    for tail in [
+        &[0x00u8, 0x01][..],
+        &[0xff, 0xfe],
+        &[0x7f],
+        &[0x80, 0x00],
+        &[0xff],
+    ] {
         let mut k = p.clone();
         k.extend_from_slice(tail);
         c.put_r(put_req(&k, tail)).await?;
@@ -1036,33 +1358,60 @@ async fn put_overwrite_version(c: &mut Ctx) -> Result<()> {
 }
 
 async fn put_prev_kv_new_key(c: &mut Ctx) -> Result<()> {
-    c.put_r(PbPutRequest { prev_kv: true, ..put_req(c.k("a"), "1") }).await?;
+    c.put_r(PbPutRequest {
+        prev_kv: true,
+        ..put_req(c.k("a"), "1")
+    })
+    .await?;
     Ok(())
 }
 
 async fn put_prev_kv_existing(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
-    c.put_r(PbPutRequest { prev_kv: true, ..put_req(c.k("a"), "2") }).await?;
-    c.put_r(PbPutRequest { prev_kv: true, ..put_req(c.k("a"), "3") }).await?;
+    c.put_r(PbPutRequest {
+        prev_kv: true,
+        ..put_req(c.k("a"), "2")
+    })
+    .await?;
+    c.put_r(PbPutRequest {
+        prev_kv: true,
+        ..put_req(c.k("a"), "3")
+    })
+    .await?;
     Ok(())
 }
 
 async fn put_ignore_value(c: &mut Ctx) -> Result<()> {
     c.put("a", "keep").await?;
-    c.put_r(PbPutRequest { ignore_value: true, prev_kv: true, ..put_req(c.k("a"), "") }).await?;
+    c.put_r(PbPutRequest {
+        ignore_value: true,
+        prev_kv: true,
+        ..put_req(c.k("a"), "")
+    })
+    .await?;
     c.get_key("a").await?;
     Ok(())
 }
 
 async fn put_ignore_value_missing_key_error(c: &mut Ctx) -> Result<()> {
-    c.put_r(PbPutRequest { ignore_value: true, ..put_req(c.k("missing"), "") }).await.ok();
+    c.put_r(PbPutRequest {
+        ignore_value: true,
+        ..put_req(c.k("missing"), "")
+    })
+    .await
+    .ok();
     c.get_prefix().await?;
     Ok(())
 }
 
 async fn put_ignore_value_with_value_error(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
-    c.put_r(PbPutRequest { ignore_value: true, ..put_req(c.k("a"), "2") }).await.ok();
+    c.put_r(PbPutRequest {
+        ignore_value: true,
+        ..put_req(c.k("a"), "2")
+    })
+    .await
+    .ok();
     c.get_key("a").await?;
     Ok(())
 }
@@ -1070,7 +1419,12 @@ async fn put_ignore_value_with_value_error(c: &mut Ctx) -> Result<()> {
 async fn put_ignore_lease(c: &mut Ctx) -> Result<()> {
     let l = c.grant(600, 0).await?.id;
     c.put_r(with_lease(put_req(c.k("a"), "1"), l)).await?;
-    c.put_r(PbPutRequest { ignore_lease: true, prev_kv: true, ..put_req(c.k("a"), "2") }).await?;
+    c.put_r(PbPutRequest {
+        ignore_lease: true,
+        prev_kv: true,
+        ..put_req(c.k("a"), "2")
+    })
+    .await?;
     c.get_key("a").await?;
     c.ttl(l, true).await?;
     Ok(())
@@ -1079,14 +1433,31 @@ async fn put_ignore_lease(c: &mut Ctx) -> Result<()> {
 async fn put_ignore_lease_with_lease_error(c: &mut Ctx) -> Result<()> {
     let l = c.grant(600, 0).await?.id;
     c.put("a", "1").await?;
-    c.put_r(PbPutRequest { ignore_lease: true, lease: l, ..put_req(c.k("a"), "2") }).await.ok();
+    c.put_r(PbPutRequest {
+        ignore_lease: true,
+        lease: l,
+        ..put_req(c.k("a"), "2")
+    })
+    .await
+    .ok();
     c.get_key("a").await?;
     Ok(())
 }
 
 async fn put_ignore_lease_missing_key_error(c: &mut Ctx) -> Result<()> {
-    c.put_r(PbPutRequest { ignore_lease: true, ..put_req(c.k("missing"), "v") }).await.ok();
-    c.put_r(PbPutRequest { ignore_lease: true, ignore_value: true, ..put_req(c.k("missing"), "") }).await.ok();
+    c.put_r(PbPutRequest {
+        ignore_lease: true,
+        ..put_req(c.k("missing"), "v")
+    })
+    .await
+    .ok();
+    c.put_r(PbPutRequest {
+        ignore_lease: true,
+        ignore_value: true,
+        ..put_req(c.k("missing"), "")
+    })
+    .await
+    .ok();
     Ok(())
 }
 
@@ -1099,7 +1470,9 @@ async fn put_with_lease(c: &mut Ctx) -> Result<()> {
 }
 
 async fn put_lease_not_found_error(c: &mut Ctx) -> Result<()> {
-    c.put_r(with_lease(put_req(c.k("a"), "1"), 0x0bad_cafe_0001)).await.ok();
+    c.put_r(with_lease(put_req(c.k("a"), "1"), 0x0bad_cafe_0001))
+        .await
+        .ok();
     c.get_key("a").await?;
     Ok(())
 }
@@ -1144,7 +1517,11 @@ async fn delete_single(c: &mut Ctx) -> Result<()> {
 async fn delete_single_prev_kv(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     c.put("a", "2").await?;
-    c.del_r(PbDeleteRequest { prev_kv: true, ..del_req(c.k("a")) }).await?;
+    c.del_r(PbDeleteRequest {
+        prev_kv: true,
+        ..del_req(c.k("a"))
+    })
+    .await?;
     Ok(())
 }
 
@@ -1158,7 +1535,11 @@ async fn delete_interval(c: &mut Ctx) -> Result<()> {
 async fn delete_prefix_prev_kv(c: &mut Ctx) -> Result<()> {
     five_keys(c).await?;
     let p = c.p.clone();
-    c.del_r(PbDeleteRequest { prev_kv: true, ..del_range(&p, prefix_end(&p)) }).await?;
+    c.del_r(PbDeleteRequest {
+        prev_kv: true,
+        ..del_range(&p, prefix_end(&p))
+    })
+    .await?;
     c.get_prefix().await?;
     Ok(())
 }
@@ -1166,7 +1547,11 @@ async fn delete_prefix_prev_kv(c: &mut Ctx) -> Result<()> {
 async fn delete_nothing(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     c.del("missing").await?; // no revision is created
-    c.del_r(PbDeleteRequest { prev_kv: true, ..del_range(c.k("x"), c.k("z")) }).await?;
+    c.del_r(PbDeleteRequest {
+        prev_kv: true,
+        ..del_range(c.k("x"), c.k("z"))
+    })
+    .await?;
     c.put("b", "1").await?; // b+2, not b+3
     Ok(())
 }
@@ -1176,7 +1561,11 @@ async fn delete_open_end(c: &mut Ctx) -> Result<()> {
     for k in ["a", "b", "c"] {
         c.put_r(put_req(format!("{p}{k}"), k)).await?;
     }
-    c.del_r(PbDeleteRequest { prev_kv: true, ..del_range(format!("{p}b"), b"\0") }).await?;
+    c.del_r(PbDeleteRequest {
+        prev_kv: true,
+        ..del_range(format!("{p}b"), b"\0")
+    })
+    .await?;
     c.get(range_of(&p, prefix_end(&p))).await?;
     Ok(())
 }
@@ -1190,7 +1579,11 @@ async fn delete_then_recreate(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     c.put("a", "2").await?;
     c.del("a").await?;
-    c.put_r(PbPutRequest { prev_kv: true, ..put_req(c.k("a"), "3") }).await?;
+    c.put_r(PbPutRequest {
+        prev_kv: true,
+        ..put_req(c.k("a"), "3")
+    })
+    .await?;
     c.get_key("a").await?;
     Ok(())
 }
@@ -1208,11 +1601,19 @@ async fn cmp_setup(c: &mut Ctx) -> Result<(i64, i64, i64)> {
     Ok((c.rev(1), c.rev(3), l))
 }
 
-async fn cmp_case(c: &mut Ctx, result: i32, make: fn(i64, i64, i64, i64) -> PbTargetUnion) -> Result<()> {
+async fn cmp_case(
+    c: &mut Ctx,
+    result: i32,
+    make: fn(i64, i64, i64, i64) -> PbTargetUnion,
+) -> Result<()> {
     let (cr, mr, l) = cmp_setup(c).await?;
     for delta in [-1i64, 0, 1] {
         let t = make(delta, cr, mr, l);
-        let req = txn(vec![compare(c.k("x"), result, t)], vec![op_range(range_req(c.k("x")))], vec![op_range(range_req(c.k("y")))]);
+        let req = txn(
+            vec![compare(c.k("x"), result, t)],
+            vec![op_range(range_req(c.k("x")))],
+            vec![op_range(range_req(c.k("y")))],
+        );
         c.txn(req).await?;
     }
     Ok(())
@@ -1334,12 +1735,17 @@ async fn txn_cmp_range_end(c: &mut Ctx) -> Result<()> {
         with_end(compare(&a, cmp::GREATER, PbTargetUnion::Version(1))),
         with_end(compare(&a, cmp::LESS, PbTargetUnion::ModRevision(c.rev(5)))),
         with_end(compare(&a, cmp::LESS, PbTargetUnion::ModRevision(c.rev(4)))),
-        with_end(compare(&a, cmp::NOT_EQUAL, PbTargetUnion::Value(b"9".to_vec()))),
+        with_end(compare(
+            &a,
+            cmp::NOT_EQUAL,
+            PbTargetUnion::Value(b"9".to_vec()),
+        )),
         with_end(compare(&a, cmp::EQUAL, PbTargetUnion::Value(b"1".to_vec()))),
         with_end(compare(&a, cmp::EQUAL, PbTargetUnion::Lease(0))),
     ];
     for p in probes {
-        c.txn(txn(vec![p], vec![op_range(prefix_req(c))], vec![])).await?;
+        c.txn(txn(vec![p], vec![op_range(prefix_req(c))], vec![]))
+            .await?;
     }
     // CREATE > 0 over [c, end of the prefix)
     let mut open = compare(c.k("c"), cmp::GREATER, PbTargetUnion::CreateRevision(0));
@@ -1359,7 +1765,11 @@ async fn txn_cmp_range_end_empty_range(c: &mut Ctx) -> Result<()> {
         with_end(compare(&x, cmp::EQUAL, PbTargetUnion::Version(0))),
         with_end(compare(&x, cmp::GREATER, PbTargetUnion::Version(0))),
         with_end(compare(&x, cmp::EQUAL, PbTargetUnion::ModRevision(0))),
-        with_end(compare(&x, cmp::NOT_EQUAL, PbTargetUnion::Value(b"v".to_vec()))),
+        with_end(compare(
+            &x,
+            cmp::NOT_EQUAL,
+            PbTargetUnion::Value(b"v".to_vec()),
+        )),
     ];
     for p in probes {
         c.txn(txn(vec![p], vec![], vec![])).await?;
@@ -1373,8 +1783,18 @@ async fn txn_cmp_multiple_and(c: &mut Ctx) -> Result<()> {
     let ok1 = compare(c.k("a"), cmp::EQUAL, PbTargetUnion::Value(b"1".to_vec()));
     let ok2 = compare(c.k("b"), cmp::EQUAL, PbTargetUnion::Version(1));
     let bad = compare(c.k("b"), cmp::EQUAL, PbTargetUnion::Value(b"1".to_vec()));
-    c.txn(txn(vec![ok1.clone(), ok2.clone()], vec![op_range(prefix_req(c))], vec![])).await?;
-    c.txn(txn(vec![ok1.clone(), bad.clone(), ok2.clone()], vec![], vec![op_range(range_req(c.k("a")))])).await?;
+    c.txn(txn(
+        vec![ok1.clone(), ok2.clone()],
+        vec![op_range(prefix_req(c))],
+        vec![],
+    ))
+    .await?;
+    c.txn(txn(
+        vec![ok1.clone(), bad.clone(), ok2.clone()],
+        vec![],
+        vec![op_range(range_req(c.k("a")))],
+    ))
+    .await?;
     c.txn(txn(vec![bad, ok1], vec![], vec![])).await?;
     Ok(())
 }
@@ -1391,8 +1811,14 @@ async fn txn_success_ops(c: &mut Ctx) -> Result<()> {
         vec![
             op_range(range_req(c.k("a"))),
             op_put(put_req(c.k("b"), "2")),
-            op_put(PbPutRequest { prev_kv: true, ..put_req(c.k("a"), "3") }),
-            op_del(PbDeleteRequest { prev_kv: true, ..del_req(c.k("d")) }),
+            op_put(PbPutRequest {
+                prev_kv: true,
+                ..put_req(c.k("a"), "3")
+            }),
+            op_del(PbDeleteRequest {
+                prev_kv: true,
+                ..del_req(c.k("d"))
+            }),
             op_range(prefix_req(c)),
         ],
         vec![op_put(put_req(c.k("never"), "x"))],
@@ -1409,7 +1835,10 @@ async fn txn_failure_ops(c: &mut Ctx) -> Result<()> {
         vec![op_put(put_req(c.k("never"), "x"))],
         vec![
             op_put(put_req(c.k("f"), "1")),
-            op_range(PbRangeRequest { count_only: true, ..prefix_req(c) }),
+            op_range(PbRangeRequest {
+                count_only: true,
+                ..prefix_req(c)
+            }),
             op_del(del_req(c.k("a"))),
         ],
     );
@@ -1421,11 +1850,22 @@ async fn txn_failure_ops(c: &mut Ctx) -> Result<()> {
 async fn txn_nested(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     let inner = txn(
-        vec![compare(c.k("a"), cmp::EQUAL, PbTargetUnion::Value(b"1".to_vec()))],
-        vec![op_put(put_req(c.k("inner"), "yes")), op_range(range_req(c.k("a")))],
+        vec![compare(
+            c.k("a"),
+            cmp::EQUAL,
+            PbTargetUnion::Value(b"1".to_vec()),
+        )],
+        vec![
+            op_put(put_req(c.k("inner"), "yes")),
+            op_range(range_req(c.k("a"))),
+        ],
         vec![op_put(put_req(c.k("inner"), "no"))],
     );
-    let req = txn(vec![], vec![op_put(put_req(c.k("outer"), "1")), op_txn(inner)], vec![]);
+    let req = txn(
+        vec![],
+        vec![op_put(put_req(c.k("outer"), "1")), op_txn(inner)],
+        vec![],
+    );
     c.txn(req).await?;
     c.get_prefix().await?;
     Ok(())
@@ -1436,9 +1876,16 @@ async fn txn_nested_failure_branch(c: &mut Ctx) -> Result<()> {
     let inner = txn(
         vec![compare(c.k("a"), cmp::GREATER, PbTargetUnion::Version(3))],
         vec![op_put(put_req(c.k("inner"), "yes"))],
-        vec![op_put(put_req(c.k("inner"), "no")), op_txn(txn(vec![], vec![op_range(range_req(c.k("inner")))], vec![]))],
+        vec![
+            op_put(put_req(c.k("inner"), "no")),
+            op_txn(txn(vec![], vec![op_range(range_req(c.k("inner")))], vec![])),
+        ],
     );
-    let req = txn(vec![compare(c.k("a"), cmp::EQUAL, PbTargetUnion::Version(9))], vec![], vec![op_txn(inner)]);
+    let req = txn(
+        vec![compare(c.k("a"), cmp::EQUAL, PbTargetUnion::Version(9))],
+        vec![],
+        vec![op_txn(inner)],
+    );
     c.txn(req).await?;
     c.get_prefix().await?;
     Ok(())
@@ -1448,7 +1895,12 @@ async fn txn_one_revision_per_write(c: &mut Ctx) -> Result<()> {
     c.put("z", "0").await?;
     let req = txn(
         vec![],
-        vec![op_put(put_req(c.k("a"), "1")), op_put(put_req(c.k("b"), "1")), op_del(del_req(c.k("z"))), op_put(put_req(c.k("c"), "1"))],
+        vec![
+            op_put(put_req(c.k("a"), "1")),
+            op_put(put_req(c.k("b"), "1")),
+            op_del(del_req(c.k("z"))),
+            op_put(put_req(c.k("c"), "1")),
+        ],
         vec![],
     );
     c.txn(req).await?;
@@ -1466,7 +1918,12 @@ async fn txn_read_only(c: &mut Ctx) -> Result<()> {
     );
     c.txn(req).await?;
     // failed compare with a write in the unused branch: still no revision
-    c.txn(txn(vec![compare(c.k("a"), cmp::EQUAL, PbTargetUnion::Version(7))], vec![op_put(put_req(c.k("b"), "1"))], vec![])).await?;
+    c.txn(txn(
+        vec![compare(c.k("a"), cmp::EQUAL, PbTargetUnion::Version(7))],
+        vec![op_put(put_req(c.k("b"), "1"))],
+        vec![],
+    ))
+    .await?;
     c.put("c", "1").await?;
     Ok(())
 }
@@ -1482,7 +1939,12 @@ async fn txn_put_then_range(c: &mut Ctx) -> Result<()> {
     c.put("a", "old").await?;
     let req = txn(
         vec![],
-        vec![op_put(put_req(c.k("a"), "new")), op_range(range_req(c.k("a"))), op_put(put_req(c.k("b"), "b")), op_range(prefix_req(c))],
+        vec![
+            op_put(put_req(c.k("a"), "new")),
+            op_range(range_req(c.k("a"))),
+            op_put(put_req(c.k("b"), "b")),
+            op_range(prefix_req(c)),
+        ],
         vec![],
     );
     c.txn(req).await?;
@@ -1492,7 +1954,16 @@ async fn txn_put_then_range(c: &mut Ctx) -> Result<()> {
 async fn txn_delete_then_range(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     c.put("b", "1").await?;
-    let req = txn(vec![], vec![op_del(del_req(c.k("a"))), op_range(prefix_req(c)), op_put(put_req(c.k("c"), "2")), op_range(prefix_req(c))], vec![]);
+    let req = txn(
+        vec![],
+        vec![
+            op_del(del_req(c.k("a"))),
+            op_range(prefix_req(c)),
+            op_put(put_req(c.k("c"), "2")),
+            op_range(prefix_req(c)),
+        ],
+        vec![],
+    );
     c.txn(req).await?;
     Ok(())
 }
@@ -1502,8 +1973,14 @@ async fn txn_put_prev_kv(c: &mut Ctx) -> Result<()> {
     let req = txn(
         vec![],
         vec![
-            op_put(PbPutRequest { prev_kv: true, ..put_req(c.k("a"), "2") }),
-            op_put(PbPutRequest { prev_kv: true, ..put_req(c.k("n"), "new") }),
+            op_put(PbPutRequest {
+                prev_kv: true,
+                ..put_req(c.k("a"), "2")
+            }),
+            op_put(PbPutRequest {
+                prev_kv: true,
+                ..put_req(c.k("n"), "new")
+            }),
         ],
         vec![],
     );
@@ -1514,18 +1991,41 @@ async fn txn_put_prev_kv(c: &mut Ctx) -> Result<()> {
 async fn txn_range_historical(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     c.put("a", "2").await?;
-    let req = txn(vec![], vec![op_range(PbRangeRequest { revision: c.rev(1), ..range_req(c.k("a")) }), op_put(put_req(c.k("a"), "3"))], vec![]);
+    let req = txn(
+        vec![],
+        vec![
+            op_range(PbRangeRequest {
+                revision: c.rev(1),
+                ..range_req(c.k("a"))
+            }),
+            op_put(put_req(c.k("a"), "3")),
+        ],
+        vec![],
+    );
     c.txn(req).await?;
     Ok(())
 }
 
 async fn txn_range_future_revision_error(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
-    let req = txn(vec![], vec![op_range(PbRangeRequest { revision: c.rev(50), ..range_req(c.k("a")) })], vec![]);
+    let req = txn(
+        vec![],
+        vec![op_range(PbRangeRequest {
+            revision: c.rev(50),
+            ..range_req(c.k("a"))
+        })],
+        vec![],
+    );
     c.txn(req).await.ok();
     let req = txn(
         vec![],
-        vec![op_put(put_req(c.k("b"), "1")), op_range(PbRangeRequest { revision: c.rev(50), ..range_req(c.k("a")) })],
+        vec![
+            op_put(put_req(c.k("b"), "1")),
+            op_range(PbRangeRequest {
+                revision: c.rev(50),
+                ..range_req(c.k("a"))
+            }),
+        ],
         vec![],
     );
     c.txn(req).await.ok();
@@ -1534,9 +2034,23 @@ async fn txn_range_future_revision_error(c: &mut Ctx) -> Result<()> {
 }
 
 async fn txn_duplicate_put_error(c: &mut Ctx) -> Result<()> {
-    let req = txn(vec![], vec![op_put(put_req(c.k("a"), "1")), op_put(put_req(c.k("a"), "2"))], vec![]);
+    let req = txn(
+        vec![],
+        vec![
+            op_put(put_req(c.k("a"), "1")),
+            op_put(put_req(c.k("a"), "2")),
+        ],
+        vec![],
+    );
     c.txn(req).await.ok();
-    let req = txn(vec![], vec![], vec![op_put(put_req(c.k("b"), "1")), op_put(put_req(c.k("b"), "2"))]);
+    let req = txn(
+        vec![],
+        vec![],
+        vec![
+            op_put(put_req(c.k("b"), "1")),
+            op_put(put_req(c.k("b"), "2")),
+        ],
+    );
     c.txn(req).await.ok();
     c.get_prefix().await?;
     Ok(())
@@ -1544,9 +2058,19 @@ async fn txn_duplicate_put_error(c: &mut Ctx) -> Result<()> {
 
 async fn txn_duplicate_put_nested_error(c: &mut Ctx) -> Result<()> {
     let inner = txn(vec![], vec![op_put(put_req(c.k("a"), "2"))], vec![]);
-    c.txn(txn(vec![], vec![op_put(put_req(c.k("a"), "1")), op_txn(inner)], vec![])).await.ok();
+    c.txn(txn(
+        vec![],
+        vec![op_put(put_req(c.k("a"), "1")), op_txn(inner)],
+        vec![],
+    ))
+    .await
+    .ok();
     // the same key in an inner success and an inner failure branch is fine
-    let inner = txn(vec![], vec![op_put(put_req(c.k("b"), "s"))], vec![op_put(put_req(c.k("b"), "f"))]);
+    let inner = txn(
+        vec![],
+        vec![op_put(put_req(c.k("b"), "s"))],
+        vec![op_put(put_req(c.k("b"), "f"))],
+    );
     c.txn(txn(vec![], vec![op_txn(inner)], vec![])).await.ok();
     c.get_prefix().await?;
     Ok(())
@@ -1554,12 +2078,29 @@ async fn txn_duplicate_put_nested_error(c: &mut Ctx) -> Result<()> {
 
 async fn txn_put_delete_overlap_error(c: &mut Ctx) -> Result<()> {
     c.put("b", "0").await?;
-    let req = txn(vec![], vec![op_del(del_range(c.k("a"), c.k("c"))), op_put(put_req(c.k("b"), "1"))], vec![]);
+    let req = txn(
+        vec![],
+        vec![
+            op_del(del_range(c.k("a"), c.k("c"))),
+            op_put(put_req(c.k("b"), "1")),
+        ],
+        vec![],
+    );
     c.txn(req).await.ok();
-    let req = txn(vec![], vec![op_put(put_req(c.k("b"), "1")), op_del(del_req(c.k("b")))], vec![]);
+    let req = txn(
+        vec![],
+        vec![op_put(put_req(c.k("b"), "1")), op_del(del_req(c.k("b")))],
+        vec![],
+    );
     c.txn(req).await.ok();
     let inner = txn(vec![], vec![op_del(del_req(c.k("b")))], vec![]);
-    c.txn(txn(vec![], vec![op_put(put_req(c.k("b"), "1")), op_txn(inner)], vec![])).await.ok();
+    c.txn(txn(
+        vec![],
+        vec![op_put(put_req(c.k("b"), "1")), op_txn(inner)],
+        vec![],
+    ))
+    .await
+    .ok();
     c.get_prefix().await?;
     Ok(())
 }
@@ -1567,7 +2108,17 @@ async fn txn_put_delete_overlap_error(c: &mut Ctx) -> Result<()> {
 async fn txn_delete_delete_overlap_ok(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     c.put("b", "1").await?;
-    let req = txn(vec![], vec![op_del(del_req(c.k("a"))), op_del(PbDeleteRequest { prev_kv: true, ..del_range(c.k("a"), c.k("c")) })], vec![]);
+    let req = txn(
+        vec![],
+        vec![
+            op_del(del_req(c.k("a"))),
+            op_del(PbDeleteRequest {
+                prev_kv: true,
+                ..del_range(c.k("a"), c.k("c"))
+            }),
+        ],
+        vec![],
+    );
     c.txn(req).await?;
     c.get_prefix().await?;
     Ok(())
@@ -1586,32 +2137,65 @@ async fn txn_same_key_both_branches_ok(c: &mut Ctx) -> Result<()> {
 }
 
 async fn txn_too_many_ops_error(c: &mut Ctx) -> Result<()> {
-    let ops: Vec<_> = (0..129).map(|i| op_put(put_req(c.k(&format!("k{i:03}")), "v"))).collect();
+    let ops: Vec<_> = (0..129)
+        .map(|i| op_put(put_req(c.k(&format!("k{i:03}")), "v")))
+        .collect();
     c.txn(txn(vec![], ops, vec![])).await.ok();
-    let cmps: Vec<_> = (0..129).map(|i| compare(c.k(&format!("k{i:03}")), cmp::EQUAL, PbTargetUnion::Version(0))).collect();
+    let cmps: Vec<_> = (0..129)
+        .map(|i| {
+            compare(
+                c.k(&format!("k{i:03}")),
+                cmp::EQUAL,
+                PbTargetUnion::Version(0),
+            )
+        })
+        .collect();
     c.txn(txn(cmps, vec![], vec![])).await.ok();
-    c.get(PbRangeRequest { count_only: true, ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        count_only: true,
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
 async fn txn_max_ops_ok(c: &mut Ctx) -> Result<()> {
-    let ops: Vec<_> = (0..128).map(|i| op_put(put_req(c.k(&format!("k{i:03}")), "v"))).collect();
+    let ops: Vec<_> = (0..128)
+        .map(|i| op_put(put_req(c.k(&format!("k{i:03}")), "v")))
+        .collect();
     let res = c.c.txn(txn(vec![], ops, vec![])).await;
     // 128 put responses: record only the header and count
     let s = match &res {
-        Ok(t) => format!("Txn {} succeeded={} responses={}", hdr(&t.header, c), t.succeeded, t.responses.len()),
+        Ok(t) => format!(
+            "Txn {} succeeded={} responses={}",
+            hdr(&t.header, c),
+            t.succeeded,
+            t.responses.len()
+        ),
         Err(e) => show_status(e),
     };
     c.note("txn 128 puts", s);
-    c.get(PbRangeRequest { count_only: true, ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        count_only: true,
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
 async fn txn_request_too_large_error(c: &mut Ctx) -> Result<()> {
     let v = vec![b'y'; 800_000];
-    let req = txn(vec![], vec![op_put(put_req(c.k("a"), &v)), op_put(put_req(c.k("b"), &v))], vec![]);
+    let req = txn(
+        vec![],
+        vec![op_put(put_req(c.k("a"), &v)), op_put(put_req(c.k("b"), &v))],
+        vec![],
+    );
     c.txn(req).await.ok();
-    c.get(PbRangeRequest { count_only: true, ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        count_only: true,
+        ..prefix_req(c)
+    })
+    .await?;
     Ok(())
 }
 
@@ -1628,14 +2212,22 @@ fn k8s_create(c: &Ctx, key: &str, val: &str, lease: i64) -> PbTxnRequest {
 }
 fn k8s_update(c: &Ctx, key: &str, val: &str, rev: i64) -> PbTxnRequest {
     txn(
-        vec![compare(c.k(key), cmp::EQUAL, PbTargetUnion::ModRevision(rev))],
+        vec![compare(
+            c.k(key),
+            cmp::EQUAL,
+            PbTargetUnion::ModRevision(rev),
+        )],
         vec![op_put(put_req(c.k(key), val))],
         vec![op_range(range_req(c.k(key)))],
     )
 }
 fn k8s_delete(c: &Ctx, key: &str, rev: i64) -> PbTxnRequest {
     txn(
-        vec![compare(c.k(key), cmp::EQUAL, PbTargetUnion::ModRevision(rev))],
+        vec![compare(
+            c.k(key),
+            cmp::EQUAL,
+            PbTargetUnion::ModRevision(rev),
+        )],
         vec![op_del(del_req(c.k(key)))],
         vec![op_range(range_req(c.k(key)))],
     )
@@ -1700,8 +2292,17 @@ async fn compact_basic(c: &mut Ctx) -> Result<()> {
     c.put("a", "2").await?;
     c.put("b", "1").await?;
     c.compact(c.rev(2), false).await?;
-    c.get(PbRangeRequest { revision: c.rev(1), ..prefix_req(c) }).await.ok();
-    c.get(PbRangeRequest { revision: c.rev(2), ..prefix_req(c) }).await?;
+    c.get(PbRangeRequest {
+        revision: c.rev(1),
+        ..prefix_req(c)
+    })
+    .await
+    .ok();
+    c.get(PbRangeRequest {
+        revision: c.rev(2),
+        ..prefix_req(c)
+    })
+    .await?;
     c.get_prefix().await?;
     Ok(())
 }
@@ -1710,7 +2311,12 @@ async fn compact_physical(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     c.put("a", "2").await?;
     c.compact(c.rev(2), true).await?;
-    c.get(PbRangeRequest { revision: c.rev(1), ..prefix_req(c) }).await.ok();
+    c.get(PbRangeRequest {
+        revision: c.rev(1),
+        ..prefix_req(c)
+    })
+    .await
+    .ok();
     c.get_prefix().await?;
     Ok(())
 }
@@ -1747,7 +2353,11 @@ async fn compact_kube_compactor(c: &mut Ctx) -> Result<()> {
     }
     let step = |known_version: i64, rev: i64| {
         txn(
-            vec![compare(&key, cmp::EQUAL, PbTargetUnion::Version(known_version))],
+            vec![compare(
+                &key,
+                cmp::EQUAL,
+                PbTargetUnion::Version(known_version),
+            )],
             // the value is the compaction target (written relative to the base, see module doc)
             vec![op_put(put_req(&key, (rev).to_string()))],
             vec![op_range(range_req(&key))],
@@ -1758,7 +2368,12 @@ async fn compact_kube_compactor(c: &mut Ctx) -> Result<()> {
     c.txn(step(0, 4)).await?; // another compactor raced: fails, failure Range shows the key
     c.txn(step(1, 4)).await?;
     c.compact(c.rev(4), false).await?;
-    c.get(PbRangeRequest { revision: c.rev(3), ..range_req(&key) }).await.ok();
+    c.get(PbRangeRequest {
+        revision: c.rev(3),
+        ..range_req(&key)
+    })
+    .await
+    .ok();
     Ok(())
 }
 
@@ -1784,14 +2399,24 @@ async fn watch_multiple_per_stream(c: &mut Ctx) -> Result<()> {
     w.create(WatchCreate::key(c.k("a"))).await?;
     w.created(1).await;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(2).await;
     w.create(WatchCreate::key(c.k("b"))).await?;
     w.created(3).await;
     c.put("a", "1").await?;
     c.put("b", "1").await?;
     c.put("c", "1").await?;
-    w.until(|it| it.iter().filter(|i| matches!(i, WItem::Event { .. })).count() >= 5).await;
+    w.until(|it| {
+        it.iter()
+            .filter(|i| matches!(i, WItem::Event { .. }))
+            .count()
+            >= 5
+    })
+    .await;
     c.rec_watch("three watches", &w);
     Ok(())
 }
@@ -1801,11 +2426,23 @@ async fn watch_historical_replay(c: &mut Ctx) -> Result<()> {
     c.put("b", "1").await?;
     c.put("a", "2").await?;
     c.del("b").await?;
-    let txn_req = txn(vec![], vec![op_put(put_req(c.k("c"), "1")), op_put(put_req(c.k("d"), "1"))], vec![]);
+    let txn_req = txn(
+        vec![],
+        vec![
+            op_put(put_req(c.k("c"), "1")),
+            op_put(put_req(c.k("d"), "1")),
+        ],
+        vec![],
+    );
     c.txn(txn_req).await?;
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), start_revision: c.rev(1), ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        start_revision: c.rev(1),
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.events(6).await;
     c.put("end", "1").await?;
     w.event_key(&c.k("end")).await;
@@ -1818,7 +2455,12 @@ async fn watch_historical_prev_kv(c: &mut Ctx) -> Result<()> {
     c.put("a", "2").await?;
     c.del("a").await?;
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { prev_kv: true, start_revision: c.rev(2), ..WatchCreate::key(c.k("a")) }).await?;
+    w.create(WatchCreate {
+        prev_kv: true,
+        start_revision: c.rev(2),
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
     w.events(2).await;
     c.rec_watch("replay with prev_kv", &w);
     Ok(())
@@ -1827,7 +2469,12 @@ async fn watch_historical_prev_kv(c: &mut Ctx) -> Result<()> {
 async fn watch_future_revision(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), start_revision: c.rev(3), ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        start_revision: c.rev(3),
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     for i in 1..=4 {
         c.put(&format!("k{i}"), "v").await?;
@@ -1840,7 +2487,11 @@ async fn watch_future_revision(c: &mut Ctx) -> Result<()> {
 async fn watch_prefix(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
     let a = c.k("a/");
-    w.create(WatchCreate { range_end: prefix_end(&a), ..WatchCreate::key(&a) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&a),
+        ..WatchCreate::key(&a)
+    })
+    .await?;
     w.created(1).await;
     c.put("a", "no").await?;
     c.put("a/1", "yes").await?;
@@ -1855,7 +2506,11 @@ async fn watch_prefix(c: &mut Ctx) -> Result<()> {
 
 async fn watch_range(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { range_end: c.k("d"), ..WatchCreate::key(c.k("b")) }).await?;
+    w.create(WatchCreate {
+        range_end: c.k("d"),
+        ..WatchCreate::key(c.k("b"))
+    })
+    .await?;
     w.created(1).await;
     for k in ["a", "b", "c", "d", "bb", "cz"] {
         c.put(k, k).await?;
@@ -1868,7 +2523,11 @@ async fn watch_range(c: &mut Ctx) -> Result<()> {
 async fn watch_open_end(c: &mut Ctx) -> Result<()> {
     let p = open_end_prefix(c, 3);
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { range_end: b"\0".to_vec(), ..WatchCreate::key(format!("{p}b")) }).await?;
+    w.create(WatchCreate {
+        range_end: b"\0".to_vec(),
+        ..WatchCreate::key(format!("{p}b"))
+    })
+    .await?;
     w.created(1).await;
     for k in ["a", "b", "c"] {
         c.put_r(put_req(format!("{p}{k}"), k)).await?;
@@ -1880,7 +2539,11 @@ async fn watch_open_end(c: &mut Ctx) -> Result<()> {
 
 async fn watch_prev_kv(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { prev_kv: true, ..WatchCreate::key(c.k("a")) }).await?;
+    w.create(WatchCreate {
+        prev_kv: true,
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
     w.created(1).await;
     c.put("a", "1").await?;
     c.put("a", "2").await?;
@@ -1894,7 +2557,12 @@ async fn watch_prev_kv(c: &mut Ctx) -> Result<()> {
 async fn watch_filter_noput(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), filters: vec![filter::NOPUT], ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        filters: vec![filter::NOPUT],
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     c.put("a", "1").await?;
     c.put("b", "1").await?;
@@ -1909,7 +2577,12 @@ async fn watch_filter_noput(c: &mut Ctx) -> Result<()> {
 async fn watch_filter_nodelete(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), filters: vec![filter::NODELETE], ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        filters: vec![filter::NODELETE],
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     c.put("a", "1").await?;
     c.del("a").await?;
@@ -1923,7 +2596,11 @@ async fn watch_filter_nodelete(c: &mut Ctx) -> Result<()> {
 
 async fn watch_progress_request(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { progress_notify: true, ..WatchCreate::key(c.k("watched")) }).await?;
+    w.create(WatchCreate {
+        progress_notify: true,
+        ..WatchCreate::key(c.k("watched"))
+    })
+    .await?;
     w.created(1).await;
     c.put("other", "1").await?;
     c.put("other", "2").await?;
@@ -1935,9 +2612,17 @@ async fn watch_progress_request(c: &mut Ctx) -> Result<()> {
 
 async fn watch_user_ids(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { watch_id: 100, ..WatchCreate::key(c.k("a")) }).await?;
+    w.create(WatchCreate {
+        watch_id: 100,
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
     w.created(1).await;
-    w.create(WatchCreate { watch_id: 7, ..WatchCreate::key(c.k("a")) }).await?;
+    w.create(WatchCreate {
+        watch_id: 7,
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
     w.created(2).await;
     w.create(WatchCreate::key(c.k("a"))).await?; // auto id after user ids
     w.created(3).await;
@@ -1951,9 +2636,17 @@ async fn watch_user_ids(c: &mut Ctx) -> Result<()> {
 
 async fn watch_duplicate_id_error(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { watch_id: 5, ..WatchCreate::key(c.k("a")) }).await?;
+    w.create(WatchCreate {
+        watch_id: 5,
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
     w.created(1).await;
-    w.create(WatchCreate { watch_id: 5, ..WatchCreate::key(c.k("b")) }).await?;
+    w.create(WatchCreate {
+        watch_id: 5,
+        ..WatchCreate::key(c.k("b"))
+    })
+    .await?;
     w.created(2).await;
     c.put("a", "1").await?;
     w.events(1).await;
@@ -1966,7 +2659,11 @@ async fn watch_cancel(c: &mut Ctx) -> Result<()> {
     w.create(WatchCreate::key(c.k("a"))).await?; // id 0
     w.created(1).await;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), ..WatchCreate::key(&p) }).await?; // id 1
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        ..WatchCreate::key(&p)
+    })
+    .await?; // id 1
     w.created(2).await;
     c.put("a", "1").await?;
     w.events(2).await;
@@ -1985,11 +2682,19 @@ async fn watch_compacted_revision(c: &mut Ctx) -> Result<()> {
     c.put("a", "3").await?;
     c.compact(c.rev(3), false).await?;
     let mut w = c.watcher().await?;
-    w.create(WatchCreate { start_revision: c.rev(1), ..WatchCreate::key(c.k("a")) }).await?;
+    w.create(WatchCreate {
+        start_revision: c.rev(1),
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
     w.canceled(1).await;
     c.rec_watch("from compacted b+1", &w);
     let mut w2 = c.watcher().await?;
-    w2.create(WatchCreate { start_revision: c.rev(3), ..WatchCreate::key(c.k("a")) }).await?;
+    w2.create(WatchCreate {
+        start_revision: c.rev(3),
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
     w2.events(1).await;
     c.rec_watch("from compact revision b+3", &w2);
     Ok(())
@@ -2000,7 +2705,13 @@ async fn watch_compacted_revision(c: &mut Ctx) -> Result<()> {
 async fn watch_fragment(c: &mut Ctx) -> Result<()> {
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), prev_kv: true, fragment: true, ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        prev_kv: true,
+        fragment: true,
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     for i in 0..4u8 {
         let v: Vec<u8> = (0..450_000u32).map(|x| (x as u8).wrapping_add(i)).collect();
@@ -2016,11 +2727,21 @@ async fn watch_txn_event_order(c: &mut Ctx) -> Result<()> {
     c.put("d", "0").await?;
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), prev_kv: true, ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        prev_kv: true,
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     let req = txn(
         vec![],
-        vec![op_put(put_req(c.k("c"), "1")), op_put(put_req(c.k("a"), "1")), op_del(del_req(c.k("d"))), op_put(put_req(c.k("b"), "1"))],
+        vec![
+            op_put(put_req(c.k("c"), "1")),
+            op_put(put_req(c.k("a"), "1")),
+            op_del(del_req(c.k("d"))),
+            op_put(put_req(c.k("b"), "1")),
+        ],
         vec![],
     );
     c.txn(req).await?;
@@ -2035,7 +2756,11 @@ async fn watch_delete_range_events(c: &mut Ctx) -> Result<()> {
     }
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     c.del_r(del_range(&p, prefix_end(&p))).await?;
     w.events(3).await;
@@ -2050,7 +2775,12 @@ async fn watch_lease_revoke_events(c: &mut Ctx) -> Result<()> {
     }
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), prev_kv: true, ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        prev_kv: true,
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     c.revoke(l).await?;
     w.events(3).await;
@@ -2202,13 +2932,22 @@ async fn lease_expiry_deletes_keys(c: &mut Ctx) -> Result<()> {
     c.put("keep", "1").await?;
     let mut w = c.watcher().await?;
     let p = c.p.clone();
-    w.create(WatchCreate { range_end: prefix_end(&p), prev_kv: true, ..WatchCreate::key(&p) }).await?;
+    w.create(WatchCreate {
+        range_end: prefix_end(&p),
+        prev_kv: true,
+        ..WatchCreate::key(&p)
+    })
+    .await?;
     w.created(1).await;
     let t0 = Instant::now();
     // waits (bounded by the watch deadline) for the expiry to delete both keys
     w.events(2).await;
     let took = t0.elapsed();
-    c.check("expiry within 1..10 s of the grant", took <= Duration::from_secs(10), format!("{took:?}"));
+    c.check(
+        "expiry within 1..10 s of the grant",
+        took <= Duration::from_secs(10),
+        format!("{took:?}"),
+    );
     c.rec_watch("expiry", &w);
     c.get_prefix().await?;
     c.ttl(l, true).await?;
@@ -2221,28 +2960,61 @@ async fn lease_expiry_deletes_keys(c: &mut Ctx) -> Result<()> {
 
 fn semver_like(v: &str) -> bool {
     let parts: Vec<&str> = v.split('.').collect();
-    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 async fn status_fields(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     let s = c.c.status().await?;
-    c.note("status", format!("Status {} errors={:?} is_learner={}", hdr(&s.header, c), s.errors, s.is_learner));
-    c.check("version is X.Y.Z", semver_like(&s.version), s.version.clone());
+    c.note(
+        "status",
+        format!(
+            "Status {} errors={:?} is_learner={}",
+            hdr(&s.header, c),
+            s.errors,
+            s.is_learner
+        ),
+    );
+    c.check(
+        "version is X.Y.Z",
+        semver_like(&s.version),
+        s.version.clone(),
+    );
     c.check("db_size > 0", s.db_size > 0, s.db_size.to_string());
-    c.check("db_size_in_use > 0", s.db_size_in_use > 0, s.db_size_in_use.to_string());
+    c.check(
+        "db_size_in_use > 0",
+        s.db_size_in_use > 0,
+        s.db_size_in_use.to_string(),
+    );
     let member = s.header.as_ref().map(|h| h.member_id).unwrap_or(0);
-    c.check("leader == header.member_id != 0", s.leader != 0 && s.leader == member, format!("leader {} member {member}", s.leader));
+    c.check(
+        "leader == header.member_id != 0",
+        s.leader != 0 && s.leader == member,
+        format!("leader {} member {member}", s.leader),
+    );
     c.check("raft_index > 0", s.raft_index > 0, s.raft_index.to_string());
     c.check("raft_term > 0", s.raft_term > 0, s.raft_term.to_string());
     // etcd 3.4 has no raft_applied_index
     let applied_ok = c.kind == Kind::Etcd34 || s.raft_applied_index > 0;
-    c.check("raft_applied_index > 0", applied_ok, s.raft_applied_index.to_string());
+    c.check(
+        "raft_applied_index > 0",
+        applied_ok,
+        s.raft_applied_index.to_string(),
+    );
     Ok(())
 }
 
 async fn alarm_list(c: &mut Ctx) -> Result<()> {
-    let r = c.c.alarm(PbAlarmRequest { action: 0, member_id: 0, alarm: 0 }).await;
+    let r =
+        c.c.alarm(PbAlarmRequest {
+            action: 0,
+            member_id: 0,
+            alarm: 0,
+        })
+        .await;
     c.rec("alarm GET", &r);
     Ok(())
 }
@@ -2250,14 +3022,28 @@ async fn alarm_list(c: &mut Ctx) -> Result<()> {
 async fn member_list(c: &mut Ctx) -> Result<()> {
     c.put("a", "1").await?;
     let r = c.c.member_list().await?;
-    c.note("member list", format!("MemberList {} members={}", hdr(&r.header, c), r.members.len()));
+    c.note(
+        "member list",
+        format!(
+            "MemberList {} members={}",
+            hdr(&r.header, c),
+            r.members.len()
+        ),
+    );
     if let Some(m) = r.members.first() {
         let hid = r.header.as_ref().map(|h| h.member_id).unwrap_or(0);
-        c.check("member id != 0 and == header.member_id", m.id != 0 && m.id == hid, format!("{} vs {hid}", m.id));
+        c.check(
+            "member id != 0 and == header.member_id",
+            m.id != 0 && m.id == hid,
+            format!("{} vs {hid}", m.id),
+        );
         c.check("member has a name", !m.name.is_empty(), format!("{m:?}"));
         c.check(
             "client URLs are http(s) URLs",
-            !m.client_ur_ls.is_empty() && m.client_ur_ls.iter().all(|u| u.starts_with("http://") || u.starts_with("https://")),
+            !m.client_ur_ls.is_empty()
+                && m.client_ur_ls
+                    .iter()
+                    .all(|u| u.starts_with("http://") || u.starts_with("https://")),
             format!("{:?}", m.client_ur_ls),
         );
         c.check("not a learner", !m.is_learner, format!("{m:?}"));
@@ -2281,12 +3067,36 @@ async fn range_stream_equals_range(c: &mut Ctx) -> Result<()> {
     }
     let now = c.current_rev().await?;
     let reqs = [
-        PbRangeRequest { revision: now, ..prefix_req(c) },
-        PbRangeRequest { revision: now, limit: 7, ..prefix_req(c) },
-        PbRangeRequest { revision: now, keys_only: true, ..prefix_req(c) },
-        PbRangeRequest { revision: now, count_only: true, ..prefix_req(c) },
-        PbRangeRequest { revision: now, sort_order: sort::DESCEND, sort_target: sort::MOD, limit: 5, ..prefix_req(c) },
-        PbRangeRequest { revision: now, ..range_req(c.k("missing")) },
+        PbRangeRequest {
+            revision: now,
+            ..prefix_req(c)
+        },
+        PbRangeRequest {
+            revision: now,
+            limit: 7,
+            ..prefix_req(c)
+        },
+        PbRangeRequest {
+            revision: now,
+            keys_only: true,
+            ..prefix_req(c)
+        },
+        PbRangeRequest {
+            revision: now,
+            count_only: true,
+            ..prefix_req(c)
+        },
+        PbRangeRequest {
+            revision: now,
+            sort_order: sort::DESCEND,
+            sort_target: sort::MOD,
+            limit: 5,
+            ..prefix_req(c)
+        },
+        PbRangeRequest {
+            revision: now,
+            ..range_req(c.k("missing"))
+        },
     ];
     for (i, r) in reqs.into_iter().enumerate() {
         let plain = c.c.range(r.clone()).await;
@@ -2294,7 +3104,9 @@ async fn range_stream_equals_range(c: &mut Ctx) -> Result<()> {
         let merged = chunks.map(|chunks| {
             let mut m = PbRangeResponse::default();
             for ch in chunks {
-                let Some(part) = ch.range_response else { continue };
+                let Some(part) = ch.range_response else {
+                    continue;
+                };
                 if part.header.is_some() {
                     m.header = part.header;
                 }
@@ -2314,7 +3126,11 @@ async fn range_stream_equals_range(c: &mut Ctx) -> Result<()> {
             Ok(v) => v.show(c),
             Err(e) => show_status(e),
         };
-        c.check(&format!("request {i}: merged RangeStream == Range"), a == b, format!("\n  Range:       {a}\n  RangeStream: {b}"));
+        c.check(
+            &format!("request {i}: merged RangeStream == Range"),
+            a == b,
+            format!("\n  Range:       {a}\n  RangeStream: {b}"),
+        );
     }
     Ok(())
 }
@@ -2339,7 +3155,10 @@ impl Servers {
         Ok(Servers { list })
     }
     fn client(&self, k: Kind) -> Option<Client> {
-        self.list.iter().find(|(kk, _, _)| *kk == k).map(|(_, _, c)| c.clone())
+        self.list
+            .iter()
+            .find(|(kk, _, _)| *kk == k)
+            .map(|(_, _, c)| c.clone())
     }
 }
 
@@ -2374,7 +3193,11 @@ async fn run_on(case: &Case, kind: Kind, client: Client) -> Outcome {
     for id in std::mem::take(&mut ctx.cleanup) {
         let _ = ctx.c.lease_revoke(PbLeaseRevokeRequest { id }).await;
     }
-    Outcome { trace: ctx.trace, props: ctx.props, error }
+    Outcome {
+        trace: ctx.trace,
+        props: ctx.props,
+        error,
+    }
 }
 
 /// The first difference between the reference's trace and another's, if any.
@@ -2390,8 +3213,16 @@ fn diff(reference: &Outcome, other: &Outcome) -> Option<String> {
         let a = reference.trace.get(i);
         let b = other.trace.get(i);
         if a != b {
-            let show = |x: Option<&(String, String)>| x.map(|(l, s)| format!("{l}: {s}")).unwrap_or_else(|| "<nothing>".into());
-            return Some(format!("step {}\n      expected {}\n      actual   {}", i + 1, show(a), show(b)));
+            let show = |x: Option<&(String, String)>| {
+                x.map(|(l, s)| format!("{l}: {s}"))
+                    .unwrap_or_else(|| "<nothing>".into())
+            };
+            return Some(format!(
+                "step {}\n      expected {}\n      actual   {}",
+                i + 1,
+                show(a),
+                show(b)
+            ));
         }
     }
     None
@@ -2407,7 +3238,12 @@ async fn differential() {
     let with_netsy = !env_flag("NETSY_DIFF_NO_NETSY");
     let with_34 = !env_flag("NETSY_DIFF_NO_34");
     let filter: Vec<String> = std::env::var("NETSY_DIFF_CASES")
-        .map(|s| s.split(',').filter(|w| !w.is_empty()).map(String::from).collect())
+        .map(|s| {
+            s.split(',')
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default();
     let mut cases = all_cases();
     {
@@ -2429,7 +3265,9 @@ async fn differential() {
     if with_34 {
         kinds.push(Kind::Etcd34);
     }
-    let shared = Servers::start(&kinds).await.expect("start the shared servers");
+    let shared = Servers::start(&kinds)
+        .await
+        .expect("start the shared servers");
 
     let mut failures: Vec<String> = Vec::new();
     let mut passed = 0usize;
@@ -2449,7 +3287,8 @@ async fn differential() {
         } else {
             &shared
         };
-        let skip_34 = KNOWN_34_DIFFS.iter().any(|(n, _)| *n == case.name) || case.mode == Mode::NetsyOnly;
+        let skip_34 =
+            KNOWN_34_DIFFS.iter().any(|(n, _)| *n == case.name) || case.mode == Mode::NetsyOnly;
         let mut runs: Vec<Kind> = Vec::new();
         if case.mode != Mode::NetsyOnly {
             runs.push(Kind::Etcd35);
@@ -2464,7 +3303,11 @@ async fn differential() {
             skipped += 1;
             continue;
         }
-        let outs = futures::future::join_all(runs.iter().map(|k| run_on(case, *k, servers.client(*k).expect("server started")))).await;
+        let outs = futures::future::join_all(
+            runs.iter()
+                .map(|k| run_on(case, *k, servers.client(*k).expect("server started"))),
+        )
+        .await;
         let by: BTreeMap<&str, &Outcome> = runs.iter().map(|k| k.name()).zip(outs.iter()).collect();
         let mut problems = Vec::new();
         if case.mode == Mode::NetsyOnly {
@@ -2482,7 +3325,10 @@ async fn differential() {
                 problems.push(format!("etcd-3.5.1 (reference) aborted: {e}"));
             }
             if !reference.props.is_empty() {
-                problems.push(format!("etcd-3.5.1 (reference) property failed: {}", reference.props.join("; ")));
+                problems.push(format!(
+                    "etcd-3.5.1 (reference) property failed: {}",
+                    reference.props.join("; ")
+                ));
             }
             for k in [Kind::Netsy, Kind::Etcd34] {
                 if let Some(o) = by.get(k.name()) {
@@ -2523,6 +3369,10 @@ async fn differential() {
     );
     println!("differential: {} cases, {} passed", cases.len(), passed);
     if !failures.is_empty() {
-        panic!("{} differential case(s) failed:\n{}", failures.len(), failures.join("\n"));
+        panic!(
+            "{} differential case(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }

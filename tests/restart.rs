@@ -50,7 +50,13 @@ struct Log {
     in_flight: Vec<InFlight>,
 }
 
-async fn load_task(t: usize, seed: u64, client: Client, log: Arc<Mutex<Log>>, acked: Arc<AtomicUsize>) {
+async fn load_task(
+    t: usize,
+    seed: u64,
+    client: Client,
+    log: Arc<Mutex<Log>>,
+    acked: Arc<AtomicUsize>,
+) {
     let mut rng = StdRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     // per object key: the mod revision we last saw (for K8s-style updates)
     let mut objects: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
@@ -67,7 +73,11 @@ async fn load_task(t: usize, seed: u64, client: Client, log: Arc<Mutex<Log>>, ac
             let key = format!("load/{t}/k{}", rng.random_range(0..50u32)).into_bytes();
             let c = client.clone();
             let (k, v) = (key.clone(), value.clone());
-            (key, Box::pin(async move { c.put(put_req(&k, &v)).await.map(|r| (true, r.header)) }) as _)
+            (
+                key,
+                Box::pin(async move { c.put(put_req(&k, &v)).await.map(|r| (true, r.header)) })
+                    as _,
+            )
         } else if choice < 7 || objects.is_empty() {
             // Kubernetes create: mod_revision == 0, failure Range
             let key = format!("load/{t}/obj{n}").into_bytes();
@@ -77,26 +87,45 @@ async fn load_task(t: usize, seed: u64, client: Client, log: Arc<Mutex<Log>>, ac
                 success: vec![op_put(put_req(&key, &value))],
                 failure: vec![op_range(range_req(&key))],
             };
-            (key, Box::pin(async move { c.txn(req).await.map(|r| (r.succeeded, r.header)) }) as _)
+            (
+                key,
+                Box::pin(async move { c.txn(req).await.map(|r| (r.succeeded, r.header)) }) as _,
+            )
         } else {
             // Kubernetes update: mod_revision == last seen, failure Range
             let idx = rng.random_range(0..objects.len());
-            let (key, rev) = objects.iter().nth(idx).map(|(k, r)| (k.clone(), *r)).unwrap_or_default();
+            let (key, rev) = objects
+                .iter()
+                .nth(idx)
+                .map(|(k, r)| (k.clone(), *r))
+                .unwrap_or_default();
             let c = client.clone();
             let req = PbTxnRequest {
                 compare: vec![compare(&key, cmp::EQUAL, PbTargetUnion::ModRevision(rev))],
                 success: vec![op_put(put_req(&key, &value))],
                 failure: vec![op_range(range_req(&key))],
             };
-            (key, Box::pin(async move { c.txn(req).await.map(|r| (r.succeeded, r.header)) }) as _)
+            (
+                key,
+                Box::pin(async move { c.txn(req).await.map(|r| (r.succeeded, r.header)) }) as _,
+            )
         };
-        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Rpc<(bool, Option<PbResponseHeader>)>> + Send>> = fut;
-        log.lock().await.in_flight.push(InFlight { key: key.clone(), value: value.clone() });
+        let fut: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Rpc<(bool, Option<PbResponseHeader>)>> + Send>,
+        > = fut;
+        log.lock().await.in_flight.push(InFlight {
+            key: key.clone(),
+            value: value.clone(),
+        });
         match fut.await {
             Ok((true, Some(h))) => {
                 let mut l = log.lock().await;
                 l.in_flight.retain(|f| !(f.key == key && f.value == value));
-                l.acks.push(Ack { key: key.clone(), value, rev: h.revision });
+                l.acks.push(Ack {
+                    key: key.clone(),
+                    value,
+                    rev: h.revision,
+                });
                 if key.windows(3).any(|w| w == b"obj") {
                     objects.insert(key, h.revision);
                 }
@@ -104,7 +133,10 @@ async fn load_task(t: usize, seed: u64, client: Client, log: Arc<Mutex<Log>>, ac
             }
             Ok((false, _)) => {
                 // a compare failed: nothing was written (only possible for a lost race we caused)
-                log.lock().await.in_flight.retain(|f| !(f.key == key && f.value == value));
+                log.lock()
+                    .await
+                    .in_flight
+                    .retain(|f| !(f.key == key && f.value == value));
             }
             Ok((true, None)) => panic!("a successful write without a response header"),
             Err(_) => return, // the server is gone: this write stays "in flight"
@@ -119,12 +151,24 @@ async fn kill_9_mid_load_keeps_acknowledged_writes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let ports = (free_port(), free_port());
-    let mut server = Server::start_in(kind, &data, Some(ports)).await.expect("start");
+    let mut server = Server::start_in(kind, &data, Some(ports))
+        .await
+        .expect("start");
     let client = server.client().await.expect("connect");
 
     // a lease and a key attached to it, before the load
-    let lease = client.lease_grant(PbLeaseGrantRequest { ttl: 3600, id: 0 }).await.expect("grant").id;
-    client.put(PbPutRequest { lease, ..put_req("leased/key", "v") }).await.expect("put with lease");
+    let lease = client
+        .lease_grant(PbLeaseGrantRequest { ttl: 3600, id: 0 })
+        .await
+        .expect("grant")
+        .id;
+    client
+        .put(PbPutRequest {
+            lease,
+            ..put_req("leased/key", "v")
+        })
+        .await
+        .expect("put with lease");
 
     let log = Arc::new(Mutex::new(Log::default()));
     let acked = Arc::new(AtomicUsize::new(0));
@@ -132,7 +176,13 @@ async fn kill_9_mid_load_keeps_acknowledged_writes() {
     for t in 0..TASKS {
         // one connection per task, so the load is really concurrent
         let c = server.client().await.expect("connect");
-        tasks.push(tokio::spawn(load_task(t, seed, c, log.clone(), acked.clone())));
+        tasks.push(tokio::spawn(load_task(
+            t,
+            seed,
+            c,
+            log.clone(),
+            acked.clone(),
+        )));
     }
     poll_until(Duration::from_secs(60), Duration::from_millis(5), || {
         let n = acked.load(Ordering::Relaxed);
@@ -142,20 +192,35 @@ async fn kill_9_mid_load_keeps_acknowledged_writes() {
     .expect("the load acknowledges writes");
     server.kill().expect("kill -9"); // Child::kill = SIGKILL, mid-load
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t).await.expect("load tasks stop once the server is gone").expect("task");
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("load tasks stop once the server is gone")
+            .expect("task");
     }
     let log = Arc::try_unwrap(log).ok().expect("tasks done").into_inner();
     let max_acked = log.acks.iter().map(|a| a.rev).max().unwrap_or(0);
-    eprintln!("restart: {} acknowledged writes (max revision {max_acked}), {} in flight at the kill", log.acks.len(), log.in_flight.len());
+    eprintln!(
+        "restart: {} acknowledged writes (max revision {max_acked}), {} in flight at the kill",
+        log.acks.len(),
+        log.in_flight.len()
+    );
 
     drop(server);
-    let server = Server::start_in(kind, &data, Some(ports)).await.expect("restart on the same data dir");
+    let server = Server::start_in(kind, &data, Some(ports))
+        .await
+        .expect("restart on the same data dir");
     let client = server.client().await.expect("connect after restart");
 
     // 1. every acknowledged write is there, at its revision, with its value
     let mut missing = Vec::new();
     for a in &log.acks {
-        let r = client.range(PbRangeRequest { revision: a.rev, ..range_req(&a.key) }).await.expect("historical range");
+        let r = client
+            .range(PbRangeRequest {
+                revision: a.rev,
+                ..range_req(&a.key)
+            })
+            .await
+            .expect("historical range");
         match r.kvs.first() {
             Some(kv) if kv.mod_revision == a.rev && kv.value == a.value => {}
             other => missing.push(format!(
@@ -166,7 +231,12 @@ async fn kill_9_mid_load_keeps_acknowledged_writes() {
             )),
         }
     }
-    assert!(missing.is_empty(), "seed {seed}: {} acknowledged writes lost or changed:\n{}", missing.len(), missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: {} acknowledged writes lost or changed:\n{}",
+        missing.len(),
+        missing.join("\n")
+    );
 
     // 2. each key's current value is its last acknowledged write or a write that was in flight
     let mut last: BTreeMap<Vec<u8>, &Ack> = BTreeMap::new();
@@ -177,28 +247,69 @@ async fn kill_9_mid_load_keeps_acknowledged_writes() {
     }
     for (key, a) in &last {
         let r = client.range(range_req(key)).await.expect("range");
-        let kv = r.kvs.first().unwrap_or_else(|| panic!("seed {seed}: {} vanished", String::from_utf8_lossy(key)));
+        let kv = r
+            .kvs
+            .first()
+            .unwrap_or_else(|| panic!("seed {seed}: {} vanished", String::from_utf8_lossy(key)));
         let ok = (kv.mod_revision == a.rev && kv.value == a.value)
-            || (kv.mod_revision > a.rev && log.in_flight.iter().any(|f| &f.key == key && f.value == kv.value));
-        assert!(ok, "seed {seed}: {} is at revision {} (last ack {})", String::from_utf8_lossy(key), kv.mod_revision, a.rev);
+            || (kv.mod_revision > a.rev
+                && log
+                    .in_flight
+                    .iter()
+                    .any(|f| &f.key == key && f.value == kv.value));
+        assert!(
+            ok,
+            "seed {seed}: {} is at revision {} (last ack {})",
+            String::from_utf8_lossy(key),
+            kv.mod_revision,
+            a.rev
+        );
     }
 
     // 3. revisions continue above every acknowledged one
-    let p = client.put(put_req("after/restart", "1")).await.expect("write after restart");
+    let p = client
+        .put(put_req("after/restart", "1"))
+        .await
+        .expect("write after restart");
     let rev = p.header.map(|h| h.revision).unwrap_or(0);
-    assert!(rev > max_acked, "seed {seed}: next revision {rev} <= max acknowledged {max_acked}");
-    let p2 = client.put(put_req("after/restart", "2")).await.expect("write after restart");
-    assert_eq!(p2.header.map(|h| h.revision), Some(rev + 1), "seed {seed}: revisions increase by one");
+    assert!(
+        rev > max_acked,
+        "seed {seed}: next revision {rev} <= max acknowledged {max_acked}"
+    );
+    let p2 = client
+        .put(put_req("after/restart", "2"))
+        .await
+        .expect("write after restart");
+    assert_eq!(
+        p2.header.map(|h| h.revision),
+        Some(rev + 1),
+        "seed {seed}: revisions increase by one"
+    );
 
     // 4. the lease granted before the kill still exists, with its key
-    let ttl = client.lease_time_to_live(PbLeaseTimeToLiveRequest { id: lease, keys: true }).await.expect("timetolive");
+    let ttl = client
+        .lease_time_to_live(PbLeaseTimeToLiveRequest {
+            id: lease,
+            keys: true,
+        })
+        .await
+        .expect("timetolive");
     assert!(ttl.ttl > 0, "seed {seed}: lease {lease} lost: {ttl:?}");
     assert_eq!(ttl.granted_ttl, 3600, "{ttl:?}");
     assert_eq!(ttl.keys, vec![b"leased/key".to_vec()], "{ttl:?}");
     let leases = client.lease_leases().await.expect("leases");
-    assert!(leases.leases.iter().any(|l| l.id == lease), "seed {seed}: {leases:?}");
+    assert!(
+        leases.leases.iter().any(|l| l.id == lease),
+        "seed {seed}: {leases:?}"
+    );
     let r = client.range(range_req("leased/key")).await.expect("range");
     assert_eq!(r.kvs.first().map(|kv| kv.lease), Some(lease), "{r:?}");
-    let ka = client.keep_alive().await.expect("keep-alive stream").keep_alive(lease).await.expect("keep-alive");
+    let ka = client
+        .keep_alive()
+        .await
+        .expect("keep-alive stream")
+        .keep_alive(lease)
+        .await
+        .expect("keep-alive");
     assert_eq!(ka.ttl, 3600, "{ka:?}");
 }

