@@ -31,6 +31,9 @@ apt_update() {
   fi
 }
 
+# Package lists for the private sources (also used by packaging/release.sh).
+ls "$APTDIR/lists/"*_Packages* >/dev/null 2>&1 || apt_update
+
 # QEMU >= 10 (bookworm's 7.2 conflicts with newer qemu-utils), OVMF, umoci, skopeo, and the
 # small host tools the scripts use.
 need=()
