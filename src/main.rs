@@ -1,1 +1,117 @@
-fn main() {}
+//! The `netsy` binary: parses the command line, starts logging, runs a node or a tool command,
+//! and maps failures to exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use netsy::config::NodeArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "netsy",
+    version,
+    about = "etcd-compatible key-value server on object storage"
+)]
+struct Cli {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Debug logging (same as NETSY_DEBUG=true).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Validates a cluster config file and exits (same as `netsy config check FILE`).
+    #[arg(long, value_name = "FILE")]
+    validate: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the built-in defaults (ports, paths, variables) as JSON.
+    Defaults,
+    /// Validates a cluster config file: prints "Config is valid." or the first error.
+    Check { file: std::path::PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let debug = cli.verbose || std::env::var("NETSY_DEBUG").is_ok_and(|v| v == "true");
+    netsy::telemetry::init(debug);
+    if let Some(file) = cli.validate {
+        return check_config(&file);
+    }
+    match cli.command {
+        Some(Command::Config(ConfigCommand::Defaults)) => {
+            println!("{}", netsy::config::defaults_json());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => check_config(&file),
+        None => run(cli.node),
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match netsy::config::cluster::load(file) {
+        Ok((_, warnings)) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("Config is valid.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("Validation failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: NodeArgs) -> ExitCode {
+    let cfg = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("netsy: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netsy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(netsy::server::run(cfg, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "netsy stopped with an error");
+            eprintln!("netsy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,339 @@
+//! The local MVCC store on SQLite: one row per (revision, sub-revision), like Netsy's `records`
+//! table, plus compaction and lease state.
+//!
+//! Owns: the schema, every SQL statement, the single writer thread (all mutations, one SQLite
+//! transaction per group of requests), the reader pool, etcd's MVCC semantics (ranges, txns,
+//! compaction, lease attachment). Never touches the network and never runs SQLite on an async
+//! worker thread: reads go through `spawn_blocking`, writes through the writer thread.
+
+mod leases;
+mod pool;
+mod read;
+mod schema;
+mod txn;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use etcd_client::proto::{
+    PbKeyValue, PbRangeRequest, PbRangeResponse, PbTxnRequest, PbTxnResponse,
+};
+use tokio::sync::{mpsc, oneshot};
+
+pub use leases::{LeaseInfo, LeaseTable};
+pub use read::{KeyRange, RangeEnd, RangeResult};
+pub use txn::Record;
+pub use writer::{CommitHook, NoopCommitHook};
+
+use crate::watch::{EventBatch, WatchHub};
+
+/// The key of the genesis record written at revision 1 of an empty store (Netsy's `_netsy`).
+/// It is invisible to the etcd API, so the first client write gets revision 2 as in etcd.
+pub const GENESIS_KEY: &[u8] = b"_netsy";
+
+/// Errors of the store. Each etcd-visible one is mapped to etcd's exact gRPC status in
+/// `api::status` and nowhere else.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("required revision is a future revision")]
+    FutureRevision,
+    #[error("required revision has been compacted")]
+    Compacted,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("commit hook failed: {0}")]
+    Commit(String),
+    #[error("the store is shutting down")]
+    Shutdown,
+    #[error("corrupt local database: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Identity of the node written into records (`leader_id`).
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub node_id: String,
+    pub readers: usize,
+}
+
+/// Shared revision counters, readable without locks.
+#[derive(Debug, Default)]
+pub struct Revisions {
+    current: AtomicI64,
+    compacted: AtomicI64,
+}
+
+impl Revisions {
+    pub fn current(&self) -> i64 {
+        self.current.load(Ordering::Acquire)
+    }
+    pub fn compacted(&self) -> i64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+    fn set_current(&self, rev: i64) {
+        self.current.store(rev, Ordering::Release);
+    }
+    fn set_compacted(&self, rev: i64) {
+        self.compacted.store(rev, Ordering::Release);
+    }
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    revs: Arc<Revisions>,
+    pool: pool::ReaderPool,
+    writer: mpsc::Sender<writer::Command>,
+    leases: Arc<LeaseTable>,
+    db_path: PathBuf,
+}
+
+/// Database size figures for Maintenance.Status.
+#[derive(Debug, Clone, Copy)]
+pub struct DbSize {
+    pub total: i64,
+    pub in_use: i64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `opts.data_dir` and starts the writer thread.
+    pub fn open(opts: StoreOptions, hub: WatchHub, hook: Box<dyn CommitHook>) -> Result<Store> {
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            Error::Corrupt(format!(
+                "cannot create data dir {}: {e}",
+                opts.data_dir.display()
+            ))
+        })?;
+        let db_path = opts.data_dir.join("db.sqlite3");
+        let mut conn = schema::open_write(&db_path)?;
+        schema::migrate(&mut conn, &opts.node_id)?;
+        let current = read::latest_revision(&conn)?;
+        let compacted = read::compaction_revision(&conn)?;
+        let revs = Arc::new(Revisions::default());
+        revs.set_current(current);
+        revs.set_compacted(compacted);
+        hub.reset(current);
+        let leases = Arc::new(LeaseTable::load(&conn, current)?);
+        let pool = pool::ReaderPool::open(&db_path, opts.readers.max(1))?;
+        let (tx, rx) = mpsc::channel(1024);
+        writer::spawn(writer::Writer::new(
+            conn,
+            rx,
+            revs.clone(),
+            hub,
+            leases.clone(),
+            opts.node_id.clone(),
+            hook,
+        ))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                revs,
+                pool,
+                writer: tx,
+                leases,
+                db_path,
+            }),
+        })
+    }
+
+    pub fn revisions(&self) -> &Arc<Revisions> {
+        &self.inner.revs
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.inner.revs.current()
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.inner.revs.compacted()
+    }
+
+    pub fn leases(&self) -> &Arc<LeaseTable> {
+        &self.inner.leases
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.inner.db_path
+    }
+
+    /// etcd Range at the request's revision (0 = current), on a reader connection.
+    pub async fn range(&self, req: PbRangeRequest) -> Result<PbRangeResponse> {
+        let revs = self.inner.revs.clone();
+        self.inner
+            .pool
+            .run(move |conn| read::range(conn, &revs, &req))
+            .await?
+    }
+
+    /// Reads live key-values in `range` at `rev`, at most `limit` (0 = all), keys strictly after
+    /// `after` when given. Used by RangeStream's keyset pagination.
+    pub async fn range_page(
+        &self,
+        range: KeyRange,
+        rev: i64,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<Vec<PbKeyValue>> {
+        let revs = self.inner.revs.clone();
+        self.inner
+            .pool
+            .run(move |conn| {
+                let kvs = read::live_page(conn, &range, rev, after.as_deref(), limit, keys_only)?;
+                read::check_not_compacted(&revs, rev)?;
+                Ok(kvs)
+            })
+            .await?
+    }
+
+    /// Events of revisions `from..=to` for keys in `range`, oldest first, with previous values,
+    /// and the revision the answer is complete up to (it may stop early after `max` events).
+    pub async fn events(
+        &self,
+        range: KeyRange,
+        from: i64,
+        to: i64,
+        max: usize,
+    ) -> Result<(Vec<EventBatch>, i64)> {
+        let revs = self.inner.revs.clone();
+        self.inner
+            .pool
+            .run(move |conn| {
+                let evs = read::events(conn, &range, from, to, max)?;
+                read::check_not_compacted(&revs, from)?;
+                Ok(evs)
+            })
+            .await?
+    }
+
+    /// A CRC-32C over every record up to `revision` (0 = current), for comparing members:
+    /// (hash, hash revision, compaction revision).
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        let revs = self.inner.revs.clone();
+        self.inner
+            .pool
+            .run(move |conn| {
+                let rev = read::resolve_revision(&revs, revision)?;
+                let hash = read::hash_records(conn, rev)?;
+                Ok((hash, rev, revs.compacted()))
+            })
+            .await?
+    }
+
+    /// Size of the database file and the part in use.
+    pub async fn db_size(&self) -> Result<DbSize> {
+        self.inner.pool.run(read::db_size).await?
+    }
+
+    /// Answers a txn whose branches only read, on a reader connection at the current revision.
+    pub async fn read_txn(&self, req: PbTxnRequest) -> Result<PbTxnResponse> {
+        let revs = self.inner.revs.clone();
+        let leases = self.inner.leases.clone();
+        self.inner
+            .pool
+            .run(move |conn| {
+                let rev = revs.current();
+                let mut ctx = txn::TxnCtx::new(conn, &leases, rev, "", "");
+                let resp = ctx.apply(&req, revs.compacted())?;
+                Ok(resp)
+            })
+            .await?
+    }
+
+    /// Applies a validated etcd Txn (Put and DeleteRange are one-op txns) through the writer.
+    pub async fn txn(&self, req: PbTxnRequest) -> Result<PbTxnResponse> {
+        self.call(|reply| writer::Command::Txn { req, reply }).await
+    }
+
+    /// Compacts history up to `rev`; with `physical` the call returns after values are cleared.
+    pub async fn compact(&self, rev: i64, physical: bool) -> Result<i64> {
+        self.call(|reply| writer::Command::Compact {
+            rev,
+            physical,
+            reply,
+        })
+        .await
+    }
+
+    /// Grants a lease; returns the current revision.
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<i64> {
+        self.call(|reply| writer::Command::LeaseGrant { id, ttl, reply })
+            .await
+    }
+
+    /// Revokes a lease, deleting its keys in one revision; returns the revision after.
+    pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
+        self.call(|reply| writer::Command::LeaseRevoke { id, reply })
+            .await
+    }
+
+    /// Imports records from data files (startup backfill); returns the latest revision.
+    pub async fn import(&self, records: Vec<Record>) -> Result<i64> {
+        self.call(|reply| writer::Command::Import { records, reply })
+            .await
+    }
+
+    /// Restores the compaction revision and the granted leases recorded in the bucket.
+    pub async fn restore(&self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
+        self.call(|reply| writer::Command::Restore {
+            compaction,
+            leases,
+            reply,
+        })
+        .await
+    }
+
+    /// Passes every record with revision in `from..=to`, in order, to `f` on a blocking
+    /// thread, and gives `f` back (it usually owns a data-file writer).
+    pub async fn export<F>(&self, from: i64, to: i64, mut f: F) -> Result<F>
+    where
+        F: FnMut(Record) -> std::result::Result<(), String> + Send + 'static,
+    {
+        self.inner
+            .pool
+            .run(move |conn| {
+                read::for_each_record(conn, from, to, &mut f)?;
+                Ok(f)
+            })
+            .await?
+    }
+
+    /// (distinct revisions, latest revision): complete when they are equal.
+    pub async fn integrity(&self) -> Result<(i64, i64)> {
+        self.inner.pool.run(|conn| read::integrity(conn)).await?
+    }
+
+    /// Rebuilds the database file to reclaim free pages.
+    pub async fn defragment(&self) -> Result<()> {
+        self.call(|reply| writer::Command::Defragment { reply })
+            .await
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+}

@@ -1,0 +1,454 @@
+//! Reads: byte-exact key ranges over the MVCC history (no LIKE), etcd's Range semantics,
+//! event history for watches.
+
+use etcd_client::proto::{PbEvent, PbKeyValue, PbRangeRequest, PbRangeResponse, PbResponseHeader};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
+
+use super::{DbSize, Error, Result, Revisions};
+use crate::watch::EventBatch;
+
+/// etcd's sort orders and targets (field values of `RangeRequest`).
+pub mod sort {
+    pub const NONE: i32 = 0;
+    pub const ASCEND: i32 = 1;
+    pub const DESCEND: i32 = 2;
+    pub const KEY: i32 = 0;
+    pub const VERSION: i32 = 1;
+    pub const CREATE: i32 = 2;
+    pub const MOD: i32 = 3;
+    pub const VALUE: i32 = 4;
+}
+
+/// etcd event types.
+pub const EVENT_PUT: i32 = 0;
+pub const EVENT_DELETE: i32 = 1;
+
+/// A key interval as etcd defines it from (key, range_end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: RangeEnd,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// Exactly `start`.
+    Single,
+    /// Every key `>= start` (range_end = "\0").
+    Unbounded,
+    /// Keys in `[start, end)`.
+    Before(Vec<u8>),
+}
+
+impl KeyRange {
+    pub fn new(key: &[u8], range_end: &[u8]) -> KeyRange {
+        let end = match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Unbounded,
+            other => RangeEnd::Before(other.to_vec()),
+        };
+        KeyRange {
+            start: key.to_vec(),
+            end,
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            RangeEnd::Single => key == self.start.as_slice(),
+            RangeEnd::Unbounded => key >= self.start.as_slice(),
+            RangeEnd::Before(end) => key >= self.start.as_slice() && key < end.as_slice(),
+        }
+    }
+
+    /// SQL predicate on column `key` and its parameters.
+    fn predicate(&self, params: &mut Vec<Value>) -> String {
+        params.push(Value::Blob(self.start.clone()));
+        let a = params.len();
+        match &self.end {
+            RangeEnd::Single => format!("key = ?{a}"),
+            RangeEnd::Unbounded => format!("key >= ?{a}"),
+            RangeEnd::Before(end) => {
+                params.push(Value::Blob(end.clone()));
+                format!("key >= ?{a} AND key < ?{}", a + 1)
+            }
+        }
+    }
+}
+
+/// Result of a range read before it becomes a response.
+#[derive(Debug, Default)]
+pub struct RangeResult {
+    pub kvs: Vec<PbKeyValue>,
+    pub count: i64,
+}
+
+pub fn latest_revision(conn: &Connection) -> Result<i64> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(revision), 0) FROM records", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+pub fn compaction_revision(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(compaction_revision), 0) FROM compactions",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+pub fn db_size(conn: &Connection) -> Result<DbSize> {
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    Ok(DbSize {
+        total: pages * page_size,
+        in_use: (pages - free) * page_size,
+    })
+}
+
+pub fn check_not_compacted(revs: &Revisions, rev: i64) -> Result<()> {
+    if rev < revs.compacted() {
+        Err(Error::Compacted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Resolves a request revision: 0 or negative = current; errors for future or compacted.
+pub fn resolve_revision(revs: &Revisions, requested: i64) -> Result<i64> {
+    let current = revs.current();
+    if requested > current {
+        return Err(Error::FutureRevision);
+    }
+    let rev = if requested <= 0 { current } else { requested };
+    check_not_compacted(revs, rev)?;
+    Ok(rev)
+}
+
+fn kv_from_row(row: &Row<'_>) -> rusqlite::Result<PbKeyValue> {
+    Ok(PbKeyValue {
+        key: row.get(0)?,
+        mod_revision: row.get(1)?,
+        create_revision: row.get(2)?,
+        version: row.get(3)?,
+        lease: row.get(4)?,
+        value: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+    })
+}
+
+/// The newest record of each key in `range` at `rev`, tombstones dropped, in key order.
+/// `order` is "ASC" or "DESC"; `limit` 0 means no limit.
+fn live_query(
+    conn: &Connection,
+    range: &KeyRange,
+    rev: i64,
+    after: Option<&[u8]>,
+    order: &str,
+    limit: usize,
+    keys_only: bool,
+) -> Result<Vec<PbKeyValue>> {
+    let mut params = Vec::new();
+    let pred = range.predicate(&mut params);
+    params.push(Value::Integer(rev));
+    let rev_param = params.len();
+    let mut extra = String::new();
+    if let Some(after) = after {
+        params.push(Value::Blob(after.to_vec()));
+        extra = format!(" AND key > ?{}", params.len());
+    }
+    let value_col = if keys_only { "NULL" } else { "value" };
+    let limit_sql = if limit > 0 {
+        format!(" LIMIT {limit}")
+    } else {
+        String::new()
+    };
+    let sql = format!(
+        "SELECT key, rev, create_revision, version, lease, {value_col} FROM (
+            SELECT key, MAX(revision) AS rev, create_revision, version, lease, value, deleted
+            FROM records WHERE {pred}{extra} AND revision <= ?{rev_param} AND revision > 1
+            GROUP BY key)
+         WHERE deleted = 0 ORDER BY key {order}{limit_sql}"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(params.iter()), kv_from_row)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row?);
+    }
+    Ok(out)
+}
+
+/// Number of live keys in `range` at `rev`.
+pub fn count_live(conn: &Connection, range: &KeyRange, rev: i64) -> Result<i64> {
+    let mut params = Vec::new();
+    let pred = range.predicate(&mut params);
+    params.push(Value::Integer(rev));
+    let sql = format!(
+        "SELECT COUNT(*) FROM (
+            SELECT MAX(revision) AS rev, deleted FROM records
+            WHERE {pred} AND revision <= ?{} AND revision > 1 GROUP BY key)
+         WHERE deleted = 0",
+        params.len()
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    Ok(stmt.query_row(params_from_iter(params.iter()), |r| r.get(0))?)
+}
+
+/// One page of live keys in ascending key order (RangeStream pagination).
+pub fn live_page(
+    conn: &Connection,
+    range: &KeyRange,
+    rev: i64,
+    after: Option<&[u8]>,
+    limit: usize,
+    keys_only: bool,
+) -> Result<Vec<PbKeyValue>> {
+    live_query(conn, range, rev, after, "ASC", limit, keys_only)
+}
+
+/// The newest live record of one key at `rev`.
+pub fn get_live(conn: &Connection, key: &[u8], rev: i64) -> Result<Option<PbKeyValue>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, revision, create_revision, version, lease, value, deleted FROM records
+         WHERE key = ?1 AND revision <= ?2 AND revision > 1 ORDER BY revision DESC LIMIT 1",
+    )?;
+    let row = stmt
+        .query_row(rusqlite::params![key, rev], |r| {
+            Ok((kv_from_row(r)?, r.get::<_, bool>(6)?))
+        })
+        .optional()?;
+    Ok(row.and_then(|(kv, deleted)| if deleted { None } else { Some(kv) }))
+}
+
+/// Live key-values in `range` at `rev` (no limit), for txn compares and deletes.
+pub fn live_in_range(conn: &Connection, range: &KeyRange, rev: i64) -> Result<Vec<PbKeyValue>> {
+    if range.end == RangeEnd::Single {
+        return Ok(get_live(conn, &range.start, rev)?.into_iter().collect());
+    }
+    live_query(conn, range, rev, None, "ASC", 0, false)
+}
+
+/// etcd's Range, including every option, answered at a resolved revision.
+pub fn range_at(conn: &Connection, req: &PbRangeRequest, rev: i64) -> Result<RangeResult> {
+    let range = KeyRange::new(&req.key, &req.range_end);
+    let count = count_live(conn, &range, rev)?;
+    if req.count_only {
+        return Ok(RangeResult {
+            kvs: Vec::new(),
+            count,
+        });
+    }
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    let limit = usize::try_from(req.limit).unwrap_or(0);
+    let by_key = req.sort_target == sort::KEY;
+    let fetch = if limit > 0 { limit + 1 } else { 0 };
+    let mut kvs = if !filtered && by_key && req.sort_order == sort::DESCEND {
+        live_query(conn, &range, rev, None, "DESC", fetch, req.keys_only)?
+    } else if !filtered && by_key {
+        live_query(conn, &range, rev, None, "ASC", fetch, req.keys_only)?
+    } else {
+        let mut all = live_query(conn, &range, rev, None, "ASC", 0, req.keys_only)?;
+        all.retain(|kv| {
+            !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
+                || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
+                || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
+                || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
+        });
+        let mut order = req.sort_order;
+        if !by_key && order == sort::NONE {
+            order = sort::ASCEND;
+        }
+        if order != sort::NONE {
+            let cmp = |a: &PbKeyValue, b: &PbKeyValue| match req.sort_target {
+                sort::VERSION => a.version.cmp(&b.version),
+                sort::CREATE => a.create_revision.cmp(&b.create_revision),
+                sort::MOD => a.mod_revision.cmp(&b.mod_revision),
+                sort::VALUE => a.value.cmp(&b.value),
+                _ => a.key.cmp(&b.key),
+            };
+            if order == sort::DESCEND {
+                all.sort_by(|a, b| cmp(b, a));
+            } else {
+                all.sort_by(cmp);
+            }
+        }
+        all
+    };
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(RangeResult { kvs, count })
+}
+
+/// The unary Range RPC: resolves the revision, reads, truncates to the limit.
+pub fn range(conn: &Connection, revs: &Revisions, req: &PbRangeRequest) -> Result<PbRangeResponse> {
+    let current = revs.current();
+    let rev = resolve_revision(revs, req.revision)?;
+    let mut res = range_at(conn, req, rev)?;
+    check_not_compacted(revs, rev)?;
+    let mut more = false;
+    if req.limit > 0 && res.kvs.len() > req.limit as usize {
+        res.kvs.truncate(req.limit as usize);
+        more = true;
+    }
+    Ok(PbRangeResponse {
+        header: Some(PbResponseHeader {
+            revision: current,
+            ..Default::default()
+        }),
+        kvs: res.kvs,
+        more,
+        count: res.count,
+    })
+}
+
+/// Events with revisions in `from..=to` for keys in `range`, grouped by revision, oldest first,
+/// and the revision the answer is complete up to. At most about `max` events: a batch is never
+/// split inside one revision.
+pub fn events(
+    conn: &Connection,
+    range: &KeyRange,
+    from: i64,
+    to: i64,
+    max: usize,
+) -> Result<(Vec<EventBatch>, i64)> {
+    let mut params = Vec::new();
+    let pred = range.predicate(&mut params);
+    params.push(Value::Integer(from.max(2)));
+    params.push(Value::Integer(to));
+    let n = params.len();
+    let sql = format!(
+        "SELECT key, revision, create_revision, version, lease, value, deleted, prev_revision
+         FROM records WHERE {pred} AND revision >= ?{} AND revision <= ?{n}
+         ORDER BY revision, sub LIMIT {}",
+        n - 1,
+        max.max(1) + 1
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows: Vec<(PbKeyValue, bool, i64)> = stmt
+        .query_map(params_from_iter(params.iter()), |r| {
+            Ok((kv_from_row(r)?, r.get::<_, bool>(6)?, r.get::<_, i64>(7)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut covered = to;
+    if rows.len() > max.max(1) {
+        // Cut at a revision boundary; if one revision alone exceeds `max`, read it whole.
+        let last = rows[rows.len() - 1].0.mod_revision;
+        rows.retain(|(kv, _, _)| kv.mod_revision != last);
+        if rows.is_empty() {
+            return events(conn, range, last, last, usize::MAX / 2);
+        }
+        covered = last - 1;
+    }
+    let mut prev_stmt = conn.prepare_cached(
+        "SELECT key, revision, create_revision, version, lease, value FROM records
+         WHERE key = ?1 AND revision = ?2",
+    )?;
+    let mut batches: Vec<EventBatch> = Vec::new();
+    for (kv, deleted, prev_rev) in rows {
+        let prev = if prev_rev > 1 {
+            prev_stmt
+                .query_row(rusqlite::params![kv.key, prev_rev], kv_from_row)
+                .optional()?
+        } else {
+            None
+        };
+        let rev = kv.mod_revision;
+        let ev = if deleted {
+            PbEvent {
+                r#type: EVENT_DELETE,
+                kv: Some(PbKeyValue {
+                    key: kv.key,
+                    mod_revision: rev,
+                    ..Default::default()
+                }),
+                prev_kv: prev,
+            }
+        } else {
+            PbEvent {
+                r#type: EVENT_PUT,
+                kv: Some(kv),
+                prev_kv: prev,
+            }
+        };
+        match batches.last_mut() {
+            Some(b) if b.revision == rev => b.events.push(ev),
+            _ => batches.push(EventBatch {
+                revision: rev,
+                events: vec![ev],
+            }),
+        }
+    }
+    Ok((batches, covered))
+}
+
+/// CRC-32C over (revision, sub, key, value) of every record up to `rev`, in revision order.
+pub fn hash_records(conn: &Connection, rev: i64) -> Result<u32> {
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut digest = crc.digest();
+    let mut stmt = conn.prepare_cached(
+        "SELECT revision, sub, key, value FROM records WHERE revision <= ?1 ORDER BY revision, sub",
+    )?;
+    let mut rows = stmt.query([rev])?;
+    while let Some(row) = rows.next()? {
+        digest.update(&row.get::<_, i64>(0)?.to_be_bytes());
+        digest.update(&row.get::<_, i64>(1)?.to_be_bytes());
+        digest.update(&row.get::<_, Vec<u8>>(2)?);
+        digest.update(&row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default());
+    }
+    Ok(digest.finalize())
+}
+
+/// Every record with revision in `from..=to`, in (revision, sub) order, passed to `f`; stops at
+/// the first error `f` returns. Used to build snapshots and chunks.
+pub fn for_each_record(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    f: &mut dyn FnMut(super::Record) -> std::result::Result<(), String>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT revision, sub, key, created, deleted, create_revision, prev_revision, version, lease, dek,
+                value, created_at, compacted_at, leader_id
+         FROM records WHERE revision >= ?1 AND revision <= ?2 ORDER BY revision, sub",
+    )?;
+    let mut rows = stmt.query([from, to])?;
+    while let Some(r) = rows.next()? {
+        let rec = super::Record {
+            revision: r.get(0)?,
+            sub: r.get(1)?,
+            key: r.get(2)?,
+            created: r.get(3)?,
+            deleted: r.get(4)?,
+            create_revision: r.get(5)?,
+            prev_revision: r.get(6)?,
+            version: r.get(7)?,
+            lease: r.get(8)?,
+            dek: r.get(9)?,
+            value: r.get(10)?,
+            created_at: r.get(11)?,
+            compacted_at: r.get(12)?,
+            leader_id: r.get(13)?,
+        };
+        f(rec).map_err(Error::Corrupt)?;
+    }
+    Ok(())
+}
+
+/// The local history is complete when every revision from 1 to the latest is present.
+pub fn integrity(conn: &Connection) -> Result<(i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT COUNT(DISTINCT revision), COALESCE(MAX(revision), 0) FROM records",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}

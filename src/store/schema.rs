@@ -1,0 +1,102 @@
+//! Schema, connection settings and migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::{Error, GENESIS_KEY, Result};
+
+/// `PRAGMA user_version` of our schema. The original's is 1 (one row per revision); ours adds
+/// the sub-revision column so a multi-key transaction keeps etcd's one-revision semantics.
+pub const SCHEMA_VERSION: i64 = 2;
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(())
+}
+
+pub fn open_write(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+pub fn open_read(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
+/// Creates the schema on an empty database (with the genesis record at revision 1) and checks
+/// the version of an existing one.
+pub fn migrate(conn: &mut Connection, node_id: &str) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    match version {
+        0 => {}
+        SCHEMA_VERSION => return Ok(()),
+        other => {
+            return Err(Error::Corrupt(format!(
+                "schema version mismatch: database has {other}, this binary expects {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS records (
+            revision INTEGER NOT NULL,
+            sub INTEGER NOT NULL DEFAULT 0,
+            key BLOB NOT NULL,
+            created INTEGER NOT NULL,
+            deleted INTEGER NOT NULL,
+            create_revision INTEGER NOT NULL,
+            prev_revision INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            lease INTEGER NOT NULL,
+            dek INTEGER NOT NULL DEFAULT 0,
+            value BLOB,
+            created_at TEXT NOT NULL,
+            compacted_at TEXT,
+            leader_id TEXT NOT NULL,
+            replicated_at TEXT
+        );
+        CREATE UNIQUE INDEX IF NOT EXISTS records_revision_sub ON records (revision, sub);
+        CREATE UNIQUE INDEX IF NOT EXISTS records_key_revision ON records (key, revision);
+        CREATE TABLE IF NOT EXISTS compactions (
+            compaction_revision INTEGER PRIMARY KEY NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS leases (
+            id INTEGER PRIMARY KEY NOT NULL,
+            ttl INTEGER NOT NULL,
+            granted_at TEXT NOT NULL
+        );",
+    )?;
+    let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM records)", [], |r| {
+        r.get(0)
+    })?;
+    if empty {
+        tx.execute(
+            "INSERT INTO records (revision, sub, key, created, deleted, create_revision, prev_revision,
+                version, lease, dek, value, created_at, leader_id)
+             VALUES (1, 0, ?1, 1, 0, 1, 0, 1, 0, 0, x'', ?2, ?3)",
+            params![GENESIS_KEY, now_rfc3339(), node_id],
+        )?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! The single writer thread. Requests arrive on a bounded channel; everything waiting is applied
+//! in ONE SQLite transaction (group commit), each request under its own savepoint, then the
+//! commit hook makes the new records durable where the design promises (object storage, from
+//! the object-storage issue on), then SQLite commits, and only then are revisions published,
+//! watchers woken and callers answered. A failed hook or commit rolls everything back.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use etcd_client::proto::{PbTxnRequest, PbTxnResponse};
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::txn::{LeaseChange, Record, TxnCtx};
+use super::{Error, LeaseTable, Result, Revisions, schema};
+use crate::watch::{EventBatch, WatchHub};
+
+/// Makes a group of new records durable before SQLite commits. Runs on the writer thread.
+pub trait CommitHook: Send + 'static {
+    fn persist(&mut self, records: &[Record]) -> std::result::Result<(), String>;
+}
+
+/// The single-node local-only hook: SQLite's own fsync is the durability point.
+pub struct NoopCommitHook;
+
+impl CommitHook for NoopCommitHook {
+    fn persist(&mut self, _records: &[Record]) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+pub enum Command {
+    Txn {
+        req: PbTxnRequest,
+        reply: oneshot::Sender<Result<PbTxnResponse>>,
+    },
+    Compact {
+        rev: i64,
+        physical: bool,
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    LeaseRevoke {
+        id: i64,
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    Defragment {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Records from data files (backfill): inserted verbatim, idempotently.
+    Import {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    /// State restored from the bucket: the compaction revision and granted leases.
+    Restore {
+        compaction: i64,
+        leases: Vec<(i64, i64)>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// Largest number of requests applied in one SQLite transaction.
+const MAX_GROUP: usize = 512;
+/// Revisions whose values one compaction step clears per SQLite transaction.
+const COMPACTION_WINDOW: i64 = 5000;
+
+pub struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    revs: Arc<Revisions>,
+    hub: WatchHub,
+    leases: Arc<LeaseTable>,
+    node_id: String,
+    hook: Box<dyn CommitHook>,
+    compaction: Option<CompactionJob>,
+}
+
+struct CompactionJob {
+    target: i64,
+    next: i64,
+    waiters: Vec<oneshot::Sender<Result<i64>>>,
+}
+
+/// A reply to send once the group commits.
+enum Pending {
+    Txn(
+        oneshot::Sender<Result<PbTxnResponse>>,
+        Result<PbTxnResponse>,
+    ),
+    Rev(oneshot::Sender<Result<i64>>, Result<i64>),
+}
+
+pub fn spawn(writer: Writer) -> Result<()> {
+    std::thread::Builder::new()
+        .name("netsy-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| Error::Corrupt(format!("cannot start writer thread: {e}")))?;
+    Ok(())
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        rx: mpsc::Receiver<Command>,
+        revs: Arc<Revisions>,
+        hub: WatchHub,
+        leases: Arc<LeaseTable>,
+        node_id: String,
+        hook: Box<dyn CommitHook>,
+    ) -> Writer {
+        Writer {
+            conn,
+            rx,
+            revs,
+            hub,
+            leases,
+            node_id,
+            hook,
+            compaction: None,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let first = if self.compaction.is_some() {
+                match self.rx.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match self.rx.blocking_recv() {
+                    Some(cmd) => Some(cmd),
+                    None => return,
+                }
+            };
+            let Some(first) = first else {
+                self.compaction_step();
+                continue;
+            };
+            let mut queue = VecDeque::from([first]);
+            while queue.len() < MAX_GROUP {
+                match self.rx.try_recv() {
+                    Ok(cmd) => queue.push_back(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.process(queue);
+        }
+    }
+
+    fn process(&mut self, mut queue: VecDeque<Command>) {
+        let mut group = Vec::new();
+        while let Some(cmd) = queue.pop_front() {
+            match cmd {
+                Command::Txn { .. } => group.push(cmd),
+                // Lease grants and revokes change what later requests may reference: each
+                // commits alone, after the requests before it.
+                Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    self.commit_group(vec![cmd]);
+                }
+                Command::Compact {
+                    rev,
+                    physical,
+                    reply,
+                } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    self.compact(rev, physical, reply);
+                }
+                Command::Import { records, reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.import(records));
+                }
+                Command::Restore {
+                    compaction,
+                    leases,
+                    reply,
+                } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.restore(compaction, leases));
+                }
+                Command::Defragment { reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let res = self
+                        .conn
+                        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+                        .map_err(Error::from);
+                    let _ = reply.send(res);
+                }
+            }
+        }
+        self.commit_group(group);
+    }
+
+    /// Applies a group of mutating commands in one SQLite transaction.
+    fn commit_group(&mut self, group: Vec<Command>) {
+        if group.is_empty() {
+            return;
+        }
+        let start_rev = self.revs.current();
+        let mut rev = start_rev;
+        let mut replies = Vec::with_capacity(group.len());
+        let mut records: Vec<Record> = Vec::new();
+        let mut batches: Vec<EventBatch> = Vec::new();
+        let mut lease_changes: Vec<LeaseChange> = Vec::new();
+        let mut granted: Vec<(i64, i64)> = Vec::new();
+        let mut revoked: Vec<i64> = Vec::new();
+        let now = schema::now_rfc3339();
+        let compacted = self.revs.compacted();
+
+        let tx = match self.conn.unchecked_transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                fail_all(group, &format!("begin: {e}"));
+                return;
+            }
+        };
+        for cmd in group {
+            if let Err(e) = tx.execute_batch("SAVEPOINT op") {
+                reply_err(cmd, Error::from(e));
+                continue;
+            }
+            let mut ctx = TxnCtx::new(&tx, &self.leases, rev, &now, &self.node_id);
+            let outcome: (Result<()>, Pending) = match cmd {
+                Command::Txn { req, reply } => match ctx.apply(&req, compacted) {
+                    Ok(resp) => (Ok(()), Pending::Txn(reply, Ok(resp))),
+                    Err(e) => (Err(e), Pending::Txn(reply, Err(Error::Shutdown))),
+                },
+                Command::LeaseGrant { id, ttl, reply } => {
+                    let res = if self.leases.exists(id) || granted.iter().any(|(g, _)| *g == id) {
+                        Err(Error::LeaseExists)
+                    } else {
+                        tx.execute(
+                            "INSERT INTO leases (id, ttl, granted_at) VALUES (?1, ?2, ?3)",
+                            params![id, ttl, now],
+                        )
+                        .map(|_| ())
+                        .map_err(Error::from)
+                    };
+                    match res {
+                        Ok(()) => {
+                            granted.push((id, ttl));
+                            (Ok(()), Pending::Rev(reply, Ok(rev)))
+                        }
+                        Err(e) => (Err(e), Pending::Rev(reply, Err(Error::Shutdown))),
+                    }
+                }
+                Command::LeaseRevoke { id, reply } => {
+                    let res = match self.leases.get(id) {
+                        None => Err(Error::LeaseNotFound),
+                        Some(_) if revoked.contains(&id) => Err(Error::LeaseNotFound),
+                        Some(info) => (|| {
+                            for key in &info.keys {
+                                ctx.delete_range(key, &[], false)?;
+                            }
+                            tx.execute("DELETE FROM leases WHERE id = ?1", [id])?;
+                            Ok(())
+                        })(),
+                    };
+                    match res {
+                        Ok(()) => {
+                            revoked.push(id);
+                            (Ok(()), Pending::Rev(reply, Ok(ctx.final_rev())))
+                        }
+                        Err(e) => (Err(e), Pending::Rev(reply, Err(Error::Shutdown))),
+                    }
+                }
+                other => {
+                    let _ = tx.execute_batch("RELEASE op");
+                    reply_err(
+                        other,
+                        Error::Corrupt("command routed to a write group".into()),
+                    );
+                    continue;
+                }
+            };
+            match outcome {
+                (Ok(()), pending) => {
+                    if let Err(e) = tx.execute_batch("RELEASE op") {
+                        replies.push(fail_pending(pending, Error::from(e)));
+                        continue;
+                    }
+                    if ctx.changed() {
+                        rev += 1;
+                        batches.push(EventBatch {
+                            revision: rev,
+                            events: std::mem::take(&mut ctx.events),
+                        });
+                    }
+                    records.append(&mut ctx.records);
+                    lease_changes.append(&mut ctx.lease_changes);
+                    replies.push(pending);
+                }
+                (Err(e), pending) => {
+                    let _ = tx.execute_batch("ROLLBACK TO op; RELEASE op");
+                    replies.push(fail_pending(pending, e));
+                }
+            }
+        }
+
+        if !records.is_empty()
+            && let Err(e) = self.hook.persist(&records)
+        {
+            drop(tx);
+            tracing::error!(error = %e, revisions = rev - start_rev, "write_failed: records not made durable; rolled back");
+            for p in replies {
+                send_pending(fail_if_ok(p, Error::Commit(e.clone())));
+            }
+            return;
+        }
+        if let Err(e) = tx.commit() {
+            tracing::error!(error = %e, "write_failed: sqlite commit failed");
+            for p in replies {
+                send_pending(fail_if_ok(p, Error::Commit(e.to_string())));
+            }
+            return;
+        }
+        for (id, ttl) in granted {
+            self.leases.insert(id, ttl);
+        }
+        for change in lease_changes {
+            match change {
+                LeaseChange::Attach(id, key) => self.leases.attach(id, &key),
+                LeaseChange::Detach(id, key) => self.leases.detach(id, &key),
+            }
+        }
+        for id in revoked {
+            self.leases.remove(id);
+        }
+        self.hub.append(batches);
+        self.revs.set_current(rev);
+        self.hub.notify(rev);
+        for p in replies {
+            send_pending(p);
+        }
+    }
+
+    fn import(&mut self, records: Vec<Record>) -> Result<i64> {
+        let now = schema::now_rfc3339();
+        let tx = self.conn.unchecked_transaction()?;
+        let mut max = self.revs.current();
+        for r in &records {
+            super::txn::import_record(&tx, r, &now)?;
+            max = max.max(r.revision);
+        }
+        tx.commit()?;
+        self.revs.set_current(max);
+        self.hub.reset(max);
+        Ok(max)
+    }
+
+    fn restore(&mut self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
+        let now = schema::now_rfc3339();
+        let tx = self.conn.unchecked_transaction()?;
+        if compaction > 0 {
+            tx.execute(
+                "INSERT OR IGNORE INTO compactions (compaction_revision, created_at) VALUES (?1, ?2)",
+                params![compaction, now],
+            )?;
+        }
+        for (id, ttl) in &leases {
+            tx.execute(
+                "INSERT OR REPLACE INTO leases (id, ttl, granted_at) VALUES (?1, ?2, ?3)",
+                params![id, ttl, now],
+            )?;
+        }
+        tx.commit()?;
+        if compaction > self.revs.compacted() {
+            self.revs.set_compacted(compaction);
+        }
+        let current = self.revs.current();
+        let table = super::LeaseTable::load(&self.conn, current)?;
+        self.leases.replace_with(table);
+        Ok(())
+    }
+
+    fn compact(&mut self, rev: i64, physical: bool, reply: oneshot::Sender<Result<i64>>) {
+        let current = self.revs.current();
+        if rev > current {
+            let _ = reply.send(Err(Error::FutureRevision));
+            return;
+        }
+        if rev <= self.revs.compacted() {
+            let _ = reply.send(Err(Error::Compacted));
+            return;
+        }
+        if let Err(e) = self.conn.execute(
+            "INSERT OR IGNORE INTO compactions (compaction_revision, created_at) VALUES (?1, ?2)",
+            params![rev, schema::now_rfc3339()],
+        ) {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        self.revs.set_compacted(rev);
+        let job = self.compaction.get_or_insert(CompactionJob {
+            target: rev,
+            next: 2,
+            waiters: Vec::new(),
+        });
+        job.target = job.target.max(rev);
+        if physical {
+            job.waiters.push(reply);
+        } else {
+            let _ = reply.send(Ok(current));
+        }
+    }
+
+    /// Clears superseded values of one window of revisions (the original's value-clearing
+    /// compaction: rows stay, so history files keep every revision).
+    fn compaction_step(&mut self) {
+        let Some(job) = self.compaction.as_mut() else {
+            return;
+        };
+        let lo = job.next;
+        let hi = (lo + COMPACTION_WINDOW - 1).min(job.target);
+        let res = self.conn.execute(
+            "UPDATE records SET value = NULL, compacted_at = ?1
+             WHERE revision >= ?2 AND revision <= ?3 AND compacted_at IS NULL
+               AND (deleted = 1 OR EXISTS (
+                   SELECT 1 FROM records n WHERE n.key = records.key
+                     AND n.revision > records.revision AND n.revision <= ?4))",
+            params![schema::now_rfc3339(), lo, hi, job.target],
+        );
+        if let Err(e) = res {
+            tracing::error!(error = %e, "compaction step failed; will retry");
+            return;
+        }
+        job.next = hi + 1;
+        if job.next > job.target
+            && let Some(job) = self.compaction.take()
+        {
+            let current = self.revs.current();
+            tracing::info!(revision = job.target, "compaction_completed");
+            for w in job.waiters {
+                let _ = w.send(Ok(current));
+            }
+        }
+    }
+}
+
+fn fail_pending(p: Pending, e: Error) -> Pending {
+    match p {
+        Pending::Txn(tx, _) => Pending::Txn(tx, Err(e)),
+        Pending::Rev(tx, _) => Pending::Rev(tx, Err(e)),
+    }
+}
+
+fn fail_if_ok(p: Pending, e: Error) -> Pending {
+    match p {
+        Pending::Txn(tx, Ok(_)) => Pending::Txn(tx, Err(e)),
+        Pending::Rev(tx, Ok(_)) => Pending::Rev(tx, Err(e)),
+        other => other,
+    }
+}
+
+fn send_pending(p: Pending) {
+    match p {
+        Pending::Txn(tx, r) => {
+            let _ = tx.send(r);
+        }
+        Pending::Rev(tx, r) => {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+fn reply_err(cmd: Command, e: Error) {
+    match cmd {
+        Command::Txn { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Compact { reply, .. }
+        | Command::LeaseGrant { reply, .. }
+        | Command::LeaseRevoke { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Defragment { reply } | Command::Restore { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Import { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}
+
+fn fail_all(group: Vec<Command>, msg: &str) {
+    for cmd in group {
+        reply_err(cmd, Error::Commit(msg.to_string()));
+    }
+}
