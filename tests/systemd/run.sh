@@ -77,5 +77,32 @@ grep -q '^StateDirectory=netsy$' "$S/netsy.service" && grep -q '`/var/lib/netsy`
 if [ -z "$bad" ]; then ok "unit paths and variables match docs/design/interfaces.md"
 else ko "unit disagrees with interfaces.md:$bad"; fi
 
+# ... and with the binary's own defaults (`netsy config defaults`), when a binary is at hand.
+bin=${NETSY_BINARY:-$ROOT/dist/netsy}
+if [ -x "$bin" ] && defaults=$("$bin" config defaults 2>/dev/null) && [ -n "$defaults" ]; then
+  printf '%s' "$defaults" > "$work/defaults.json"
+  out=$(python3 - "$S/netsy.service" "$S/credentials.conf" "$work/defaults.json" 2>&1 <<'PY'
+import json, re, sys
+d = json.load(open(sys.argv[3]))
+unit = open(sys.argv[1]).read()
+env = dict(re.findall(r"^Environment=(NETSY_[A-Z_]+)=(\S+)$", unit, re.M))
+want = {"NETSY_CONFIG": "config", "NETSY_DATA_DIR": "data_dir", "NETSY_TLS_CA_CERT": "ca_cert",
+        "NETSY_TLS_SERVER_CERT": "server_cert", "NETSY_TLS_SERVER_KEY": "server_key",
+        "NETSY_TLS_CLIENT_CERT": "client_cert", "NETSY_TLS_CLIENT_KEY": "client_key"}
+bad = [f"{v}={env.get(v)} (binary: {d['paths'][k]})" for v, k in want.items() if env.get(v) != d["paths"][k]]
+if f"ExecStart={d['paths']['binary']}" not in unit:
+    bad.append("ExecStart")
+drop = open(sys.argv[2]).read()
+bad += [f"{v} unknown to the binary" for v in re.findall(r"^Environment=(NETSY_[A-Z_]+)=", unit + drop, re.M)
+        if v not in d["env"]]
+print("; ".join(bad))
+PY
+)
+  if [ -z "$out" ]; then ok "unit paths and variables match \`netsy config defaults\`"
+  else ko "unit disagrees with \`netsy config defaults\`: $out"; fi
+else
+  echo "skip - no netsy binary with \`config defaults\` at $bin"
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
