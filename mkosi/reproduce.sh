@@ -5,6 +5,7 @@
 # files inside them differ.
 #
 #   mkosi/reproduce.sh                    image twice (binary built once, as packaging does)
+#   NETSY_BINARY=path mkosi/reproduce.sh  image twice with that binary
 #   NETSY_REPRO_BINARY=1 mkosi/reproduce.sh   also rebuild the binary in a second target dir
 #                                          and checkout path and compare it (a full cargo build)
 # Exit 0 when the images are bit-identical.
@@ -16,7 +17,8 @@ rm -rf "$OUT" && mkdir -p "$OUT/a" "$OUT/b"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 rc=0
 
-BIN=$("$ROOT/packaging/build-binary.sh" | tail -1) || exit 1
+BIN=${NETSY_BINARY:-}
+[ -n "$BIN" ] || BIN=$("$ROOT/packaging/build-binary.sh" | tail -1) || exit 1
 cp "$BIN" "$OUT/netsy.a"
 if [ "${NETSY_REPRO_BINARY:-0}" = 1 ]; then
   # Same commit, different checkout path and target directory.
