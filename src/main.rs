@@ -30,6 +30,23 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Creates a test CA and node/client certificates with the right URI SANs.
+    Certs(netsy::tls::CertsArgs),
+    /// Data-file tools.
+    #[command(subcommand)]
+    Datafile(DatafileCommand),
+}
+
+#[derive(Subcommand)]
+enum DatafileCommand {
+    /// Prints a .netsy file's header, records and checksums (values truncated; Secrets hidden).
+    Inspect {
+        /// A local path or an object URL (s3://bucket/key, file:///path).
+        file: String,
+        /// Print values in full.
+        #[arg(long)]
+        values: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,7 +70,36 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Config(ConfigCommand::Check { file })) => check_config(&file),
+        Some(Command::Certs(args)) => match netsy::tls::run_certs(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("netsy certs: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Datafile(DatafileCommand::Inspect { file, values })) => {
+            inspect(&file, values)
+        }
         None => run(cli.node),
+    }
+}
+
+fn inspect(file: &str, values: bool) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let opts = netsy::datafile::inspect::InspectOptions {
+        values: if values {
+            netsy::datafile::inspect::ValueMode::Full
+        } else {
+            netsy::datafile::inspect::InspectOptions::default().values
+        },
+        ..Default::default()
+    };
+    match netsy::datafile::inspect::inspect_with(file, &opts, &mut out) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netsy datafile inspect: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use leases::{LeaseInfo, LeaseTable};
 pub use read::{KeyRange, RangeEnd, RangeResult};
 pub use txn::Record;
-pub use writer::{CommitHook, NoopCommitHook};
+pub use writer::{CommitHook, HookError, NoopCommitHook};
 
 use crate::watch::{EventBatch, WatchHub};
 
@@ -298,17 +298,31 @@ impl Store {
         .await
     }
 
-    /// Passes every record with revision in `from..=to`, in order, to `f` on a blocking
-    /// thread, and gives `f` back (it usually owns a data-file writer).
-    pub async fn export<F>(&self, from: i64, to: i64, mut f: F) -> Result<F>
-    where
-        F: FnMut(Record) -> std::result::Result<(), String> + Send + 'static,
-    {
+    /// Passes every record with revision in `from..=to`, in order, to `f` with `state` on a
+    /// blocking thread, and gives `state` back (it usually owns a data-file writer). Also
+    /// returns how many records there are, counted first in the same read transaction.
+    pub async fn export<S: Send + 'static>(
+        &self,
+        from: i64,
+        to: i64,
+        state: S,
+        init: fn(&mut S, i64) -> std::result::Result<(), String>,
+        f: fn(&mut S, Record) -> std::result::Result<(), String>,
+    ) -> Result<S> {
         self.inner
             .pool
             .run(move |conn| {
-                read::for_each_record(conn, from, to, &mut f)?;
-                Ok(f)
+                let mut state = state;
+                let tx = conn.unchecked_transaction()?;
+                let n: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM records WHERE revision >= ?1 AND revision <= ?2",
+                    [from, to],
+                    |r| r.get(0),
+                )?;
+                init(&mut state, n).map_err(Error::Corrupt)?;
+                read::for_each_record(&tx, from, to, &mut |r| f(&mut state, r))?;
+                drop(tx);
+                Ok(state)
             })
             .await?
     }
