@@ -137,6 +137,8 @@ timeout "${NETSY_VM_TIMEOUT:-1200}" qemu-system-x86_64 \
   > "$work/qemu.log" 2>&1 &
 QPID=$!
 guest() { $VMCTL --timeout="${GT:-60}" exec "$work/qga.sock" "$@"; }
+# Properties of netsy.service in the order asked (systemctl show prints its own order).
+props() { local p out=; for p in "$@"; do out+="$(guest /bin/systemctl show -p "$p" --value netsy.service 2>/dev/null) "; done; echo "$out"; }
 
 if $VMCTL --timeout=600 ping "$work/qga.sock"; then
   ok "VM booted, guest agent answers after $(( $(date +%s) - t )) s"
@@ -150,7 +152,7 @@ else ko "system credentials: $(guest /bin/ls /run/credentials/@system 2>&1 | tr 
 # READY=1 <=> the Type=notify unit is "active".
 state=
 for _ in $(seq 1 "${NETSY_READY_TIMEOUT:-600}"); do
-  state=$(guest /bin/systemctl show -p ActiveState,SubState,NRestarts --value netsy.service 2>/dev/null | tr '\n' ' ')
+  state=$(props ActiveState SubState NRestarts)
   case $state in "active running"*) break;; esac
   sleep 1
 done
@@ -202,7 +204,7 @@ if [ -n "$old" ] && [ "$old" != 0 ] && guest /bin/systemctl kill --signal=SIGKIL
   ok "SIGKILL sent to netsy (pid $old) inside the VM"
   state=
   for _ in $(seq 1 180); do
-    state=$(guest /bin/systemctl show -p ActiveState,SubState,NRestarts,MainPID --value netsy.service 2>/dev/null | tr '\n' ' ')
+    state=$(props ActiveState SubState NRestarts MainPID)
     read -r a s n p <<<"$state"
     [ "$a $s" = "active running" ] && [ "${n:-0}" -ge 1 ] && [ "$p" != "$old" ] && break
     sleep 1
