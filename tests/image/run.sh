@@ -182,10 +182,11 @@ if out=$(ETCDCTL_API=3 timeout 60 "${E[@]}" put /test/greeting hello 2>&1) && [ 
 else ko "etcdctl put: $out"; fi
 out=$(ETCDCTL_API=3 timeout 60 "${E[@]}" get /test/greeting --print-value-only 2>&1)
 [ "$out" = hello ] && ok "etcdctl get returns the value" || ko "etcdctl get: $out"
-ETCDCTL_API=3 timeout 60 "${E[@]}" watch /test/watched > "$work/watch.out" 2>&1 &
-WPID=$!
-sleep 2  # let the watch register before the write it must see
+# Write first, then watch from that write's revision: the server replays it (no race).
 ETCDCTL_API=3 timeout 60 "${E[@]}" put /test/watched seen >/dev/null 2>&1
+rev=$(ETCDCTL_API=3 timeout 60 "${E[@]}" get /test/watched -w json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["kvs"][0]["mod_revision"])' 2>/dev/null || echo 1)
+ETCDCTL_API=3 timeout 60 "${E[@]}" watch /test/watched --rev="$rev" > "$work/watch.out" 2>&1 &
+WPID=$!
 for _ in $(seq 1 30); do grep -q '^seen$' "$work/watch.out" && break; sleep 1; done
 if grep -q '^PUT$' "$work/watch.out" && grep -q '^seen$' "$work/watch.out"; then ok "etcdctl watch sees the put"
 else ko "etcdctl watch: $(tr '\n' ' ' < "$work/watch.out")"; fi
