@@ -643,3 +643,180 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
     };
     eprintln!("history 2..={head}: {} events; {} acknowledged all present; {unknown_applied} writes of unknown outcome were applied", events.len(), acked.len());
 }
+
+// ------------------------------------------------------------------------------------------
+// 4. A PUT that the store applies after its upload was given up (known bug, see below)
+// ------------------------------------------------------------------------------------------
+
+/// The commit hook answers "write not durable, nothing was applied" when every upload attempt
+/// failed and a read-back finds no chunk. But a PUT still in flight (a slow store, a delayed
+/// network) can land after that read-back: the rolled-back records then sit in the bucket under
+/// a revision the server reuses. The next write at that revision finds "different records",
+/// the server exits 75, and the restart imports the write that the client was told had not
+/// been applied. Ignored until the server fences such uploads; run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a late-landing chunk PUT resurrects a write reported as not applied"]
+async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
+    let mut weed = start_weed("late");
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let proxy = FaultProxy::start(weed.s3_port, 1).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 { bucket: "late".into(), endpoint: proxy.endpoint() },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let head = wl::put_ok(&mut c, "/before", "ok", None).await;
+
+    // Every attempt of the next chunk PUT is held 33 s: longer than the upload deadline (30 s).
+    proxy.set(Mode::HoldPuts(Duration::from_secs(33)));
+    let err = c.put("/phantom", "reported-not-applied", None).await.expect_err("upload must fail");
+    assert!(wl::is_clean_failure(&err), "expected a clean failure, got {err}");
+    proxy.set(Mode::Pass);
+    assert!(c.get("/phantom", None).await.expect("get").kvs().is_empty());
+
+    // The held PUT reaches the store after the failure was reported.
+    let key = direct.layout().chunk((head + 1) as u64);
+    support::poll("the held chunk PUT to land", Duration::from_secs(45), || async {
+        netsy::objstore::cas::get(direct.store().as_ref(), &key).await.ok().flatten().map(|_| ())
+    })
+    .await;
+
+    // The next write reuses the revision; the server finds the stale chunk and stops (75).
+    let _ = c.put("/next", "x", None).await;
+    let code = support::poll("netsy to exit", Duration::from_secs(60), || {
+        let code = node.exited();
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, Some(75));
+    let log = node.log_text();
+    let reason = log.lines().find(|l| l.contains("outcome unknown")).unwrap_or("");
+    eprintln!("exit 75: {reason}");
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let got = c.get("/phantom", None).await.expect("get");
+    assert!(
+        got.kvs().is_empty(),
+        "a write answered 'nothing was applied' is visible after the restart at revision {}",
+        got.kvs()[0].mod_revision()
+    );
+}
+
+/// The same late landing with a commit group of two revisions N..N+1 (chunk key N+1): the next
+/// write at N gets its own chunk and is acknowledged; a later write at N+1 finds the stale chunk
+/// (exit 75), and from then on every start fails, because the stale chunk contradicts the
+/// acknowledged write at N (import conflict, rebuild, conflict again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a late-landing multi-revision chunk makes the bucket unloadable"]
+async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
+    let mut weed = start_weed("late2");
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let proxy = FaultProxy::start(weed.s3_port, 2).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 { bucket: "late2".into(), endpoint: proxy.endpoint() },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    wl::put_ok(&mut c, "/before", "ok", None).await;
+
+    // P0's upload is slow (2 s); P1 and P2 queue behind it and form the next group.
+    proxy.set(Mode::Latency(Duration::from_secs(2)));
+    let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
+    let mut c0 = c.clone();
+    let p0 = tokio::spawn(async move { c0.put("/p0", "acked", None).await });
+    support::poll("P0's upload in flight", Duration::from_secs(10), || async {
+        (proxy.stats().delayed.load(Ordering::Relaxed) > delayed).then_some(())
+    })
+    .await;
+    let (mut c1, mut c2) = (c.clone(), c.clone());
+    let p1 = tokio::spawn(async move { c1.put("/p1", "reported-not-applied", None).await });
+    let p2 = tokio::spawn(async move { c2.put("/p2", "reported-not-applied", None).await });
+    proxy.set(Mode::HoldPuts(Duration::from_secs(33)));
+    let n = p0.await.unwrap().expect("P0").header().unwrap().revision() + 1;
+    for p in [p1, p2] {
+        let err = p.await.unwrap().expect_err("P1/P2 upload must fail");
+        assert!(wl::is_clean_failure(&err), "{err}");
+    }
+    proxy.set(Mode::Pass);
+    let key = direct.layout().chunk((n + 1) as u64);
+    support::poll("the held two-revision chunk to land", Duration::from_secs(45), || async {
+        netsy::objstore::cas::get(direct.store().as_ref(), &key).await.ok().flatten().map(|_| ())
+    })
+    .await;
+    let w2 = wl::put_ok(&mut c, "/w2", "acknowledged", None).await;
+    assert_eq!(w2, n, "the acknowledged write reuses revision N");
+    let _ = c.put("/w3", "x", None).await;
+    let code = support::poll("netsy to exit", Duration::from_secs(60), || {
+        let code = node.exited();
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, Some(75));
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let now = wl::state_at(&mut c, 0).await;
+    assert!(now.contains_key(b"/w2".as_slice()), "acknowledged write present");
+    assert!(!now.contains_key(b"/p1".as_slice()) && !now.contains_key(b"/p2".as_slice()));
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. A local copy that does not fit the bucket is thrown away and rebuilt
+// ------------------------------------------------------------------------------------------
+
+/// The rebuild deletes `db.sqlite3` (and -wal, -shm) right after dropping the failed store,
+/// but the store's writer thread closes its SQLite connection asynchronously; when that close
+/// lands after the new database was created, it checkpoints and unlinks the NEW database's
+/// -wal/-shm files and the reopen fails (`disk I/O error 522 … file truncated?`, exit 1).
+/// Seen within a few rounds here. Ignored until fixed; run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: the rebuild races the old writer thread's SQLite close"]
+async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bucket = tmp.path().join("bucket");
+    let mut node = Node::start(
+        NodeSpec::new(tmp.path().join("data"), Bucket::Local(bucket)),
+        &tmp.path().join("work"),
+    );
+    node.wait_ready(READY).await;
+    for round in 0..10 {
+        let mut c = node.client().await;
+        let mut want = BTreeMap::new();
+        for i in 0..30 {
+            let (key, value) = (format!("/hole/k{i}"), format!("r{round}-v{i}"));
+            let rev = wl::put_ok(&mut c, &key, &value, None).await;
+            want.insert(key.into_bytes(), (rev, value.into_bytes()));
+        }
+        let head = current_revision(&mut c).await;
+        drop(c);
+        node.kill9();
+        // Punch a hole into the local copy (the bucket is intact). The tool exits without
+        // closing the database, as a crash would: the change stays in the WAL.
+        let script = format!(
+            "import sqlite3, os\nc = sqlite3.connect({:?})\nn = c.execute('DELETE FROM records WHERE revision = ?', ({},)).rowcount\nc.commit()\nos._exit(0 if n == 1 else 3)",
+            node.spec.data_dir.join("db.sqlite3").display().to_string(),
+            head - 7
+        );
+        let st = std::process::Command::new("python3").args(["-c", &script]).status().expect("python3");
+        assert!(st.success(), "tamper: {st}");
+        node.restart();
+        node.wait_ready(READY).await;
+        assert!(node.log_text().contains("local_db_rebuild_started"), "round {round}: rebuild expected");
+        let stats = node.loading_stats();
+        assert_eq!(stats.revision, head, "round {round}: {stats:?}");
+        let mut c = node.client().await;
+        let now = wl::state_at(&mut c, 0).await;
+        for (k, v) in &want {
+            assert_eq!(now.get(k), Some(v), "round {round}");
+        }
+    }
+}

@@ -6,7 +6,9 @@
 //!   an open connection ends that connection instead of being forwarded;
 //! * `Latency(d)` — every chunk of request bytes is held for `d` before it is forwarded;
 //! * `DropResponse(p)` — with probability p, a chunk of RESPONSE bytes is thrown away and the
-//!   connection closed: the request reached S3 and was applied, the client never hears back.
+//!   connection closed: the request reached S3 and was applied, the client never hears back;
+//! * `HoldPuts(d)` — a request that starts with `PUT ` is held for `d` and then forwarded even if
+//!   the client has given up meanwhile (a slow store that applies a PUT after its timeout).
 //!
 //! Decisions come from one RNG seeded by the caller (print the seed to replay a run).
 
@@ -25,6 +27,7 @@ pub enum Mode {
     Refuse(f64),
     Latency(Duration),
     DropResponse(f64),
+    HoldPuts(Duration),
 }
 
 #[derive(Default, Debug)]
@@ -33,6 +36,7 @@ pub struct ProxyStats {
     pub refused: AtomicU64,
     pub delayed: AtomicU64,
     pub dropped_responses: AtomicU64,
+    pub held_puts: AtomicU64,
 }
 
 struct Ctl {
@@ -167,6 +171,12 @@ async fn pump(
                 if !request && ctl.chance(p) {
                     ctl.stats.dropped_responses.fetch_add(1, Ordering::Relaxed);
                     return End::Abort;
+                }
+            }
+            Mode::HoldPuts(d) => {
+                if request && buf[..n].starts_with(b"PUT ") {
+                    ctl.stats.held_puts.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(d).await;
                 }
             }
         }
