@@ -21,7 +21,10 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser)]
-#[command(name = "netsy-bench", about = "Write-load benchmark for etcd v3 servers")]
+#[command(
+    name = "netsy-bench",
+    about = "Write-load benchmark for etcd v3 servers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -102,7 +105,12 @@ async fn main() {
             value_size,
             system,
             prefix,
-        } => run(&endpoint, clients, duration, workload, value_size, &system, &prefix).await,
+        } => {
+            run(
+                &endpoint, clients, duration, workload, value_size, &system, &prefix,
+            )
+            .await
+        }
         Cmd::Load {
             endpoint,
             keys,
@@ -147,7 +155,9 @@ async fn write_one(
                 if r.succeeded() {
                     Ok(())
                 } else {
-                    Err(etcd_client::Error::InvalidArgs("create found the key".into()))
+                    Err(etcd_client::Error::InvalidArgs(
+                        "create found the key".into(),
+                    ))
                 }
             })
         }
@@ -358,7 +368,9 @@ async fn wait_s3(bucket: &str, timeout: Duration) -> Result<(), String> {
         match probed {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!("bucket {bucket} not usable within {timeout:?}: {e}"));
+                return Err(format!(
+                    "bucket {bucket} not usable within {timeout:?}: {e}"
+                ));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -394,8 +406,7 @@ fn loading(log: &std::path::Path, value_size: usize) -> Result<(), String> {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v.get("fields").cloned())
-        .filter(|f| f["message"] == "loading_stage_completed")
-        .last()
+        .rfind(|f| f["message"] == "loading_stage_completed")
         .ok_or_else(|| format!("no loading_stage_completed line in {}", log.display()))?;
     let records = fields["records"].as_f64().unwrap_or(0.0);
     let bytes = fields["bytes"].as_f64().unwrap_or(0.0);

@@ -120,8 +120,8 @@ fn spawn_workers(
                 op_timeout: Duration::from_secs(60),
             };
             tokio::spawn(async move {
-                let opts = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(3));
+                let opts =
+                    etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
                 let client = Client::connect([endpoint], Some(opts))
                     .await
                     .expect("worker connect");
@@ -188,14 +188,36 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     let l2 = c.lease_grant(3600, None).await.expect("grant").id();
     let l3 = c.lease_grant(3600, None).await.expect("grant").id();
     let mut lease_keys: BTreeMap<i64, BTreeSet<Vec<u8>>> = BTreeMap::new();
-    for (key, lease) in [("/leases/a", l1), ("/leases/b", l1), ("/leases/c", l2), ("/leases/d", l3)] {
+    for (key, lease) in [
+        ("/leases/a", l1),
+        ("/leases/b", l1),
+        ("/leases/c", l2),
+        ("/leases/d", l3),
+    ] {
         let value = format!("lease-{key}");
         let rev = wl::put_ok(&mut c, key, &value, Some(lease)).await;
-        ledger.ack(Write { rev, key: key.into(), value: Some(value.into_bytes()) });
-        lease_keys.entry(lease).or_default().insert(key.as_bytes().to_vec());
+        ledger.ack(Write {
+            rev,
+            key: key.into(),
+            value: Some(value.into_bytes()),
+        });
+        lease_keys
+            .entry(lease)
+            .or_default()
+            .insert(key.as_bytes().to_vec());
     }
-    let revoked = c.lease_revoke(l3).await.expect("revoke").header().expect("header").revision();
-    ledger.ack(Write { rev: revoked, key: b"/leases/d".to_vec(), value: None });
+    let revoked = c
+        .lease_revoke(l3)
+        .await
+        .expect("revoke")
+        .header()
+        .expect("header")
+        .revision();
+    ledger.ack(Write {
+        rev: revoked,
+        key: b"/leases/d".to_vec(),
+        value: None,
+    });
     lease_keys.remove(&l3);
 
     // Concurrent load; one compaction in the middle; kill -9 while it runs.
@@ -209,12 +231,26 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     stop.store(true, Ordering::Release);
     node.kill9();
     join_all(workers).await;
-    assert_eq!(ledger.unexpected.load(Ordering::Relaxed), 0, "errors before the kill");
-    assert!(ledger.violations.lock().unwrap().is_empty(), "{:?}", ledger.violations.lock().unwrap());
+    assert_eq!(
+        ledger.unexpected.load(Ordering::Relaxed),
+        0,
+        "errors before the kill"
+    );
+    assert!(
+        ledger.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        ledger.violations.lock().unwrap()
+    );
     let acked = ledger.acked();
     let max_acked = ledger.max_acked_rev();
-    eprintln!("load: {}; compaction at {compact_at}; max acknowledged revision {max_acked}", ledger.summary());
-    assert!(!view.snapshots().await.is_empty(), "a snapshot was written (threshold 200)");
+    eprintln!(
+        "load: {}; compaction at {compact_at}; max acknowledged revision {max_acked}",
+        ledger.summary()
+    );
+    assert!(
+        !view.snapshots().await.is_empty(),
+        "a snapshot was written (threshold 200)"
+    );
 
     // Rebuild from the bucket alone.
     node.wipe_data_dir();
@@ -222,16 +258,32 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     node.wait_ready(READY).await;
     let stats = node.loading_stats();
     eprintln!("rebuild: {stats:?}");
-    assert!(stats.snapshot.is_some(), "rebuild starts from a snapshot: {stats:?}");
-    assert!(stats.chunks > 0 || stats.snapshot == Some(stats.revision), "{stats:?}");
+    assert!(
+        stats.snapshot.is_some(),
+        "rebuild starts from a snapshot: {stats:?}"
+    );
+    assert!(
+        stats.chunks > 0 || stats.snapshot == Some(stats.revision),
+        "{stats:?}"
+    );
     assert_eq!(stats.compaction, compact_at, "compaction revision restored");
     assert_eq!(stats.leases, 2, "two leases restored");
-    assert!(stats.revision >= max_acked, "{stats:?} vs acknowledged {max_acked}");
+    assert!(
+        stats.revision >= max_acked,
+        "{stats:?} vs acknowledged {max_acked}"
+    );
     let mut c = node.client().await;
 
     // The compaction revision is kept.
     let err = c
-        .get("/", Some(GetOptions::new().with_prefix().with_revision(compact_at - 1)))
+        .get(
+            "/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_revision(compact_at - 1),
+            ),
+        )
         .await
         .expect_err("read below the compaction revision");
     match &err {
@@ -244,7 +296,11 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
 
     // State at the compaction revision = every acknowledged write up to it.
     let mut want = BTreeMap::new();
-    let upto: Vec<Write> = acked.iter().filter(|w| w.rev <= compact_at).cloned().collect();
+    let upto: Vec<Write> = acked
+        .iter()
+        .filter(|w| w.rev <= compact_at)
+        .cloned()
+        .collect();
     wl::replay(&mut want, &upto);
     let at_compaction = wl::state_at(&mut c, compact_at).await;
     wl::assert_same_state("state at the compaction revision", &at_compaction, &want);
@@ -257,13 +313,31 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     let checked = wl::check_acked_in_history(&events, &acked, compact_at);
     wl::check_no_phantoms(&events, &[]);
     let mut replayed = at_compaction.clone();
-    let later: Vec<Write> = events.iter().filter(|e| e.rev > compact_at).cloned().collect();
+    let later: Vec<Write> = events
+        .iter()
+        .filter(|e| e.rev > compact_at)
+        .cloned()
+        .collect();
     wl::replay(&mut replayed, &later);
-    wl::assert_same_state("state now vs the replayed history", &wl::state_at(&mut c, 0).await, &replayed);
-    eprintln!("verified {} acknowledged writes ({checked} via the watch), head {head}", acked.len());
+    wl::assert_same_state(
+        "state now vs the replayed history",
+        &wl::state_at(&mut c, 0).await,
+        &replayed,
+    );
+    eprintln!(
+        "verified {} acknowledged writes ({checked} via the watch), head {head}",
+        acked.len()
+    );
 
     // Leases and their keys.
-    let leases: BTreeSet<i64> = c.leases().await.expect("leases").leases().iter().map(|l| l.id()).collect();
+    let leases: BTreeSet<i64> = c
+        .leases()
+        .await
+        .expect("leases")
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
     assert_eq!(leases, BTreeSet::from([l1, l2]));
     for (id, keys) in &lease_keys {
         let ttl = c
@@ -288,7 +362,13 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     let mut n = 0;
     let snap = loop {
         for _ in 0..20 {
-            wl::put_ok(&mut c, &format!("/snap/k{}", n % 50), &format!("v{n}"), None).await;
+            wl::put_ok(
+                &mut c,
+                &format!("/snap/k{}", n % 50),
+                &format!("v{n}"),
+                None,
+            )
+            .await;
             n += 1;
         }
         assert!(n <= 2000, "no snapshot after {n} writes (threshold 200)");
@@ -296,13 +376,24 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
         if newest <= first_snap || current_revision(&mut c).await - newest >= 100 {
             continue;
         }
-        support::poll("chunks covered by the snapshot deleted", Duration::from_secs(30), || async {
-            view.chunks().await.iter().all(|c| *c > newest).then_some(())
-        })
+        support::poll(
+            "chunks covered by the snapshot deleted",
+            Duration::from_secs(30),
+            || async {
+                view.chunks()
+                    .await
+                    .iter()
+                    .all(|c| *c > newest)
+                    .then_some(())
+            },
+        )
         .await;
         break newest;
     };
-    eprintln!("snapshot at {snap} after {n} more writes; chunks left {}", view.chunks().await.len());
+    eprintln!(
+        "snapshot at {snap} after {n} more writes; chunks left {}",
+        view.chunks().await.len()
+    );
 
     // A kept data dir that is current fetches nothing; a stale one fetches only newer chunks.
     let stale_at = current_revision(&mut c).await;
@@ -323,10 +414,19 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     for i in 0..30 {
         let value = format!("newer-{i}");
         let rev = wl::put_ok(&mut c, &format!("/newer/k{i}"), &value, None).await;
-        newer.push(Write { rev, key: format!("/newer/k{i}").into_bytes(), value: Some(value.into_bytes()) });
+        newer.push(Write {
+            rev,
+            key: format!("/newer/k{i}").into_bytes(),
+            value: Some(value.into_bytes()),
+        });
     }
     let newest = newer.last().unwrap().rev;
-    let newer_chunks = view.chunks().await.iter().filter(|r| **r > stale_at).count() as u64;
+    let newer_chunks = view
+        .chunks()
+        .await
+        .iter()
+        .filter(|r| **r > stale_at)
+        .count() as u64;
     drop(c);
     node.kill9();
     std::fs::remove_dir_all(&node.spec.data_dir).expect("rm data");
@@ -335,14 +435,25 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     node.wait_ready(READY).await;
     let stats = node.loading_stats();
     eprintln!("stale data dir: {stats:?}");
-    assert_eq!(stats.snapshot, None, "no snapshot import for a stale kept dir: {stats:?}");
-    assert_eq!(stats.records, (newest - stale_at) as u64, "only newer records: {stats:?}");
+    assert_eq!(
+        stats.snapshot, None,
+        "no snapshot import for a stale kept dir: {stats:?}"
+    );
+    assert_eq!(
+        stats.records,
+        (newest - stale_at) as u64,
+        "only newer records: {stats:?}"
+    );
     assert_eq!(stats.chunks, newer_chunks, "only newer chunks: {stats:?}");
     assert_eq!(stats.revision, newest);
     let mut c = node.client().await;
     let now = wl::state_at(&mut c, 0).await;
     for w in &newer {
-        assert_eq!(now.get(&w.key), Some(&(w.rev, w.value.clone().unwrap())), "{w}");
+        assert_eq!(
+            now.get(&w.key),
+            Some(&(w.rev, w.value.clone().unwrap())),
+            "{w}"
+        );
     }
 }
 
@@ -361,7 +472,13 @@ fn walk(dir: &Path) -> Vec<String> {
             if e.file_type().expect("type").is_dir() {
                 go(base, &e.path(), out);
             } else {
-                out.push(e.path().strip_prefix(base).unwrap().to_string_lossy().replace('\\', "/"));
+                out.push(
+                    e.path()
+                        .strip_prefix(base)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/"),
+                );
             }
         }
     }
@@ -389,14 +506,18 @@ fn shape(rel: &str) -> Option<Shape> {
     match parts.as_slice() {
         ["chunks", part, name] => {
             let rev = digits19(name)?;
-            (part.len() == 4 && *part == format!("{:04}", rev % 10_000)).then_some(Shape::Chunk(rev))
+            (part.len() == 4 && *part == format!("{:04}", rev % 10_000))
+                .then_some(Shape::Chunk(rev))
         }
         ["snapshots", name] => digits19(name).map(Shape::Snapshot),
         ["leases", name] => {
             let hex = name.strip_suffix(".json")?;
-            (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-                .then(|| u64::from_str_radix(hex, 16).ok())?
-                .map(Shape::Lease)
+            (hex.len() == 16
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| u64::from_str_radix(hex, 16).ok())?
+            .map(Shape::Lease)
         }
         ["state", "compaction.json"] => Some(Shape::Compaction),
         _ => None,
@@ -411,13 +532,24 @@ fn inspect(file: &Path) -> (Vec<(i64, String)>, String) {
         .output()
         .expect("run netsy datafile inspect");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "inspect {} failed: {text}\n{}", file.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "inspect {} failed: {text}\n{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.ends_with("valid: yes\n"), "{text}");
     let records = text
         .lines()
         .filter_map(|l| {
             let rest = l.strip_prefix("record ")?;
-            let rev = rest.split("revision=").nth(1)?.split([' ', '.']).next()?.parse().ok()?;
+            let rev = rest
+                .split("revision=")
+                .nth(1)?
+                .split([' ', '.'])
+                .next()?
+                .parse()
+                .ok()?;
             let key = rest.split("key=\"").nth(1)?.split('"').next()?.to_string();
             Some((rev, key))
         })
@@ -429,15 +561,37 @@ fn inspect(file: &Path) -> (Vec<(i64, String)>, String) {
 async fn layout_writes(c: &mut Client, puts: usize) -> (i64, i64) {
     let lease = c.lease_grant(3600, None).await.expect("grant").id();
     let gone = c.lease_grant(3600, None).await.expect("grant").id();
-    wl::put_ok(c, "/registry/pods/default/leased", "with-lease", Some(lease)).await;
+    wl::put_ok(
+        c,
+        "/registry/pods/default/leased",
+        "with-lease",
+        Some(lease),
+    )
+    .await;
     for i in 0..puts {
-        wl::put_ok(c, &format!("/registry/configmaps/default/cm{}", i % 7), &format!("v{i}"), None).await;
+        wl::put_ok(
+            c,
+            &format!("/registry/configmaps/default/cm{}", i % 7),
+            &format!("v{i}"),
+            None,
+        )
+        .await;
     }
     let txn = etcd_client::Txn::new()
-        .when([etcd_client::Compare::mod_revision("/registry/pods/default/new", etcd_client::CompareOp::Equal, 0)])
-        .and_then([etcd_client::TxnOp::put("/registry/pods/default/new", "created", None)]);
+        .when([etcd_client::Compare::mod_revision(
+            "/registry/pods/default/new",
+            etcd_client::CompareOp::Equal,
+            0,
+        )])
+        .and_then([etcd_client::TxnOp::put(
+            "/registry/pods/default/new",
+            "created",
+            None,
+        )]);
     assert!(c.txn(txn).await.expect("txn").succeeded());
-    c.delete("/registry/configmaps/default/cm0", None).await.expect("delete");
+    c.delete("/registry/configmaps/default/cm0", None)
+        .await
+        .expect("delete");
     c.lease_revoke(gone).await.expect("revoke");
     let rev = current_revision(c).await;
     c.compact(rev - 2, None).await.expect("compact");
@@ -450,7 +604,10 @@ async fn bucket_layout_matches_the_spec_and_chunks_inspect() {
 
     // No config: the bucket is `<data-dir>-bucket`, keys at its root.
     let data = tmp.path().join("node");
-    let mut node = Node::start(NodeSpec::new(data.clone(), Bucket::Default), &tmp.path().join("w1"));
+    let mut node = Node::start(
+        NodeSpec::new(data.clone(), Bucket::Default),
+        &tmp.path().join("w1"),
+    );
     node.wait_ready(READY).await;
     let mut c = node.client().await;
     let (lease, head) = layout_writes(&mut c, 12).await;
@@ -472,17 +629,39 @@ async fn bucket_layout_matches_the_spec_and_chunks_inspect() {
     // The snapshot worker runs after commits; wait until its cleanup settled.
     support::poll("snapshot and cleanup", Duration::from_secs(30), || async {
         let keys = walk(&bucket.join("team/cluster-a"));
-        let snaps: Vec<i64> = keys.iter().filter_map(|k| match shape(k) { Some(Shape::Snapshot(r)) => Some(r), _ => None }).collect();
-        let chunks: Vec<i64> = keys.iter().filter_map(|k| match shape(k) { Some(Shape::Chunk(r)) => Some(r), _ => None }).collect();
+        let snaps: Vec<i64> = keys
+            .iter()
+            .filter_map(|k| match shape(k) {
+                Some(Shape::Snapshot(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let chunks: Vec<i64> = keys
+            .iter()
+            .filter_map(|k| match shape(k) {
+                Some(Shape::Chunk(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
         let newest = snaps.iter().max()?;
         chunks.iter().all(|c| c > newest).then_some(())
     })
     .await;
     drop(c);
     node.kill9();
-    let top: Vec<String> = std::fs::read_dir(&bucket).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).filter(|n| !n.starts_with('.')).collect();
+    let top: Vec<String> = std::fs::read_dir(&bucket)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
     assert_eq!(top, vec!["team".to_string()], "everything under the prefix");
-    check_layout(&bucket.join("team/cluster-a"), "team/cluster-a/", head, &[lease], true);
+    check_layout(
+        &bucket.join("team/cluster-a"),
+        "team/cluster-a/",
+        head,
+        &[lease],
+        true,
+    );
 }
 
 /// Every file has a §4.1 shape; chunks and the newest snapshot together hold each revision
@@ -504,12 +683,28 @@ fn check_layout(root: &Path, prefix: &str, head: i64, leases: &[i64], want_snaps
         }
     }
     assert_eq!(compaction, 1, "state/compaction.json");
-    let compaction: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("state/compaction.json")).unwrap()).unwrap();
-    assert_eq!(compaction["revision"].as_i64(), Some(head - 2), "{compaction}");
-    assert_eq!(lease_ids, leases, "one lease object per live lease (the revoked one is gone)");
-    let lease: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join(format!("leases/{:016x}.json", leases[0] as u64))).unwrap()).unwrap();
+    let compaction: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("state/compaction.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        compaction["revision"].as_i64(),
+        Some(head - 2),
+        "{compaction}"
+    );
+    assert_eq!(
+        lease_ids, leases,
+        "one lease object per live lease (the revoked one is gone)"
+    );
+    let lease: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(format!("leases/{:016x}.json", leases[0] as u64))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(lease["ttl"].as_i64(), Some(3600), "{lease}");
-    assert_eq!(!snapshots.is_empty(), want_snapshot, "snapshots: {snapshots:?}");
+    assert_eq!(
+        !snapshots.is_empty(),
+        want_snapshot,
+        "snapshots: {snapshots:?}"
+    );
 
     // Revisions: newest snapshot (if any) then chunks; contiguous, no overlap.
     let mut covered: Vec<i64> = Vec::new();
@@ -522,25 +717,43 @@ fn check_layout(root: &Path, prefix: &str, head: i64, leases: &[i64], want_snaps
     }
     chunks.sort();
     for rev in &chunks {
-        let (records, text) = inspect(&root.join(format!("chunks/{:04}/{rev:019}.netsy", rev % 10_000)));
+        let (records, text) =
+            inspect(&root.join(format!("chunks/{:04}/{rev:019}.netsy", rev % 10_000)));
         assert!(text.contains("kind=KIND_CHUNK"), "{text}");
         assert!(!records.is_empty(), "{text}");
-        assert_eq!(records.last().unwrap().0, *rev, "a chunk is named by its last revision:\n{text}");
+        assert_eq!(
+            records.last().unwrap().0,
+            *rev,
+            "a chunk is named by its last revision:\n{text}"
+        );
         covered.extend(records.iter().map(|(r, _)| *r));
     }
     covered.dedup(); // a multi-record revision (lease revoke) prints several records
-    assert_eq!(covered, (1..=head).collect::<Vec<_>>(), "every revision exactly once");
+    assert_eq!(
+        covered,
+        (1..=head).collect::<Vec<_>>(),
+        "every revision exactly once"
+    );
     // Record content: the genesis record and a user key with its value.
     if snapshots.is_empty() {
         let (_, text) = inspect(&root.join(format!("chunks/0001/{:019}.netsy", 1)));
         assert!(text.contains("revision=1 key=\"_netsy\""), "{text}");
     }
-    let mut all: String = chunks.iter().map(|rev| inspect(&root.join(format!("chunks/{:04}/{rev:019}.netsy", rev % 10_000))).1).collect();
+    let mut all: String = chunks
+        .iter()
+        .map(|rev| inspect(&root.join(format!("chunks/{:04}/{rev:019}.netsy", rev % 10_000))).1)
+        .collect();
     if let Some(snap) = snapshots.iter().max() {
         all.push_str(&inspect(&root.join(format!("snapshots/{snap:019}.netsy"))).1);
     }
-    assert!(all.contains("key=\"/registry/pods/default/new\" created=true deleted=false"), "{all}");
-    assert!(all.contains("key=\"/registry/configmaps/default/cm0\" created=false deleted=true"), "{all}");
+    assert!(
+        all.contains("key=\"/registry/pods/default/new\" created=true deleted=false"),
+        "{all}"
+    );
+    assert!(
+        all.contains("key=\"/registry/configmaps/default/cm0\" created=false deleted=true"),
+        "{all}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -557,7 +770,10 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut spec = NodeSpec::new(
         tmp.path().join("data"),
-        Bucket::S3 { bucket: "faults".into(), endpoint: proxy.endpoint() },
+        Bucket::S3 {
+            bucket: "faults".into(),
+            endpoint: proxy.endpoint(),
+        },
     );
     spec.snapshot_threshold_records = 200;
     let mut node = Node::start(spec, &tmp.path().join("work"));
@@ -587,8 +803,16 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
         let until = Instant::now() + dwell;
         while Instant::now() < until {
             if let Some(code) = node.exited() {
-                assert_eq!(code, Some(75), "netsy exited with {code:?} (only 75 is deliberate); log:\n{}", support::node::tail(&node.log_text(), 40));
-                assert!(node.log_text().contains("outcome unknown"), "exit 75 names its reason");
+                assert_eq!(
+                    code,
+                    Some(75),
+                    "netsy exited with {code:?} (only 75 is deliberate); log:\n{}",
+                    support::node::tail(&node.log_text(), 40)
+                );
+                assert!(
+                    node.log_text().contains("outcome unknown"),
+                    "exit 75 names its reason"
+                );
                 exits += 1;
                 proxy.set(Mode::Pass);
                 node.restart();
@@ -619,7 +843,11 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
         s.dropped_responses.load(Ordering::Relaxed),
         schedule.join(", ")
     );
-    assert!(ledger.violations.lock().unwrap().is_empty(), "{:#?}", ledger.violations.lock().unwrap());
+    assert!(
+        ledger.violations.lock().unwrap().is_empty(),
+        "{:#?}",
+        ledger.violations.lock().unwrap()
+    );
 
     // Rebuild from the bucket alone and read the whole history.
     node.kill9();
@@ -636,12 +864,26 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
     wl::check_no_phantoms(&events, &ledger.clean_failed.lock().unwrap());
     let mut replayed = BTreeMap::new();
     wl::replay(&mut replayed, &events);
-    wl::assert_same_state("state vs the replayed history", &wl::state_at(&mut c, 0).await, &replayed);
+    wl::assert_same_state(
+        "state vs the replayed history",
+        &wl::state_at(&mut c, 0).await,
+        &replayed,
+    );
     let unknown_applied = {
         let values: BTreeSet<&Vec<u8>> = events.iter().filter_map(|e| e.value.as_ref()).collect();
-        ledger.unknown.lock().unwrap().iter().filter(|a| a.value.as_ref().is_some_and(|v| values.contains(v))).count()
+        ledger
+            .unknown
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.value.as_ref().is_some_and(|v| values.contains(v)))
+            .count()
     };
-    eprintln!("history 2..={head}: {} events; {} acknowledged all present; {unknown_applied} writes of unknown outcome were applied", events.len(), acked.len());
+    eprintln!(
+        "history 2..={head}: {} events; {} acknowledged all present; {unknown_applied} writes of unknown outcome were applied",
+        events.len(),
+        acked.len()
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -664,7 +906,10 @@ async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let spec = NodeSpec::new(
         tmp.path().join("data"),
-        Bucket::S3 { bucket: "late".into(), endpoint: proxy.endpoint() },
+        Bucket::S3 {
+            bucket: "late".into(),
+            endpoint: proxy.endpoint(),
+        },
     );
     let mut node = Node::start(spec, &tmp.path().join("work"));
     node.wait_ready(READY).await;
@@ -673,16 +918,30 @@ async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
 
     // Every attempt of the next chunk PUT is held 33 s: longer than the upload deadline (30 s).
     proxy.set(Mode::HoldPuts(Duration::from_secs(33)));
-    let err = c.put("/phantom", "reported-not-applied", None).await.expect_err("upload must fail");
-    assert!(wl::is_clean_failure(&err), "expected a clean failure, got {err}");
+    let err = c
+        .put("/phantom", "reported-not-applied", None)
+        .await
+        .expect_err("upload must fail");
+    assert!(
+        wl::is_clean_failure(&err),
+        "expected a clean failure, got {err}"
+    );
     proxy.set(Mode::Pass);
     assert!(c.get("/phantom", None).await.expect("get").kvs().is_empty());
 
     // The held PUT reaches the store after the failure was reported.
     let key = direct.layout().chunk((head + 1) as u64);
-    support::poll("the held chunk PUT to land", Duration::from_secs(45), || async {
-        netsy::objstore::cas::get(direct.store().as_ref(), &key).await.ok().flatten().map(|_| ())
-    })
+    support::poll(
+        "the held chunk PUT to land",
+        Duration::from_secs(45),
+        || async {
+            netsy::objstore::cas::get(direct.store().as_ref(), &key)
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+        },
+    )
     .await;
 
     // The next write reuses the revision; the server finds the stale chunk and stops (75).
@@ -694,7 +953,10 @@ async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
     .await;
     assert_eq!(code, Some(75));
     let log = node.log_text();
-    let reason = log.lines().find(|l| l.contains("outcome unknown")).unwrap_or("");
+    let reason = log
+        .lines()
+        .find(|l| l.contains("outcome unknown"))
+        .unwrap_or("");
     eprintln!("exit 75: {reason}");
     node.restart();
     node.wait_ready(READY).await;
@@ -721,7 +983,10 @@ async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let spec = NodeSpec::new(
         tmp.path().join("data"),
-        Bucket::S3 { bucket: "late2".into(), endpoint: proxy.endpoint() },
+        Bucket::S3 {
+            bucket: "late2".into(),
+            endpoint: proxy.endpoint(),
+        },
     );
     let mut node = Node::start(spec, &tmp.path().join("work"));
     node.wait_ready(READY).await;
@@ -748,9 +1013,17 @@ async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
     }
     proxy.set(Mode::Pass);
     let key = direct.layout().chunk((n + 1) as u64);
-    support::poll("the held two-revision chunk to land", Duration::from_secs(45), || async {
-        netsy::objstore::cas::get(direct.store().as_ref(), &key).await.ok().flatten().map(|_| ())
-    })
+    support::poll(
+        "the held two-revision chunk to land",
+        Duration::from_secs(45),
+        || async {
+            netsy::objstore::cas::get(direct.store().as_ref(), &key)
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+        },
+    )
     .await;
     let w2 = wl::put_ok(&mut c, "/w2", "acknowledged", None).await;
     assert_eq!(w2, n, "the acknowledged write reuses revision N");
@@ -765,7 +1038,10 @@ async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
     node.wait_ready(READY).await;
     let mut c = node.client().await;
     let now = wl::state_at(&mut c, 0).await;
-    assert!(now.contains_key(b"/w2".as_slice()), "acknowledged write present");
+    assert!(
+        now.contains_key(b"/w2".as_slice()),
+        "acknowledged write present"
+    );
     assert!(!now.contains_key(b"/p1".as_slice()) && !now.contains_key(b"/p2".as_slice()));
 }
 
@@ -806,11 +1082,17 @@ async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
             node.spec.data_dir.join("db.sqlite3").display().to_string(),
             head - 7
         );
-        let st = std::process::Command::new("python3").args(["-c", &script]).status().expect("python3");
+        let st = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .status()
+            .expect("python3");
         assert!(st.success(), "tamper: {st}");
         node.restart();
         node.wait_ready(READY).await;
-        assert!(node.log_text().contains("local_db_rebuild_started"), "round {round}: rebuild expected");
+        assert!(
+            node.log_text().contains("local_db_rebuild_started"),
+            "round {round}: rebuild expected"
+        );
         let stats = node.loading_stats();
         assert_eq!(stats.revision, head, "round {round}: {stats:?}");
         let mut c = node.client().await;

@@ -298,7 +298,9 @@ pub async fn http_status(port: u16, path: &str) -> Option<u16> {
 /// GET `path` over HTTP/1.0 on loopback (bounded by 5 s): status and body.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
             .await
             .ok()?;

@@ -38,7 +38,12 @@ impl std::fmt::Display for Write {
             Some(v) => String::from_utf8_lossy(&v[..v.len().min(24)]).to_string(),
             None => "<delete>".into(),
         };
-        write!(f, "rev {} {} = {v}", self.rev, String::from_utf8_lossy(&self.key))
+        write!(
+            f,
+            "rev {} {} = {v}",
+            self.rev,
+            String::from_utf8_lossy(&self.key)
+        )
     }
 }
 
@@ -70,7 +75,13 @@ impl Ledger {
         v
     }
     pub fn max_acked_rev(&self) -> i64 {
-        self.acked.lock().unwrap().iter().map(|w| w.rev).max().unwrap_or(0)
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| w.rev)
+            .max()
+            .unwrap_or(0)
     }
     pub fn summary(&self) -> String {
         format!(
@@ -125,7 +136,9 @@ pub async fn run_worker(
         let r: f64 = rng.random();
         let pick = (!live.is_empty()).then(|| rng.random_range(0..live.len()));
         let (op, key, idx) = match pick {
-            Some(i) if r >= 0.45 && r < 0.85 => (Op::Update(live[i].1), live[i].0.clone(), Some(i)),
+            Some(i) if (0.45..0.85).contains(&r) => {
+                (Op::Update(live[i].1), live[i].0.clone(), Some(i))
+            }
             Some(i) if r >= 0.85 => (Op::Delete(live[i].1), live[i].0.clone(), Some(i)),
             Some(i) if r >= 0.35 => (Op::Put, live[i].0.clone(), Some(i)),
             _ => {
@@ -235,7 +248,10 @@ pub async fn run_worker(
 /// Every event from `from` through `to` (inclusive) on keys under "/", in delivery order.
 pub async fn history(client: &mut Client, from: i64, to: i64, limit: Duration) -> Vec<Write> {
     let mut stream = client
-        .watch("/", Some(WatchOptions::new().with_prefix().with_start_revision(from)))
+        .watch(
+            "/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
         .await
         .expect("watch");
     let mut out = Vec::new();
@@ -249,7 +265,12 @@ pub async fn history(client: &mut Client, from: i64, to: i64, limit: Duration) -
             })
             .expect("watch stream")
             .expect("watch stream ended");
-        assert!(!msg.canceled(), "watch canceled: {} (compact_revision {})", msg.cancel_reason(), msg.compact_revision());
+        assert!(
+            !msg.canceled(),
+            "watch canceled: {} (compact_revision {})",
+            msg.cancel_reason(),
+            msg.compact_revision()
+        );
         for ev in msg.events() {
             let kv = ev.kv().expect("event kv");
             last = last.max(kv.mod_revision());
@@ -297,11 +318,20 @@ pub fn check_acked_in_history(events: &[Write], acked: &[Write], from: i64) -> u
     for w in acked.iter().filter(|w| w.rev >= from) {
         match index.get(&(w.rev, w.key.as_slice())) {
             Some(v) if **v == w.value => checked += 1,
-            Some(v) => lost.push(format!("{w}: history holds {:?}", v.as_ref().map(|v| String::from_utf8_lossy(&v[..v.len().min(24)]).to_string()))),
+            Some(v) => lost.push(format!(
+                "{w}: history holds {:?}",
+                v.as_ref()
+                    .map(|v| String::from_utf8_lossy(&v[..v.len().min(24)]).to_string())
+            )),
             None => lost.push(format!("{w}: absent")),
         }
     }
-    assert!(lost.is_empty(), "{} acknowledged writes lost or changed, e.g.:\n{}", lost.len(), lost.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost or changed, e.g.:\n{}",
+        lost.len(),
+        lost.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
     checked
 }
 
@@ -309,10 +339,10 @@ pub fn check_acked_in_history(events: &[Write], acked: &[Write], from: i64) -> u
 pub fn check_no_phantoms(events: &[Write], clean_failed: &[Attempt]) {
     let mut values = HashMap::new();
     for e in events {
-        if let Some(v) = &e.value {
-            if let Some(prev) = values.insert(v.clone(), e.rev) {
-                panic!("value written twice (rev {prev} and {e})");
-            }
+        if let Some(v) = &e.value
+            && let Some(prev) = values.insert(v.clone(), e.rev)
+        {
+            panic!("value written twice (rev {prev} and {e})");
         }
     }
     for a in clean_failed.iter().filter(|a| a.value.is_some()) {
@@ -343,7 +373,10 @@ pub fn replay(state: &mut BTreeMap<Vec<u8>, (i64, Vec<u8>)>, writes: &[Write]) {
 /// All keys under "/" at `rev` (0 = now) as key → (mod_revision, value).
 pub async fn state_at(client: &mut Client, rev: i64) -> BTreeMap<Vec<u8>, (i64, Vec<u8>)> {
     let resp = client
-        .get("/", Some(GetOptions::new().with_prefix().with_revision(rev)))
+        .get(
+            "/",
+            Some(GetOptions::new().with_prefix().with_revision(rev)),
+        )
         .await
         .unwrap_or_else(|e| panic!("range at revision {rev}: {e}"));
     resp.kvs()
@@ -365,14 +398,36 @@ pub fn assert_same_state(
     for (k, v) in want {
         match got.get(k) {
             Some(g) if g == v => {}
-            Some(g) => diffs.push(format!("{}: rev {} instead of {}", String::from_utf8_lossy(k), g.0, v.0)),
-            None => diffs.push(format!("{}: missing (want rev {})", String::from_utf8_lossy(k), v.0)),
+            Some(g) => diffs.push(format!(
+                "{}: rev {} instead of {}",
+                String::from_utf8_lossy(k),
+                g.0,
+                v.0
+            )),
+            None => diffs.push(format!(
+                "{}: missing (want rev {})",
+                String::from_utf8_lossy(k),
+                v.0
+            )),
         }
     }
     for k in got.keys().filter(|k| !want.contains_key(*k)) {
-        diffs.push(format!("{}: unexpected (rev {})", String::from_utf8_lossy(k), got[k].0));
+        diffs.push(format!(
+            "{}: unexpected (rev {})",
+            String::from_utf8_lossy(k),
+            got[k].0
+        ));
     }
-    panic!("{what}: {} differences, e.g.:\n{}", diffs.len(), diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    panic!(
+        "{what}: {} differences, e.g.:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// A put that must succeed; returns its revision.
