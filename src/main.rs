@@ -140,7 +140,6 @@ fn run(args: NodeArgs) -> ExitCode {
     match rt.block_on(netsy::server::run(cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "netsy stopped with an error");
             eprintln!("netsy: {e:#}");
             ExitCode::FAILURE
         }

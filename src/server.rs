@@ -15,6 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, ApiOptions, Context, Member};
 use crate::config::NodeConfig;
+use crate::durability::lock::BucketLock;
 use crate::durability::{
     self, BucketHook, SnapshotPolicy, SnapshotWorker, backfill::BackfillError,
 };
@@ -114,6 +115,11 @@ pub async fn run(
     let metrics = Metrics::new(&cfg.node_id, &cfg.cluster_id);
     let serving = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (term_tx, mut term_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = term_tx.send(true);
+    });
 
     let client_listener = TcpListener::bind(cfg.bind_client)
         .await
@@ -155,6 +161,12 @@ pub async fn run(
     let hub = WatchHub::new(RingLimits::default());
     let storage = crate::durability::open_storage(&cfg.cluster.storage, &metrics.registry)
         .context("storage: cannot configure object storage")?;
+    let Some(lock) = acquire_lock(&cfg, &storage, &health_state, &mut term_rx).await else {
+        let _ = stop_tx.send(true);
+        return Ok(());
+    };
+    let (lock_stop_tx, lock_stop_rx) = tokio::sync::watch::channel(false);
+    let lock_task = tokio::spawn(lock.keep(lock_stop_rx));
     let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(1024);
     let store = load(&cfg, &hub, &storage, committed_tx).await?;
     let _ = health_state.revisions.set(store.revisions().clone());
@@ -249,10 +261,13 @@ pub async fn run(
     );
     systemd::ready();
 
+    let mut grpc_task = grpc_task;
     tokio::select! {
-        _ = shutdown => {}
-        r = grpc_task => {
+        _ = term_rx.changed() => {}
+        r = &mut grpc_task => {
             let _ = stop_tx.send(true);
+            let _ = lock_stop_tx.send(true);
+            let _ = lock_task.await;
             r.context("client server task")?.context("client server failed")?;
             return Ok(());
         }
@@ -262,5 +277,38 @@ pub async fn run(
     serving.store(false, Ordering::Release);
     health_state.set_phase("stopping");
     let _ = stop_tx.send(true);
+    // Stop serving first, then hand the bucket over: a standby takes over at once.
+    let _ = tokio::time::timeout(Duration::from_secs(10), grpc_task).await;
+    let _ = lock_stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), lock_task).await;
     Ok(())
+}
+
+/// Waits until this node holds the bucket's writer lock (a standby until then). None when
+/// asked to shut down first.
+async fn acquire_lock(
+    cfg: &NodeConfig,
+    storage: &ObjectStorage,
+    health: &HealthState,
+    term: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<BucketLock> {
+    let mut reported = String::new();
+    loop {
+        match BucketLock::try_acquire(storage, &cfg.node_id, &cfg.advertise_peer).await {
+            Ok(Ok(lock)) => return Some(lock),
+            Ok(Err(holder)) => {
+                if holder != reported {
+                    tracing::info!(holder = %holder, "standby: another node writes to this bucket; waiting to take over");
+                    systemd::status(&format!("standby: {holder} holds the bucket"));
+                    health.set_phase("standby");
+                    reported = holder;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the writer lock; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::durability::lock::RENEW_EVERY) => {}
+            _ = term.changed() => return None,
+        }
+    }
 }

@@ -168,6 +168,12 @@ impl NodeArgs {
                 ),
             ));
         }
+        if tls.is_none() && !bind_client.ip().is_loopback() {
+            tracing::warn!(
+                address = %bind_client,
+                "NETSY_INSECURE_PLAINTEXT: serving the client API in plaintext on a non-loopback address; anyone who can reach it can read and write everything"
+            );
+        }
         if self.bind_election.is_some() || self.advertise_election.is_some() {
             tracing::warn!(
                 "NETSY_BIND_ELECTION / NETSY_ADVERTISE_ELECTION are ignored: the election needs no port"

@@ -7,6 +7,7 @@
 //! never runs SQL (that is `store`).
 
 pub mod backfill;
+pub mod lock;
 mod snapshot;
 
 use std::sync::Arc;

@@ -254,7 +254,20 @@ pub fn range_at(conn: &Connection, req: &PbRangeRequest, rev: i64) -> Result<Ran
     } else if !filtered && by_key {
         live_query(conn, &range, rev, None, "ASC", fetch, req.keys_only)?
     } else {
-        let mut all = live_query(conn, &range, rev, None, "ASC", 0, req.keys_only)?;
+        // etcd reads everything only when it must sort or filter; with sort order NONE on
+        // another target it sorts the first limit+1 keys (in key order) it read.
+        let fetch_all = filtered || req.sort_order != sort::NONE;
+        // Sorting by value needs the values even for keys_only (cleared afterwards).
+        let values_needed = req.sort_target == sort::VALUE;
+        let mut all = live_query(
+            conn,
+            &range,
+            rev,
+            None,
+            "ASC",
+            if fetch_all { 0 } else { fetch },
+            req.keys_only && !values_needed,
+        )?;
         all.retain(|kv| {
             !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
                 || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
