@@ -494,6 +494,7 @@ enum Shape {
     Snapshot(i64),
     Lease(u64),
     Compaction,
+    WriterLock,
 }
 
 /// The §4.1 shape of a key relative to the prefix, or `None`.
@@ -520,6 +521,7 @@ fn shape(rel: &str) -> Option<Shape> {
             .map(Shape::Lease)
         }
         ["state", "compaction.json"] => Some(Shape::Compaction),
+        ["leader", "elector.json"] => Some(Shape::WriterLock),
         _ => None,
     }
 }
@@ -673,16 +675,23 @@ fn check_layout(root: &Path, prefix: &str, head: i64, leases: &[i64], want_snaps
     let mut snapshots = Vec::new();
     let mut lease_ids = Vec::new();
     let mut compaction = 0;
+    let mut locks = 0;
     for f in &files {
         match shape(f) {
             Some(Shape::Chunk(r)) => chunks.push(r),
             Some(Shape::Snapshot(r)) => snapshots.push(r),
             Some(Shape::Lease(id)) => lease_ids.push(id as i64),
             Some(Shape::Compaction) => compaction += 1,
+            Some(Shape::WriterLock) => locks += 1,
             None => panic!("object {prefix}{f} has no §4.1 shape"),
         }
     }
     assert_eq!(compaction, 1, "state/compaction.json");
+    assert_eq!(locks, 1, "leader/elector.json (the writer lock)");
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("leader/elector.json")).unwrap()).unwrap();
+    assert_eq!(lock["leaderID"].as_str(), Some("default"), "{lock}");
+    assert!(lock["lastUpdated"].as_str().is_some(), "{lock}");
     let compaction: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("state/compaction.json")).unwrap())
             .unwrap();
@@ -809,10 +818,19 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
                     "netsy exited with {code:?} (only 75 is deliberate); log:\n{}",
                     support::node::tail(&node.log_text(), 40)
                 );
-                assert!(
-                    node.log_text().contains("outcome unknown"),
-                    "exit 75 names its reason"
-                );
+                let log = node.log_text();
+                let reason = log
+                    .lines()
+                    .find(|l| {
+                        l.contains("outcome unknown") || l.contains("stopping to stay fenced")
+                    })
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "exit 75 names no reason:\n{}",
+                            support::node::tail(&log, 20)
+                        )
+                    });
+                eprintln!("exit 75: {}", &reason[..reason.len().min(300)]);
                 exits += 1;
                 proxy.set(Mode::Pass);
                 node.restart();
