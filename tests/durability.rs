@@ -935,7 +935,7 @@ async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
     let head = wl::put_ok(&mut c, "/before", "ok", None).await;
 
     // Every attempt of the next chunk PUT is held 33 s: longer than the upload deadline (30 s).
-    proxy.set(Mode::HoldPuts(Duration::from_secs(33)));
+    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(33)));
     let err = c
         .put("/phantom", "reported-not-applied", None)
         .await
@@ -1023,7 +1023,7 @@ async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
     let (mut c1, mut c2) = (c.clone(), c.clone());
     let p1 = tokio::spawn(async move { c1.put("/p1", "reported-not-applied", None).await });
     let p2 = tokio::spawn(async move { c2.put("/p2", "reported-not-applied", None).await });
-    proxy.set(Mode::HoldPuts(Duration::from_secs(33)));
+    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(33)));
     let n = p0.await.unwrap().expect("P0").header().unwrap().revision() + 1;
     for p in [p1, p2] {
         let err = p.await.unwrap().expect_err("P1/P2 upload must fail");
@@ -1082,7 +1082,7 @@ async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
         &tmp.path().join("work"),
     );
     node.wait_ready(READY).await;
-    for round in 0..10 {
+    for round in 0..20 {
         let mut c = node.client().await;
         let mut want = BTreeMap::new();
         for i in 0..30 {

@@ -7,8 +7,9 @@
 //! * `Latency(d)` — every chunk of request bytes is held for `d` before it is forwarded;
 //! * `DropResponse(p)` — with probability p, a chunk of RESPONSE bytes is thrown away and the
 //!   connection closed: the request reached S3 and was applied, the client never hears back;
-//! * `HoldPuts(d)` — a request that starts with `PUT ` is held for `d` and then forwarded even if
-//!   the client has given up meanwhile (a slow store that applies a PUT after its timeout).
+//! * `HoldChunkPuts(d)` — a request whose first line is `PUT …/chunks/…` is held for `d` and then
+//!   forwarded even if the client has given up meanwhile (a slow store that applies a PUT after
+//!   its timeout). Other requests (the writer lock's renewals, reads) pass.
 //!
 //! Decisions come from one RNG seeded by the caller (print the seed to replay a run).
 
@@ -27,7 +28,7 @@ pub enum Mode {
     Refuse(f64),
     Latency(Duration),
     DropResponse(f64),
-    HoldPuts(Duration),
+    HoldChunkPuts(Duration),
 }
 
 #[derive(Default, Debug)]
@@ -173,8 +174,11 @@ async fn pump(
                     return End::Abort;
                 }
             }
-            Mode::HoldPuts(d) => {
-                if request && buf[..n].starts_with(b"PUT ") {
+            Mode::HoldChunkPuts(d) => {
+                let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+                let chunk_put =
+                    line.starts_with(b"PUT ") && line.windows(8).any(|w| w == b"/chunks/");
+                if request && chunk_put {
                     ctl.stats.held_puts.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(d).await;
                 }
