@@ -12,7 +12,11 @@
 //!   acknowledged is lost, nothing that failed cleanly appears, the history has no gap and no
 //!   duplicate. Seeded by `NETSY_TEST_SEED` (printed).
 //!
-//! Needs `weed` on PATH (tests/install.sh).
+//! Ignored tests reproduce known server bugs (a chunk PUT that lands after its failure was
+//! reported; the rebuild racing the old SQLite connection; a slow writer-lock renewal fencing a
+//! single node). Run them with `cargo test --release --test durability -- --ignored`.
+//!
+//! Needs `weed` on PATH and python3 (tests/install.sh).
 
 mod support;
 
@@ -799,11 +803,12 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
     let mut exits = 0;
     let mut schedule = Vec::new();
     while started.elapsed() < Duration::from_secs(40) {
-        let mode = match rng.random_range(0..6) {
+        let mode = match rng.random_range(0..7) {
             0 | 1 => Mode::Pass,
             2 => Mode::Refuse(rng.random_range(0.2..1.0)),
             3 => Mode::Latency(Duration::from_millis(rng.random_range(20..800))),
-            4 => Mode::DropResponse(rng.random_range(0.2..0.7)),
+            4 => Mode::SlowResponses(Duration::from_millis(rng.random_range(20..800))),
+            5 => Mode::DropResponse(rng.random_range(0.2..0.7)),
             _ => Mode::DropResponse(1.0),
         };
         let dwell = Duration::from_millis(rng.random_range(500..3000));
@@ -1118,5 +1123,55 @@ async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
         for (k, v) in &want {
             assert_eq!(now.get(k), Some(v), "round {round}");
         }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. A slow writer-lock renewal that still lands (known bug, see below)
+// ------------------------------------------------------------------------------------------
+
+/// A single node renews `leader/elector.json` every 3 s with If-Match and gives each renewal
+/// 3 s. A renewal PUT that takes longer but still lands moves the ETag; the node keeps the old
+/// one, its next renewal gets 412, the read-back shows bytes of its own earlier renewal (other
+/// timestamp), and it stops with "taken over by another node" (exit 75) — with no other node.
+/// Here the answer to one renewal is delayed 3.5 s by the proxy. Ignored until fixed; run with
+/// `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a slow lock renewal that lands makes a single node fence itself"]
+async fn a_slow_lock_renewal_does_not_stop_a_single_node() {
+    let mut weed = start_weed("lockslow");
+    weed.wait_ready(&weed.storage()).await;
+    let proxy = FaultProxy::start(weed.s3_port, 3).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 {
+            bucket: "lockslow".into(),
+            endpoint: proxy.endpoint(),
+        },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    // The node is idle: the only requests are lock renewals. The next one is applied at once
+    // but answered after 3.5 s.
+    proxy.set(Mode::SlowResponses(Duration::from_millis(3500)));
+    let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
+    support::poll(
+        "a renewal to be delayed",
+        Duration::from_secs(10),
+        || async { (proxy.stats().delayed.load(Ordering::Relaxed) > delayed).then_some(()) },
+    )
+    .await;
+    proxy.set(Mode::Pass);
+    // Nothing is wrong with the bucket: the node must keep serving.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(code) = node.exited() {
+            panic!(
+                "the only node stopped (code {code:?}):\n{}",
+                support::node::tail(&node.log_text(), 5)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -7,6 +7,8 @@
 //! * `Latency(d)` — every chunk of request bytes is held for `d` before it is forwarded;
 //! * `DropResponse(p)` — with probability p, a chunk of RESPONSE bytes is thrown away and the
 //!   connection closed: the request reached S3 and was applied, the client never hears back;
+//! * `SlowResponses(d)` — every chunk of RESPONSE bytes is held for `d`: requests are applied at
+//!   once, their answers come late;
 //! * `HoldChunkPuts(d)` — a request whose first line is `PUT …/chunks/…` is held for `d` and then
 //!   forwarded even if the client has given up meanwhile (a slow store that applies a PUT after
 //!   its timeout). Other requests (the writer lock's renewals, reads) pass.
@@ -28,6 +30,7 @@ pub enum Mode {
     Refuse(f64),
     Latency(Duration),
     DropResponse(f64),
+    SlowResponses(Duration),
     HoldChunkPuts(Duration),
 }
 
@@ -172,6 +175,12 @@ async fn pump(
                 if !request && ctl.chance(p) {
                     ctl.stats.dropped_responses.fetch_add(1, Ordering::Relaxed);
                     return End::Abort;
+                }
+            }
+            Mode::SlowResponses(d) => {
+                if !request {
+                    ctl.stats.delayed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(d).await;
                 }
             }
             Mode::HoldChunkPuts(d) => {
