@@ -1076,9 +1076,8 @@ async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
 /// but the store's writer thread closes its SQLite connection asynchronously; when that close
 /// lands after the new database was created, it checkpoints and unlinks the NEW database's
 /// -wal/-shm files and the reopen fails (`disk I/O error 522 … file truncated?`, exit 1).
-/// Seen within a few rounds here. Ignored until fixed; run with `--ignored`.
+/// Seen within a few rounds before the fix (the store is now closed before the files go); a regression test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the rebuild races the old writer thread's SQLite close"]
 async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let bucket = tmp.path().join("bucket");
@@ -1134,10 +1133,9 @@ async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
 /// 3 s. A renewal PUT that takes longer but still lands moves the ETag; the node keeps the old
 /// one, its next renewal gets 412, the read-back shows bytes of its own earlier renewal (other
 /// timestamp), and it stops with "taken over by another node" (exit 75) — with no other node.
-/// Here the answer to one renewal is delayed 3.5 s by the proxy. Ignored until fixed; run with
-/// `--ignored`.
+/// Here the answer to one renewal is delayed 3.5 s by the proxy; a regression test since the renewal
+/// reads the lock back on a precondition failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a slow lock renewal that lands makes a single node fence itself"]
 async fn a_slow_lock_renewal_does_not_stop_a_single_node() {
     let mut weed = start_weed("lockslow");
     weed.wait_ready(&weed.storage()).await;
