@@ -73,7 +73,9 @@ else
 fi
 
 # 4. Run. t.TempDir() data directories live under $work/tmp, emptied on every run.
-rm -rf "$work/tmp"; mkdir -p "$work/tmp"
+# Each netsy node's log is kept in $work/logs (one file per test), also emptied on every run.
+rm -rf "$work/tmp" "$work/logs"; mkdir -p "$work/tmp" "$work/logs"
+export NETSY_TEST_LOG_DIR="$work/logs"
 step "go test ${pkgs[*]} $*"
 start=$(date +%s)
 set +e

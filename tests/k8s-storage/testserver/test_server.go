@@ -151,7 +151,10 @@ func startNode(t testing.TB, bin string, cfg *embed.Config, attempt int) (*netsy
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
-	logPath := filepath.Join(t.TempDir(), "netsy.log")
+	logPath, err := logFilePath(t, attempt)
+	if err != nil {
+		return nil, err
+	}
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -168,7 +171,11 @@ func startNode(t testing.TB, bin string, cfg *embed.Config, attempt int) (*netsy
 		"--bind-client", node.clientAddr,
 		"--bind-peer", fmt.Sprintf("127.0.0.1:%d", ports[1]),
 		"--bind-health", fmt.Sprintf("127.0.0.1:%d", ports[2]),
-		"--watch-progress-notify-interval", fmt.Sprintf("%dms", cfg.WatchProgressNotifyInterval.Milliseconds()),
+	}
+	// Like etcd, zero (embed.NewConfig's value) means "server default" (10m).
+	if cfg.WatchProgressNotifyInterval > 0 {
+		args = append(args, "--watch-progress-notify-interval",
+			fmt.Sprintf("%dms", cfg.WatchProgressNotifyInterval.Milliseconds()))
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = netsyEnv(cfg)
@@ -201,6 +208,30 @@ func startNode(t testing.TB, bin string, cfg *embed.Config, attempt int) (*netsy
 		}
 	})
 	return node, nil
+}
+
+// logFilePath is where a node's output goes: under $NETSY_TEST_LOG_DIR (kept after the run,
+// one file per test and attempt) when set, else in the test's temporary directory.
+func logFilePath(t testing.TB, attempt int) (string, error) {
+	dir := os.Getenv("NETSY_TEST_LOG_DIR")
+	if dir == "" {
+		return filepath.Join(t.TempDir(), fmt.Sprintf("netsy-%d.log", attempt)), nil
+	}
+	name := strings.Map(func(r rune) rune {
+		if r == '/' || r == ' ' || r == ':' || r == os.PathSeparator {
+			return '_'
+		}
+		return r
+	}, t.Name())
+	if len(name) > 150 {
+		name = name[:150]
+	}
+	f, err := os.CreateTemp(dir, fmt.Sprintf("%s-%d-*.log", name, attempt))
+	if err != nil {
+		return "", err
+	}
+	f.Close()
+	return f.Name(), nil
 }
 
 // netsyEnv is the test binary's environment without any NETSY_* variable (so a developer's
@@ -287,7 +318,8 @@ func freePorts(count int) ([]int, error) {
 	return ports, nil
 }
 
-// tail returns the last n lines of a file, or a note why it cannot.
+// tail returns the last n lines of a node's log, leaving out the frames of a Rust backtrace
+// (a panic's own line is kept), or a note why it cannot.
 func tail(path string, n int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -297,10 +329,35 @@ func tail(path string, n int) string {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
-		lines = append(lines, sc.Text())
+		line := sc.Text()
+		if isBacktraceFrame(line) {
+			continue
+		}
+		lines = append(lines, line)
 		if len(lines) > n {
 			lines = lines[1:]
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// isBacktraceFrame matches "  12: symbol" and "      at path:line" lines of a Rust backtrace.
+func isBacktraceFrame(line string) bool {
+	t := strings.TrimSpace(line)
+	if t == line { // frames are indented
+		return false
+	}
+	if strings.HasPrefix(t, "at ") {
+		return true
+	}
+	i := strings.IndexByte(t, ':')
+	if i <= 0 {
+		return false
+	}
+	for _, r := range t[:i] {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
 }
