@@ -18,6 +18,9 @@ struct Cli {
     /// Debug logging (same as NETSY_DEBUG=true).
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Validates a cluster config file and exits (same as `netsy config check FILE`).
+    #[arg(long, value_name = "FILE")]
+    validate: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -27,24 +30,92 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Creates a test CA and node/client certificates with the right URI SANs.
+    Certs(netsy::tls::CertsArgs),
+    /// Data-file tools.
+    #[command(subcommand)]
+    Datafile(DatafileCommand),
+}
+
+#[derive(Subcommand)]
+enum DatafileCommand {
+    /// Prints a .netsy file's header, records and checksums (values truncated; Secrets hidden).
+    Inspect {
+        /// A local path or an object URL (s3://bucket/key, file:///path).
+        file: String,
+        /// Print values in full.
+        #[arg(long)]
+        values: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Prints the built-in defaults (ports, paths, variables) as JSON.
     Defaults,
+    /// Validates a cluster config file: prints "Config is valid." or the first error.
+    Check { file: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let debug = cli.verbose || std::env::var("NETSY_DEBUG").is_ok_and(|v| v == "true");
     netsy::telemetry::init(debug);
+    if let Some(file) = cli.validate {
+        return check_config(&file);
+    }
     match cli.command {
         Some(Command::Config(ConfigCommand::Defaults)) => {
             println!("{}", netsy::config::defaults_json());
             ExitCode::SUCCESS
         }
+        Some(Command::Config(ConfigCommand::Check { file })) => check_config(&file),
+        Some(Command::Certs(args)) => match netsy::tls::run_certs(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("netsy certs: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Datafile(DatafileCommand::Inspect { file, values })) => {
+            inspect(&file, values)
+        }
         None => run(cli.node),
+    }
+}
+
+fn inspect(file: &str, values: bool) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let opts = netsy::datafile::inspect::InspectOptions {
+        values: if values {
+            netsy::datafile::inspect::ValueMode::Full
+        } else {
+            netsy::datafile::inspect::InspectOptions::default().values
+        },
+        ..Default::default()
+    };
+    match netsy::datafile::inspect::inspect_with(file, &opts, &mut out) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netsy datafile inspect: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match netsy::config::cluster::load(file) {
+        Ok((_, warnings)) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("Config is valid.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("Validation failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -69,7 +140,6 @@ fn run(args: NodeArgs) -> ExitCode {
     match rt.block_on(netsy::server::run(cfg, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "netsy stopped with an error");
             eprintln!("netsy: {e:#}");
             ExitCode::FAILURE
         }

@@ -3,8 +3,8 @@
 # Everything comes from Debian's archive, PyPI, crates.io or the Go module proxy.
 set -euo pipefail
 
+"$(dirname "$0")/../scripts/bootstrap.sh"
 need_apt=()
-command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 [ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
 command -v ip >/dev/null || need_apt+=(iproute2)

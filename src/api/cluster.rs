@@ -57,9 +57,9 @@ impl PbClusterService for ClusterService {
             client_ur_ls: m.client_urls.clone(),
             is_learner: false,
         };
-        let rev = self.ctx.store.current_revision();
+        // etcd's MemberList header carries no revision.
         Ok(Response::new(PbMemberListResponse {
-            header: Some(self.ctx.header(rev)),
+            header: Some(self.ctx.header(0)),
             members: vec![member],
         }))
     }

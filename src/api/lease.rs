@@ -8,7 +8,6 @@ use etcd_client::proto::{
     PbLeaseGrantRequest, PbLeaseGrantResponse, PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse,
     PbLeaseLeasesRequest, PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse,
     PbLeaseService, PbLeaseStatus, PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse,
-    PbResponseHeader,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -111,7 +110,7 @@ impl PbLeaseService for LeaseService {
         let rev = self.ctx.store.current_revision();
         let Some(info) = self.ctx.store.leases().get(req.id) else {
             return Ok(Response::new(PbLeaseTimeToLiveResponse {
-                header: Some(PbResponseHeader::default()),
+                header: Some(self.ctx.header(rev)),
                 id: req.id,
                 ttl: -1,
                 granted_ttl: 0,

@@ -258,6 +258,12 @@ impl StreamTask {
                 continue;
             };
             let from = w.next_rev;
+            // etcd cancels a watch that needs events below the compaction revision, even
+            // when they are still at hand.
+            if from < self.ctx.store.compact_revision() {
+                self.cancel_compacted(id).await?;
+                continue;
+            }
             let (batches, covered): (Vec<Arc<EventBatch>>, i64) = match self
                 .ctx
                 .hub

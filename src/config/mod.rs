@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub mod cluster;
+
+pub use cluster::ClusterConfig;
+
 /// Settings of one node.
 #[derive(Debug, Clone, Args)]
 pub struct NodeArgs {
@@ -37,6 +41,21 @@ pub struct NodeArgs {
     /// Listen address of the plain-HTTP health and metrics port.
     #[arg(long, env = "NETSY_BIND_HEALTH", default_value = "127.0.0.1:8080")]
     pub bind_health: String,
+    /// Cluster CA bundle (PEM); enables mutual TLS on the client port.
+    #[arg(long, env = "NETSY_TLS_CA_CERT")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// This node's server certificate (PEM, URI SAN netsy://{cluster}/peer/{node}).
+    #[arg(long, env = "NETSY_TLS_SERVER_CERT")]
+    pub tls_server_cert: Option<PathBuf>,
+    /// Key of the server certificate.
+    #[arg(long, env = "NETSY_TLS_SERVER_KEY")]
+    pub tls_server_key: Option<PathBuf>,
+    /// Certificate presented on outbound peer connections.
+    #[arg(long, env = "NETSY_TLS_CLIENT_CERT")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// Key of the outbound peer certificate.
+    #[arg(long, env = "NETSY_TLS_CLIENT_KEY")]
+    pub tls_client_key: Option<PathBuf>,
     /// Allow plaintext listeners on non-loopback addresses (insecure; for trusted networks only).
     #[arg(long, env = "NETSY_INSECURE_PLAINTEXT", default_value_t = false)]
     pub insecure_plaintext: bool,
@@ -54,6 +73,16 @@ pub struct NodeArgs {
     pub advertise_election: Option<String>,
 }
 
+/// The embedded default's bucket: a `bucket` directory beside the data directory, so that
+/// deleting the data directory (the cache) keeps the system of record.
+pub fn default_bucket_dir(data_dir: &std::path::Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "netsy-data".into());
+    data_dir.with_file_name(format!("{name}-bucket"))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
@@ -63,6 +92,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct NodeConfig {
     pub node_id: String,
     pub cluster_id: String,
+    pub cluster: ClusterConfig,
     pub data_dir: PathBuf,
     pub bind_client: SocketAddr,
     pub advertise_client: String,
@@ -71,6 +101,8 @@ pub struct NodeConfig {
     pub bind_health: SocketAddr,
     pub max_request_bytes: usize,
     pub watch_progress_notify_interval: Duration,
+    /// Mutual TLS material; None = plaintext (loopback, or explicitly insecure).
+    pub tls: Option<crate::tls::TlsPaths>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +159,20 @@ impl NodeArgs {
         let bind_client = addr("NETSY_BIND_CLIENT (--bind-client)", &self.bind_client)?;
         let bind_peer = addr("NETSY_BIND_PEER (--bind-peer)", &self.bind_peer)?;
         let bind_health = addr("NETSY_BIND_HEALTH (--bind-health)", &self.bind_health)?;
-        if !bind_client.ip().is_loopback() && !self.insecure_plaintext {
+        let tls = self.tls_paths()?;
+        if tls.is_none() && !bind_client.ip().is_loopback() && !self.insecure_plaintext {
             return Err(err(
                 "NETSY_BIND_CLIENT (--bind-client)",
                 format!(
                     "refusing to serve the client API in plaintext on non-loopback address {bind_client}; configure TLS or set NETSY_INSECURE_PLAINTEXT=true"
                 ),
             ));
+        }
+        if tls.is_none() && !bind_client.ip().is_loopback() {
+            tracing::warn!(
+                address = %bind_client,
+                "NETSY_INSECURE_PLAINTEXT: serving the client API in plaintext on a non-loopback address; anyone who can reach it can read and write everything"
+            );
         }
         if self.bind_election.is_some() || self.advertise_election.is_some() {
             tracing::warn!(
@@ -151,6 +190,16 @@ impl NodeArgs {
             (None, Some(_)) => PathBuf::from("/var/lib/netsy"),
             (None, None) => PathBuf::from("netsy-data"),
         };
+        let cluster = match &self.config {
+            Some(path) => {
+                let (cfg, warnings) = cluster::load(path)?;
+                for w in warnings {
+                    tracing::warn!("{}: {w}", path.display());
+                }
+                cfg
+            }
+            None => cluster::embedded_default(&default_bucket_dir(&data_dir)),
+        };
         let advertise_client = self
             .advertise_client
             .clone()
@@ -161,7 +210,8 @@ impl NodeArgs {
             .unwrap_or_else(|| bind_peer.to_string());
         Ok(NodeConfig {
             node_id: self.node_id.clone(),
-            cluster_id: "netsy".to_string(),
+            cluster_id: cluster.cluster_id.clone(),
+            cluster,
             data_dir,
             bind_client,
             advertise_client,
@@ -170,9 +220,57 @@ impl NodeArgs {
             bind_health,
             max_request_bytes: self.max_request_bytes,
             watch_progress_notify_interval: self.watch_progress_notify_interval,
+            tls,
         })
     }
+
+    /// TLS files: the variables when any is set (then all five are needed); the standard
+    /// layout under /etc/netsy/certs when a cluster config is used and none is set; otherwise
+    /// plaintext.
+    fn tls_paths(&self) -> Result<Option<crate::tls::TlsPaths>, ConfigError> {
+        let given = [
+            ("NETSY_TLS_CA_CERT (--tls-ca-cert)", &self.tls_ca_cert),
+            (
+                "NETSY_TLS_SERVER_CERT (--tls-server-cert)",
+                &self.tls_server_cert,
+            ),
+            (
+                "NETSY_TLS_SERVER_KEY (--tls-server-key)",
+                &self.tls_server_key,
+            ),
+            (
+                "NETSY_TLS_CLIENT_CERT (--tls-client-cert)",
+                &self.tls_client_cert,
+            ),
+            (
+                "NETSY_TLS_CLIENT_KEY (--tls-client-key)",
+                &self.tls_client_key,
+            ),
+        ];
+        if given.iter().all(|(_, v)| v.is_none()) {
+            if self.config.is_some() && !self.insecure_plaintext {
+                return Ok(Some(crate::tls::TlsPaths::in_dir(std::path::Path::new(
+                    DEFAULT_CERT_DIR,
+                ))));
+            }
+            return Ok(None);
+        }
+        if let Some((key, _)) = given.iter().find(|(_, v)| v.is_none()) {
+            return Err(err(key, "required when any NETSY_TLS_* file is given"));
+        }
+        let p = |v: &Option<PathBuf>| v.clone().unwrap_or_default();
+        Ok(Some(crate::tls::TlsPaths {
+            ca_cert: p(&self.tls_ca_cert),
+            server_cert: p(&self.tls_server_cert),
+            server_key: p(&self.tls_server_key),
+            client_cert: p(&self.tls_client_cert),
+            client_key: p(&self.tls_client_key),
+        }))
+    }
 }
+
+/// Where certificates live by default (systemd and the image use this layout).
+pub const DEFAULT_CERT_DIR: &str = "/etc/netsy/certs";
 
 /// The built-in defaults that packaging relies on (ports, paths, variables), as JSON. The Helm
 /// chart, systemd unit and image are tested against this.

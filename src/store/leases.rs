@@ -78,6 +78,11 @@ impl LeaseTable {
         f(&mut guard)
     }
 
+    pub(super) fn replace_with(&self, other: LeaseTable) {
+        let map = other.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        self.with(|m| *m = map);
+    }
+
     pub fn exists(&self, id: i64) -> bool {
         self.with(|m| m.contains_key(&id))
     }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use leases::{LeaseInfo, LeaseTable};
 pub use read::{KeyRange, RangeEnd, RangeResult};
 pub use txn::Record;
-pub use writer::{CommitHook, NoopCommitHook};
+pub use writer::{CommitHook, HookError, NoopCommitHook};
 
 use crate::watch::{EventBatch, WatchHub};
 
@@ -280,6 +280,56 @@ impl Store {
     pub async fn lease_revoke(&self, id: i64) -> Result<i64> {
         self.call(|reply| writer::Command::LeaseRevoke { id, reply })
             .await
+    }
+
+    /// Imports records from data files (startup backfill); returns the latest revision.
+    pub async fn import(&self, records: Vec<Record>) -> Result<i64> {
+        self.call(|reply| writer::Command::Import { records, reply })
+            .await
+    }
+
+    /// Restores the compaction revision and the granted leases recorded in the bucket.
+    pub async fn restore(&self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
+        self.call(|reply| writer::Command::Restore {
+            compaction,
+            leases,
+            reply,
+        })
+        .await
+    }
+
+    /// Passes every record with revision in `from..=to`, in order, to `f` with `state` on a
+    /// blocking thread, and gives `state` back (it usually owns a data-file writer). Also
+    /// returns how many records there are, counted first in the same read transaction.
+    pub async fn export<S: Send + 'static>(
+        &self,
+        from: i64,
+        to: i64,
+        state: S,
+        init: fn(&mut S, i64) -> std::result::Result<(), String>,
+        f: fn(&mut S, Record) -> std::result::Result<(), String>,
+    ) -> Result<S> {
+        self.inner
+            .pool
+            .run(move |conn| {
+                let mut state = state;
+                let tx = conn.unchecked_transaction()?;
+                let n: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM records WHERE revision >= ?1 AND revision <= ?2",
+                    [from, to],
+                    |r| r.get(0),
+                )?;
+                init(&mut state, n).map_err(Error::Corrupt)?;
+                read::for_each_record(&tx, from, to, &mut |r| f(&mut state, r))?;
+                drop(tx);
+                Ok(state)
+            })
+            .await?
+    }
+
+    /// (distinct revisions, latest revision): complete when they are equal.
+    pub async fn integrity(&self) -> Result<(i64, i64)> {
+        self.inner.pool.run(|conn| read::integrity(conn)).await?
     }
 
     /// Rebuilds the database file to reclaim free pages.

@@ -254,7 +254,20 @@ pub fn range_at(conn: &Connection, req: &PbRangeRequest, rev: i64) -> Result<Ran
     } else if !filtered && by_key {
         live_query(conn, &range, rev, None, "ASC", fetch, req.keys_only)?
     } else {
-        let mut all = live_query(conn, &range, rev, None, "ASC", 0, req.keys_only)?;
+        // etcd reads everything only when it must sort or filter; with sort order NONE on
+        // another target it sorts the first limit+1 keys (in key order) it read.
+        let fetch_all = filtered || req.sort_order != sort::NONE;
+        // Sorting by value needs the values even for keys_only (cleared afterwards).
+        let values_needed = req.sort_target == sort::VALUE;
+        let mut all = live_query(
+            conn,
+            &range,
+            rev,
+            None,
+            "ASC",
+            if fetch_all { 0 } else { fetch },
+            req.keys_only && !values_needed,
+        )?;
         all.retain(|kv| {
             !(req.max_mod_revision != 0 && kv.mod_revision > req.max_mod_revision
                 || req.min_mod_revision != 0 && kv.mod_revision < req.min_mod_revision
@@ -406,4 +419,49 @@ pub fn hash_records(conn: &Connection, rev: i64) -> Result<u32> {
         digest.update(&row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default());
     }
     Ok(digest.finalize())
+}
+
+/// Every record with revision in `from..=to`, in (revision, sub) order, passed to `f`; stops at
+/// the first error `f` returns. Used to build snapshots and chunks.
+pub fn for_each_record(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    f: &mut dyn FnMut(super::Record) -> std::result::Result<(), String>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT revision, sub, key, created, deleted, create_revision, prev_revision, version, lease, dek,
+                value, created_at, compacted_at, leader_id
+         FROM records WHERE revision >= ?1 AND revision <= ?2 ORDER BY revision, sub",
+    )?;
+    let mut rows = stmt.query([from, to])?;
+    while let Some(r) = rows.next()? {
+        let rec = super::Record {
+            revision: r.get(0)?,
+            sub: r.get(1)?,
+            key: r.get(2)?,
+            created: r.get(3)?,
+            deleted: r.get(4)?,
+            create_revision: r.get(5)?,
+            prev_revision: r.get(6)?,
+            version: r.get(7)?,
+            lease: r.get(8)?,
+            dek: r.get(9)?,
+            value: r.get(10)?,
+            created_at: r.get(11)?,
+            compacted_at: r.get(12)?,
+            leader_id: r.get(13)?,
+        };
+        f(rec).map_err(Error::Corrupt)?;
+    }
+    Ok(())
+}
+
+/// The local history is complete when every revision from 1 to the latest is present.
+pub fn integrity(conn: &Connection) -> Result<(i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT COUNT(DISTINCT revision), COALESCE(MAX(revision), 0) FROM records",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
 }

@@ -7,7 +7,7 @@ use etcd_client::proto::{
     PbRangeResponse, PbResponseHeader, PbResponseOp, PbTargetUnion, PbTxnOpRequest,
     PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
 };
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::read::{self, EVENT_DELETE, EVENT_PUT, KeyRange};
 use super::{Error, LeaseTable, Result};
@@ -40,6 +40,10 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     pub created_at: String,
     pub leader_id: String,
+    /// Set when compaction cleared the value.
+    pub compacted_at: Option<String>,
+    /// Data-encryption-key id; 0 = not encrypted.
+    pub dek: i64,
 }
 
 /// A change to the lease → keys index, applied once the transaction commits.
@@ -305,6 +309,8 @@ impl<'a> TxnCtx<'a> {
             value: Some(value.clone()),
             created_at: self.now.to_string(),
             leader_id: self.node_id.to_string(),
+            compacted_at: None,
+            dek: 0,
         };
         self.insert(&rec)?;
         if let Some(p) = &prev
@@ -365,6 +371,8 @@ impl<'a> TxnCtx<'a> {
                 value: None,
                 created_at: self.now.to_string(),
                 leader_id: self.node_id.to_string(),
+                compacted_at: None,
+                dek: 0,
             };
             self.insert(&rec)?;
             if kv.lease != 0 {
@@ -393,26 +401,7 @@ impl<'a> TxnCtx<'a> {
     }
 
     fn insert(&self, r: &Record) -> Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO records (revision, sub, key, created, deleted, create_revision, prev_revision,
-                version, lease, dek, value, created_at, leader_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, ?12)",
-        )?;
-        stmt.execute(params![
-            r.revision,
-            r.sub,
-            r.key,
-            r.created,
-            r.deleted,
-            r.create_revision,
-            r.prev_revision,
-            r.version,
-            r.lease,
-            r.value,
-            r.created_at,
-            r.leader_id
-        ])?;
-        Ok(())
+        insert_record(self.conn, r, None)
     }
 }
 
@@ -447,5 +436,62 @@ fn target_int(c: &PbCompare) -> i64 {
         (Some(PbTargetUnion::ModRevision(v)), cmp::MOD) => *v,
         (Some(PbTargetUnion::Lease(v)), cmp::LEASE) => *v,
         _ => 0,
+    }
+}
+
+/// Inserts one record; `replicated_at` is set for records that came from elsewhere.
+pub fn insert_record(conn: &Connection, r: &Record, replicated_at: Option<&str>) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO records (revision, sub, key, created, deleted, create_revision, prev_revision,
+            version, lease, dek, value, created_at, compacted_at, leader_id, replicated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?;
+    stmt.execute(params![
+        r.revision,
+        r.sub,
+        r.key,
+        r.created,
+        r.deleted,
+        r.create_revision,
+        r.prev_revision,
+        r.version,
+        r.lease,
+        r.dek,
+        r.value,
+        r.created_at,
+        r.compacted_at,
+        r.leader_id,
+        replicated_at
+    ])?;
+    Ok(())
+}
+
+/// Imports a record from a data file: a new row, or an identical existing one (idempotent
+/// backfill); a different row at the same (revision, sub) is corruption.
+pub fn import_record(conn: &Connection, r: &Record, now: &str) -> Result<bool> {
+    let existing: Option<(Vec<u8>, bool, Option<Vec<u8>>, i64, i64)> = conn
+        .prepare_cached("SELECT key, deleted, value, version, create_revision FROM records WHERE revision = ?1 AND sub = ?2")?
+        .query_row(params![r.revision, r.sub], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+        .optional()?;
+    match existing {
+        None => {
+            insert_record(conn, r, Some(now))?;
+            Ok(true)
+        }
+        Some((key, deleted, value, version, create_revision)) => {
+            let same = key == r.key
+                && deleted == r.deleted
+                && version == r.version
+                && create_revision == r.create_revision
+                && (value == r.value || value.is_none() || r.value.is_none());
+            if same {
+                Ok(false)
+            } else {
+                Err(Error::Corrupt(format!(
+                    "replicate conflict at revision {} (sub {}): the bucket and the local database disagree",
+                    r.revision, r.sub
+                )))
+            }
+        }
     }
 }

@@ -15,18 +15,50 @@ use super::txn::{LeaseChange, Record, TxnCtx};
 use super::{Error, LeaseTable, Result, Revisions, schema};
 use crate::watch::{EventBatch, WatchHub};
 
-/// Makes a group of new records durable before SQLite commits. Runs on the writer thread.
-pub trait CommitHook: Send + 'static {
-    fn persist(&mut self, records: &[Record]) -> std::result::Result<(), String>;
+/// Why the commit hook could not make a change durable.
+#[derive(Debug, Clone)]
+pub enum HookError {
+    /// Definitely not stored: the change is rolled back and callers get an error.
+    Rejected(String),
+    /// Maybe stored, and it cannot be told which. Continuing could reuse a revision that
+    /// already exists elsewhere, so the process stops; startup backfill resolves it.
+    Indeterminate(String),
 }
 
-/// The single-node local-only hook: SQLite's own fsync is the durability point.
+/// Makes changes durable where the design promises before SQLite commits. Runs on the writer
+/// thread (it may block).
+pub trait CommitHook: Send + 'static {
+    /// New records of one commit group, in (revision, sub) order.
+    fn persist(&mut self, records: &[Record]) -> std::result::Result<(), HookError>;
+    /// A lease is about to be granted.
+    fn lease_granted(&mut self, _id: i64, _ttl: i64) -> std::result::Result<(), HookError> {
+        Ok(())
+    }
+    /// A lease was revoked (its keys' deletions are already durable). Failures are only logged:
+    /// a leftover lease record expires again after a rebuild.
+    fn lease_revoked(&mut self, _id: i64) {}
+    /// The compaction revision is about to move to `rev`.
+    fn compacted(&mut self, _rev: i64) -> std::result::Result<(), HookError> {
+        Ok(())
+    }
+}
+
+/// The local-only hook: SQLite's own fsync is the durability point (unit tests).
 pub struct NoopCommitHook;
 
 impl CommitHook for NoopCommitHook {
-    fn persist(&mut self, _records: &[Record]) -> std::result::Result<(), String> {
+    fn persist(&mut self, _records: &[Record]) -> std::result::Result<(), HookError> {
         Ok(())
     }
+}
+
+/// Stops the process after an indeterminate write (see [`HookError::Indeterminate`]).
+fn fatal(what: &str, reason: &str) -> ! {
+    tracing::error!(%reason, "{what}: outcome unknown; stopping so that startup backfill resolves it");
+    eprintln!(
+        "netsy: {what}: outcome unknown ({reason}); stopping so that startup backfill resolves it"
+    );
+    std::process::exit(75)
 }
 
 pub enum Command {
@@ -49,6 +81,17 @@ pub enum Command {
         reply: oneshot::Sender<Result<i64>>,
     },
     Defragment {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Records from data files (backfill): inserted verbatim, idempotently.
+    Import {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<i64>>,
+    },
+    /// State restored from the bucket: the compaction revision and granted leases.
+    Restore {
+        compaction: i64,
+        leases: Vec<(i64, i64)>,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -162,6 +205,18 @@ impl Writer {
                     self.commit_group(std::mem::take(&mut group));
                     self.compact(rev, physical, reply);
                 }
+                Command::Import { records, reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.import(records));
+                }
+                Command::Restore {
+                    compaction,
+                    leases,
+                    reply,
+                } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.restore(compaction, leases));
+                }
                 Command::Defragment { reply } => {
                     self.commit_group(std::mem::take(&mut group));
                     let res = self
@@ -248,7 +303,14 @@ impl Writer {
                         Err(e) => (Err(e), Pending::Rev(reply, Err(Error::Shutdown))),
                     }
                 }
-                Command::Compact { .. } | Command::Defragment { .. } => unreachable_cmd(cmd),
+                other => {
+                    let _ = tx.execute_batch("RELEASE op");
+                    reply_err(
+                        other,
+                        Error::Corrupt("command routed to a write group".into()),
+                    );
+                    continue;
+                }
             };
             match outcome {
                 (Ok(()), pending) => {
@@ -274,22 +336,38 @@ impl Writer {
             }
         }
 
-        if !records.is_empty()
-            && let Err(e) = self.hook.persist(&records)
-        {
-            drop(tx);
-            tracing::error!(error = %e, revisions = rev - start_rev, "write_failed: records not made durable; rolled back");
-            for p in replies {
-                send_pending(fail_if_ok(p, Error::Commit(e.clone())));
+        let mut hook_result = Ok(());
+        for (id, ttl) in &granted {
+            if hook_result.is_ok() {
+                hook_result = self.hook.lease_granted(*id, *ttl);
             }
-            return;
+        }
+        if hook_result.is_ok() && !records.is_empty() {
+            hook_result = self.hook.persist(&records);
+        }
+        match hook_result {
+            Ok(()) => {}
+            Err(HookError::Rejected(e)) => {
+                drop(tx);
+                tracing::error!(error = %e, revisions = rev - start_rev, "write_failed: not made durable; rolled back");
+                for p in replies {
+                    send_pending(fail_if_ok(p, Error::Commit(e.clone())));
+                }
+                return;
+            }
+            Err(HookError::Indeterminate(e)) => fatal("write", &e),
         }
         if let Err(e) = tx.commit() {
-            tracing::error!(error = %e, "write_failed: sqlite commit failed");
-            for p in replies {
-                send_pending(fail_if_ok(p, Error::Commit(e.to_string())));
+            if records.is_empty() && granted.is_empty() {
+                tracing::error!(error = %e, "write_failed: sqlite commit failed");
+                for p in replies {
+                    send_pending(fail_if_ok(p, Error::Commit(e.to_string())));
+                }
+                return;
             }
-            return;
+            // The records are durable elsewhere but not here: only a restart (backfill) can
+            // make the local copy whole again.
+            fatal("local commit after a durable write", &e.to_string());
         }
         for (id, ttl) in granted {
             self.leases.insert(id, ttl);
@@ -302,6 +380,7 @@ impl Writer {
         }
         for id in revoked {
             self.leases.remove(id);
+            self.hook.lease_revoked(id);
         }
         self.hub.append(batches);
         self.revs.set_current(rev);
@@ -309,6 +388,45 @@ impl Writer {
         for p in replies {
             send_pending(p);
         }
+    }
+
+    fn import(&mut self, records: Vec<Record>) -> Result<i64> {
+        let now = schema::now_rfc3339();
+        let tx = self.conn.unchecked_transaction()?;
+        let mut max = self.revs.current();
+        for r in &records {
+            super::txn::import_record(&tx, r, &now)?;
+            max = max.max(r.revision);
+        }
+        tx.commit()?;
+        self.revs.set_current(max);
+        self.hub.reset(max);
+        Ok(max)
+    }
+
+    fn restore(&mut self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
+        let now = schema::now_rfc3339();
+        let tx = self.conn.unchecked_transaction()?;
+        if compaction > 0 {
+            tx.execute(
+                "INSERT OR IGNORE INTO compactions (compaction_revision, created_at) VALUES (?1, ?2)",
+                params![compaction, now],
+            )?;
+        }
+        for (id, ttl) in &leases {
+            tx.execute(
+                "INSERT OR REPLACE INTO leases (id, ttl, granted_at) VALUES (?1, ?2, ?3)",
+                params![id, ttl, now],
+            )?;
+        }
+        tx.commit()?;
+        if compaction > self.revs.compacted() {
+            self.revs.set_compacted(compaction);
+        }
+        let current = self.revs.current();
+        let table = super::LeaseTable::load(&self.conn, current)?;
+        self.leases.replace_with(table);
+        Ok(())
     }
 
     fn compact(&mut self, rev: i64, physical: bool, reply: oneshot::Sender<Result<i64>>) {
@@ -320,6 +438,17 @@ impl Writer {
         if rev <= self.revs.compacted() {
             let _ = reply.send(Err(Error::Compacted));
             return;
+        }
+        match self.hook.compacted(rev) {
+            Ok(()) => {}
+            Err(HookError::Rejected(e)) => {
+                let _ = reply.send(Err(Error::Commit(e)));
+                return;
+            }
+            Err(HookError::Indeterminate(e)) => {
+                let _ = reply.send(Err(Error::Commit(e)));
+                return;
+            }
         }
         if let Err(e) = self.conn.execute(
             "INSERT OR IGNORE INTO compactions (compaction_revision, created_at) VALUES (?1, ?2)",
@@ -375,28 +504,6 @@ impl Writer {
     }
 }
 
-fn unreachable_cmd(cmd: Command) -> (Result<()>, Pending) {
-    match cmd {
-        Command::Compact { reply, .. } => (
-            Err(Error::Shutdown),
-            Pending::Rev(reply, Err(Error::Shutdown)),
-        ),
-        Command::Defragment { reply } => {
-            let _ = reply.send(Err(Error::Shutdown));
-            let (tx, _rx) = oneshot::channel();
-            (Err(Error::Shutdown), Pending::Rev(tx, Err(Error::Shutdown)))
-        }
-        Command::Txn { reply, .. } => (
-            Err(Error::Shutdown),
-            Pending::Txn(reply, Err(Error::Shutdown)),
-        ),
-        Command::LeaseGrant { reply, .. } | Command::LeaseRevoke { reply, .. } => (
-            Err(Error::Shutdown),
-            Pending::Rev(reply, Err(Error::Shutdown)),
-        ),
-    }
-}
-
 fn fail_pending(p: Pending, e: Error) -> Pending {
     match p {
         Pending::Txn(tx, _) => Pending::Txn(tx, Err(e)),
@@ -433,7 +540,10 @@ fn reply_err(cmd: Command, e: Error) {
         | Command::LeaseRevoke { reply, .. } => {
             let _ = reply.send(Err(e));
         }
-        Command::Defragment { reply } => {
+        Command::Defragment { reply } | Command::Restore { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Import { reply, .. } => {
             let _ = reply.send(Err(e));
         }
     }

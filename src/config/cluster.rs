@@ -1,0 +1,546 @@
+//! The cluster config file (JSONC, Netsy's keys) layered with figment over built-in defaults.
+//! Unknown keys are warned about, not fatal; every bad value fails with one line naming the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::Serialized;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{ConfigError, err, valid_id};
+
+/// The whole cluster config file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClusterConfig {
+    pub cluster_id: String,
+    pub storage: StorageConfig,
+    #[serde(with = "dur")]
+    pub heartbeat_interval: Duration,
+    pub elector: ElectorConfig,
+    pub replication: ReplicationConfig,
+    pub snapshot: SnapshotConfig,
+    #[serde(with = "opt_dur")]
+    pub compaction_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StorageConfig {
+    /// `s3`, `gcs`, `azure` or `local`.
+    pub provider: String,
+    pub bucket_name: String,
+    /// Directory of the `local` provider.
+    pub path: Option<PathBuf>,
+    pub key_prefix: String,
+    pub class: String,
+    /// `provider-managed` or `customer-managed`.
+    pub encryption: String,
+    pub kms_key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ElectorConfig {
+    pub degradation_count: u32,
+    /// 0 disables automatic deregistration.
+    #[serde(with = "dur")]
+    pub deregistration_timeout: Duration,
+    #[serde(with = "opt_dur")]
+    pub primary_prior_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ReplicationConfig {
+    /// 0 = always synchronous to object storage, -1 = majority, N > 0 = N receipts.
+    pub quorum: i64,
+    pub degradation_count: u32,
+    pub chunk_buffer: ChunkBufferConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ChunkBufferConfig {
+    pub threshold_size_mb: u64,
+    pub threshold_age_minutes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SnapshotConfig {
+    pub threshold_records: i64,
+    pub threshold_size_mb: i64,
+    pub threshold_age_minutes: i64,
+    pub cleanup_batch_size: usize,
+    #[serde(with = "dur")]
+    pub cleanup_batch_interval: Duration,
+    /// `auto`, `list` or `direct`.
+    pub cleanup_strategy: String,
+    /// Snapshots kept in the bucket (ours; the original never deletes them). 0 keeps all.
+    pub retention_count: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_id: "netsy".into(),
+            storage: StorageConfig::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            elector: ElectorConfig::default(),
+            replication: ReplicationConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            compaction_interval: None,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            provider: "s3".into(),
+            bucket_name: String::new(),
+            path: None,
+            key_prefix: String::new(),
+            class: "STANDARD".into(),
+            encryption: "provider-managed".into(),
+            kms_key_id: String::new(),
+        }
+    }
+}
+
+impl Default for ElectorConfig {
+    fn default() -> Self {
+        ElectorConfig {
+            degradation_count: 2,
+            deregistration_timeout: Duration::from_secs(180),
+            primary_prior_timeout: None,
+        }
+    }
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            quorum: -1,
+            degradation_count: 2,
+            chunk_buffer: ChunkBufferConfig::default(),
+        }
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            threshold_records: 10_000,
+            threshold_size_mb: 10_000,
+            threshold_age_minutes: 0,
+            cleanup_batch_size: 250,
+            cleanup_batch_interval: Duration::from_secs(1),
+            cleanup_strategy: "auto".into(),
+            retention_count: 5,
+        }
+    }
+}
+
+/// Every key the file may contain (dotted paths), for unknown-key warnings.
+const KNOWN_KEYS: &[&str] = &[
+    "cluster_id",
+    "storage",
+    "storage.provider",
+    "storage.bucket_name",
+    "storage.path",
+    "storage.key_prefix",
+    "storage.class",
+    "storage.encryption",
+    "storage.kms_key_id",
+    "heartbeat_interval",
+    "elector",
+    "elector.degradation_count",
+    "elector.deregistration_timeout",
+    "elector.primary_prior_timeout",
+    "replication",
+    "replication.quorum",
+    "replication.degradation_count",
+    "replication.chunk_buffer",
+    "replication.chunk_buffer.threshold_size_mb",
+    "replication.chunk_buffer.threshold_age_minutes",
+    "snapshot",
+    "snapshot.threshold_records",
+    "snapshot.threshold_size_mb",
+    "snapshot.threshold_age_minutes",
+    "snapshot.cleanup_batch_size",
+    "snapshot.cleanup_batch_interval",
+    "snapshot.cleanup_strategy",
+    "snapshot.retention_count",
+    "compaction_interval",
+];
+
+/// The embedded default used when no config file is given: one node, the `local` provider in
+/// `bucket_dir`, synchronous object-storage writes.
+pub fn embedded_default(bucket_dir: &Path) -> ClusterConfig {
+    let mut c = ClusterConfig::default();
+    c.storage.provider = "local".into();
+    c.storage.path = Some(bucket_dir.to_path_buf());
+    c.replication.quorum = 0;
+    c
+}
+
+/// Loads and validates a config file. Returns the config and warnings (unknown keys).
+pub fn load(path: &Path) -> Result<(ClusterConfig, Vec<String>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            "NETSY_CONFIG (--config)",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    parse(&text)
+}
+
+/// Parses and validates config text (JSONC).
+pub fn parse(text: &str) -> Result<(ClusterConfig, Vec<String>), ConfigError> {
+    let value: serde_json::Value = json5::from_str(text).map_err(|e| {
+        let detail = match &e {
+            json5::Error::Message {
+                msg,
+                location: Some(l),
+            } => {
+                format!(
+                    "line {} column {}: {}",
+                    l.line,
+                    l.column,
+                    msg.lines().last().unwrap_or(msg).trim()
+                )
+            }
+            json5::Error::Message {
+                msg,
+                location: None,
+            } => msg.lines().last().unwrap_or(msg).trim().to_string(),
+        };
+        err("config", format!("not valid JSONC: {detail}"))
+    })?;
+    if !value.is_object() {
+        return Err(err("config", "the file must contain one JSON object"));
+    }
+    let mut warnings = Vec::new();
+    unknown_keys(&value, "", &mut warnings);
+    let cfg: ClusterConfig = Figment::from(Serialized::defaults(ClusterConfig::default()))
+        .merge(Serialized::globals(value))
+        .extract()
+        .map_err(|e| {
+            let key = e.path.join(".");
+            let key: &'static str = Box::leak(
+                if key.is_empty() {
+                    "config".to_string()
+                } else {
+                    key
+                }
+                .into_boxed_str(),
+            );
+            err(key, e.kind.to_string())
+        })?;
+    cfg.validate()?;
+    Ok((cfg, warnings))
+}
+
+fn unknown_keys(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    let Some(map) = v.as_object() else { return };
+    for (k, child) in map {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if !KNOWN_KEYS.contains(&path.as_str()) {
+            out.push(format!("{path}: unknown key, ignored"));
+            continue;
+        }
+        unknown_keys(child, &path, out);
+    }
+}
+
+impl ClusterConfig {
+    /// Validates every value; the first error wins and names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_id(&self.cluster_id) {
+            return Err(err(
+                "cluster_id",
+                format!(
+                    "{:?} is not a valid id: lowercase letters, digits and single inner hyphens, at most 32 characters",
+                    self.cluster_id
+                ),
+            ));
+        }
+        let s = &self.storage;
+        match s.provider.as_str() {
+            "s3" | "gcs" | "azure" => {
+                if s.bucket_name.is_empty() {
+                    return Err(err(
+                        "storage.bucket_name",
+                        format!("required when storage.provider is {:?}", s.provider),
+                    ));
+                }
+            }
+            "local" => {
+                if s.path.is_none() {
+                    return Err(err(
+                        "storage.path",
+                        "required when storage.provider is \"local\"",
+                    ));
+                }
+            }
+            other => {
+                return Err(err(
+                    "storage.provider",
+                    format!("{other:?} is not one of \"s3\", \"gcs\", \"azure\", \"local\""),
+                ));
+            }
+        }
+        match s.encryption.as_str() {
+            "provider-managed" => {}
+            "customer-managed" => {
+                if s.kms_key_id.is_empty() {
+                    return Err(err(
+                        "storage.kms_key_id",
+                        "required when storage.encryption is \"customer-managed\"",
+                    ));
+                }
+            }
+            other => {
+                return Err(err(
+                    "storage.encryption",
+                    format!("{other:?} is not one of \"provider-managed\", \"customer-managed\""),
+                ));
+            }
+        }
+        let classes: &[&str] = match s.provider.as_str() {
+            "s3" => &[
+                "STANDARD",
+                "STANDARD_IA",
+                "INTELLIGENT_TIERING",
+                "ONEZONE_IA",
+                "GLACIER_IR",
+            ],
+            _ => &["STANDARD"],
+        };
+        if !classes.contains(&s.class.as_str()) {
+            return Err(err(
+                "storage.class",
+                format!(
+                    "{:?} is not valid for provider {:?} (one of {classes:?})",
+                    s.class, s.provider
+                ),
+            ));
+        }
+        if self.elector.degradation_count == 0 {
+            return Err(err("elector.degradation_count", "must be at least 1"));
+        }
+        if self.replication.degradation_count == 0 {
+            return Err(err("replication.degradation_count", "must be at least 1"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(err("heartbeat_interval", "must be greater than 0"));
+        }
+        let min_prior = self.heartbeat_interval * self.elector.degradation_count;
+        if let Some(p) = self.elector.primary_prior_timeout {
+            if p < min_prior {
+                return Err(err(
+                    "elector.primary_prior_timeout",
+                    format!(
+                        "must be at least elector.degradation_count × heartbeat_interval ({min_prior:?})"
+                    ),
+                ));
+            }
+        }
+        if self.replication.quorum < -1 {
+            return Err(err(
+                "replication.quorum",
+                "must be -1 (majority), 0 (synchronous to object storage) or N > 0",
+            ));
+        }
+        if self.replication.quorum != 0 && self.replication.chunk_buffer.threshold_age_minutes == 0
+        {
+            return Err(err(
+                "replication.chunk_buffer.threshold_age_minutes",
+                "must be greater than 0 when replication.quorum is not 0",
+            ));
+        }
+        if self.snapshot.threshold_records <= 0 {
+            return Err(err("snapshot.threshold_records", "must be greater than 0"));
+        }
+        if self.snapshot.threshold_size_mb <= 0 {
+            return Err(err("snapshot.threshold_size_mb", "must be greater than 0"));
+        }
+        if self.snapshot.threshold_age_minutes < 0 {
+            return Err(err(
+                "snapshot.threshold_age_minutes",
+                "must not be negative",
+            ));
+        }
+        if !["auto", "list", "direct"].contains(&self.snapshot.cleanup_strategy.as_str()) {
+            return Err(err(
+                "snapshot.cleanup_strategy",
+                format!(
+                    "{:?} is not one of \"auto\", \"list\", \"direct\"",
+                    self.snapshot.cleanup_strategy
+                ),
+            ));
+        }
+        if self.snapshot.cleanup_batch_size == 0 {
+            return Err(err("snapshot.cleanup_batch_size", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Go-style durations: a string ("500ms", "1h30m", "3m") or a number of nanoseconds.
+fn parse_go_duration(v: &serde_json::Value) -> Result<Duration, String> {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_nanos)
+            .ok_or_else(|| format!("{n} is not a non-negative number of nanoseconds")),
+        serde_json::Value::String(s) => {
+            if s == "0" {
+                return Ok(Duration::ZERO);
+            }
+            humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+        }
+        other => Err(format!(
+            "expected a duration string such as \"5s\", got {other}"
+        )),
+    }
+}
+
+mod dur {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        parse_go_duration(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_dur {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v = Option::<serde_json::Value>::deserialize(d)?;
+        match v {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => parse_go_duration(&v)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+        // the development example of the original
+        "cluster_id": "dev-cluster",
+        "storage": { "provider": "s3", "bucket_name": "netsy-dev", "key_prefix": "", "class": "STANDARD",
+                     "encryption": "provider-managed", },
+        "heartbeat_interval": "1s",
+        "elector": { "degradation_count": 2, "deregistration_timeout": "3m", "primary_prior_timeout": "5s" },
+        "replication": { "quorum": -1, "degradation_count": 2,
+                         "chunk_buffer": { "threshold_size_mb": 4, "threshold_age_minutes": 1 } },
+        /* snapshots */
+        "snapshot": { "threshold_records": 10000, "threshold_size_mb": 10000, "threshold_age_minutes": 0,
+                      "cleanup_batch_size": 250, "cleanup_batch_interval": "1s", "cleanup_strategy": "auto" },
+        "compaction_interval": "5m",
+    }"#;
+
+    #[test]
+    fn parses_the_originals_example() {
+        let (c, warnings) = parse(EXAMPLE).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.cluster_id, "dev-cluster");
+        assert_eq!(
+            c.elector.primary_prior_timeout,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(c.elector.deregistration_timeout, Duration::from_secs(180));
+        assert_eq!(c.replication.chunk_buffer.threshold_size_mb, 4);
+        assert_eq!(c.compaction_interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn nanosecond_numbers_and_go_durations() {
+        let (c, _) = parse(
+            r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"heartbeat_interval":500000000,
+            "replication":{"quorum":0},"compaction_interval":"1h30m"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.compaction_interval, Some(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let (_, w) = parse(r#"{"cluster_id":"a","storage":{"bucket_name":"b","colour":1},"replication":{"quorum":0},"extra":true}"#).unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w.iter().any(|l| l.starts_with("storage.colour:")));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let cases = [
+            (
+                r#"{"cluster_id":"Bad_Id","storage":{"bucket_name":"b"}}"#,
+                "cluster_id",
+            ),
+            (r#"{"cluster_id":"a"}"#, "storage.bucket_name"),
+            (
+                r#"{"cluster_id":"a","storage":{"provider":"ftp","bucket_name":"b"}}"#,
+                "storage.provider",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b","encryption":"customer-managed"}}"#,
+                "storage.kms_key_id",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b","class":"COLD"}}"#,
+                "storage.class",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"heartbeat_interval":"soon"}"#,
+                "heartbeat_interval",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"replication":{"quorum":-1}}"#,
+                "replication.chunk_buffer.threshold_age_minutes",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"replication":{"quorum":"x"}}"#,
+                "replication.quorum",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"replication":{"quorum":0},"snapshot":{"cleanup_strategy":"x"}}"#,
+                "snapshot.cleanup_strategy",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"replication":{"quorum":0},"elector":{"primary_prior_timeout":"1s"}}"#,
+                "elector.primary_prior_timeout",
+            ),
+            (r#"{"cluster_id": "a", "storage": "#, "config"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+    }
+}
