@@ -9,7 +9,7 @@
 //
 // The *embed.Config only carries the settings upstream tests change; no etcd is started from it:
 //   - WatchProgressNotifyInterval -> --watch-progress-notify-interval
-//   - ClientTLSInfo / https URLs  -> NETSY_TLS_* and an https endpoint
+//   - ClientTLSInfo / https URLs  -> the five NETSY_TLS_* files and an https endpoint
 //   - Dir                         -> --data-dir
 //
 // Everything else (QuotaBackendBytes, UnsafeNoFsync, peer URLs, ...) is ignored.
@@ -244,12 +244,13 @@ func netsyEnv(cfg *embed.Config) []string {
 		}
 	}
 	env = append(env, "NETSY_LOG_FORMAT=json")
-	info := cfg.ClientTLSInfo
-	if info.CertFile != "" {
-		env = append(env, "NETSY_TLS_SERVER_CERT="+info.CertFile, "NETSY_TLS_SERVER_KEY="+info.KeyFile)
-	}
-	if info.TrustedCAFile != "" {
-		env = append(env, "NETSY_TLS_CA_CERT="+info.TrustedCAFile)
+	// netsy takes all five files or none; the test's one certificate serves as both the
+	// server's and the node's outbound (client) identity.
+	if info := cfg.ClientTLSInfo; !info.Empty() {
+		env = append(env,
+			"NETSY_TLS_CA_CERT="+info.TrustedCAFile,
+			"NETSY_TLS_SERVER_CERT="+info.CertFile, "NETSY_TLS_SERVER_KEY="+info.KeyFile,
+			"NETSY_TLS_CLIENT_CERT="+info.CertFile, "NETSY_TLS_CLIENT_KEY="+info.KeyFile)
 	}
 	return env
 }
