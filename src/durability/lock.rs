@@ -89,14 +89,39 @@ impl BucketLock {
         }))
     }
 
-    /// Renews the lock; an error means it may be lost.
+    /// Renews the lock; `Error::Precondition` means another node holds it now.
     pub async fn renew(&mut self) -> Result<(), Error> {
         let key = self.storage.layout().elector();
+        let store = self.storage.store().as_ref();
         let bytes = record(&self.node_id, &self.addr);
-        let etag =
-            cas::update_unique(self.storage.store().as_ref(), &key, bytes, &self.etag).await?;
-        self.etag = etag.unwrap_or_default();
-        Ok(())
+        match cas::update(store, &key, bytes, &self.etag).await {
+            Ok(etag) => {
+                self.etag = etag.unwrap_or_default();
+                Ok(())
+            }
+            Err(Error::Precondition { .. }) => {
+                // An earlier renewal whose answer we never got may have landed: only a record
+                // naming another node means the lock was taken over.
+                let current = cas::get(store, &key).await?;
+                let ours = current.as_ref().is_some_and(|v| {
+                    serde_json::from_slice::<LockRecord>(&v.bytes)
+                        .is_ok_and(|r| r.leader_id == self.node_id)
+                });
+                match current {
+                    Some(v) if ours => {
+                        let bytes = record(&self.node_id, &self.addr);
+                        self.etag = cas::update(store, &key, bytes, &v.etag)
+                            .await?
+                            .unwrap_or_default();
+                        Ok(())
+                    }
+                    _ => Err(Error::Precondition {
+                        key: key.to_string(),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Renews until `shutdown`; stops the process if the lock is taken over or cannot be

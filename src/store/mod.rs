@@ -101,6 +101,7 @@ struct Inner {
     writer: mpsc::Sender<writer::Command>,
     leases: Arc<LeaseTable>,
     db_path: PathBuf,
+    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Database size figures for Maintenance.Status.
@@ -131,7 +132,7 @@ impl Store {
         let leases = Arc::new(LeaseTable::load(&conn, current)?);
         let pool = pool::ReaderPool::open(&db_path, opts.readers.max(1))?;
         let (tx, rx) = mpsc::channel(1024);
-        writer::spawn(writer::Writer::new(
+        let writer_thread = writer::spawn(writer::Writer::new(
             conn,
             rx,
             revs.clone(),
@@ -144,11 +145,33 @@ impl Store {
             inner: Arc::new(Inner {
                 revs,
                 pool,
+                writer_thread: std::sync::Mutex::new(Some(writer_thread)),
                 writer: tx,
                 leases,
                 db_path,
             }),
         })
+    }
+
+    /// Closes the store: stops the writer thread and closes every connection, so the database
+    /// files can be removed safely. Waits for the writer when this is the last handle.
+    pub async fn close(self) {
+        let Ok(inner) = Arc::try_unwrap(self.inner) else {
+            tracing::warn!("store still in use; not waiting for the writer thread");
+            return;
+        };
+        let Inner {
+            writer,
+            pool,
+            writer_thread,
+            ..
+        } = inner;
+        drop(writer);
+        drop(pool);
+        let handle = writer_thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
 
     pub fn revisions(&self) -> &Arc<Revisions> {

@@ -127,12 +127,11 @@ enum Pending {
     Rev(oneshot::Sender<Result<i64>>, Result<i64>),
 }
 
-pub fn spawn(writer: Writer) -> Result<()> {
+pub fn spawn(writer: Writer) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("netsy-writer".into())
         .spawn(move || writer.run())
-        .map_err(|e| Error::Corrupt(format!("cannot start writer thread: {e}")))?;
-    Ok(())
+        .map_err(|e| Error::Corrupt(format!("cannot start writer thread: {e}")))
 }
 
 impl Writer {

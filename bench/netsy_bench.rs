@@ -1,0 +1,427 @@
+//! `netsy-bench`: the write-load driver and helpers of `bench/durability.sh`.
+//!
+//! * `run` — N concurrent clients (one gRPC connection each) write for a fixed time: `put` (a
+//!   plain Put) or `create` (Kubernetes' create: Txn if mod_revision(key) == 0 then Put else
+//!   Get), unique keys, values of `--value-size` bytes. Prints one JSON line: ops/s, p50, p99.
+//! * `load` — writes exactly `--keys` keys as fast as `--clients` clients can.
+//! * `wait-http` — waits (bounded) until a URL answers 200.
+//! * `wait-s3` — waits (bounded) until an S3 bucket accepts a PUT and GET (AWS_* environment).
+//! * `table` — the JSON lines of `run` as a markdown table.
+//! * `loading` — the `loading_stage_completed` line of a netsy JSON log: records/s and MB/s.
+//!
+//! Works against any etcd v3 server (netsy or etcd). Every wait is bounded.
+
+use std::io::BufRead;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+#[command(
+    name = "netsy-bench",
+    about = "Write-load benchmark for etcd v3 servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Workload {
+    Put,
+    Create,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Timed write load; prints one JSON line.
+    Run {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, value_enum, default_value = "put")]
+        workload: Workload,
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+        /// Label of the system under test (copied into the output).
+        #[arg(long, default_value = "")]
+        system: String,
+        /// Key prefix (keys are `<prefix>/c<client>/<n>`).
+        #[arg(long, default_value = "/bench")]
+        prefix: String,
+    },
+    /// Writes exactly `keys` keys; prints one JSON line.
+    Load {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+        #[arg(long, default_value = "/load")]
+        prefix: String,
+    },
+    /// Waits until GET `url` answers 200.
+    WaitHttp {
+        url: String,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Waits until `bucket` accepts a PUT and a GET (credentials and endpoint from AWS_*).
+    WaitS3 {
+        bucket: String,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Prints the JSON lines of `run` (a file) as a markdown table.
+    Table { file: std::path::PathBuf },
+    /// Prints the backfill figures of the last `loading_stage_completed` line of a netsy log.
+    Loading {
+        log: std::path::PathBuf,
+        /// Value size of the loaded keys, for the logical MB/s.
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run {
+            endpoint,
+            clients,
+            duration,
+            workload,
+            value_size,
+            system,
+            prefix,
+        } => {
+            run(
+                &endpoint, clients, duration, workload, value_size, &system, &prefix,
+            )
+            .await
+        }
+        Cmd::Load {
+            endpoint,
+            keys,
+            clients,
+            value_size,
+            prefix,
+        } => load(&endpoint, keys, clients, value_size, &prefix).await,
+        Cmd::WaitHttp { url, timeout } => wait_http(&url, timeout).await,
+        Cmd::WaitS3 { bucket, timeout } => wait_s3(&bucket, timeout).await,
+        Cmd::Table { file } => table(&file),
+        Cmd::Loading { log, value_size } => loading(&log, value_size),
+    };
+    if let Err(e) = result {
+        eprintln!("netsy-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<Client, String> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(60));
+    Client::connect([endpoint], Some(opts))
+        .await
+        .map_err(|e| format!("connect {endpoint}: {e}"))
+}
+
+async fn write_one(
+    c: &mut Client,
+    workload: Workload,
+    key: String,
+    value: Vec<u8>,
+) -> Result<(), String> {
+    match workload {
+        Workload::Put => c.put(key, value, None).await.map(|_| ()),
+        Workload::Create => {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), value, None)])
+                .or_else([TxnOp::get(key, None)]);
+            c.txn(txn).await.and_then(|r| {
+                if r.succeeded() {
+                    Ok(())
+                } else {
+                    Err(etcd_client::Error::InvalidArgs(
+                        "create found the key".into(),
+                    ))
+                }
+            })
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// A value of `size` bytes from a 64-character alphabet (about as compressible as base64 —
+/// unlike a run of one byte, which zstd would shrink to nothing).
+fn value(state: &mut u64, size: usize) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    (0..size)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            ALPHABET[(*state >> 58) as usize]
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    endpoint: &str,
+    clients: usize,
+    duration: Duration,
+    workload: Workload,
+    value_size: usize,
+    system: &str,
+    prefix: &str,
+) -> Result<(), String> {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(connect(endpoint).await?);
+    }
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, mut c) in conns.into_iter().enumerate() {
+        let (stop, errors) = (stop.clone(), errors.clone());
+        let prefix = format!("{prefix}/{run_id}/{workload:?}/c{i}");
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(4096);
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let v = value(&mut rng, value_size);
+                let t = Instant::now();
+                match write_one(&mut c, workload, format!("{prefix}/{n}"), v).await {
+                    Ok(()) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        let lat = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .map_err(|_| "a client did not finish within 120 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        all.extend(lat);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let line = serde_json::json!({
+        "system": system,
+        "workload": format!("{workload:?}").to_lowercase(),
+        "clients": clients,
+        "ops": all.len(),
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": seconds,
+        "ops_per_sec": all.len() as f64 / seconds,
+        "p50_ms": percentile(&all, 0.50),
+        "p99_ms": percentile(&all, 0.99),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+async fn load(
+    endpoint: &str,
+    keys: u64,
+    clients: usize,
+    value_size: usize,
+    prefix: &str,
+) -> Result<(), String> {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let mut c = connect(endpoint).await?;
+        let (next, errors) = (next.clone(), errors.clone());
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= keys {
+                    return;
+                }
+                let v = value(&mut rng, value_size);
+                let mut tries = 0;
+                while let Err(e) =
+                    write_one(&mut c, Workload::Put, format!("{prefix}/{n:08}"), v.clone()).await
+                {
+                    tries += 1;
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    if tries == 5 {
+                        eprintln!("netsy-bench load: giving up on key {n}: {e}");
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"keys": keys, "errors": errors.load(Ordering::Relaxed), "seconds": seconds, "keys_per_sec": keys as f64 / seconds})
+    );
+    Ok(())
+}
+
+async fn http_status(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (rest, "/".to_string()),
+    };
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        String::from_utf8_lossy(&buf)
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn wait_http(url: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http_status(url).await == Some(200) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{url} did not answer 200 within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_s3(bucket: &str, timeout: Duration) -> Result<(), String> {
+    use object_store::ObjectStoreExt;
+    let cfg = netsy::objstore::StorageConfig {
+        provider: netsy::objstore::Provider::S3,
+        bucket_name: bucket.to_string(),
+        ..Default::default()
+    };
+    let storage = netsy::objstore::ObjectStorage::from_config(
+        &cfg,
+        &netsy::objstore::config::process_env(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let probe = object_store::path::Path::from("bench-probe");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let probed = async {
+            storage.store().put(&probe, "x".into()).await?;
+            storage.store().get(&probe).await?.bytes().await?;
+            storage.store().delete(&probe).await
+        }
+        .await;
+        match probed {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "bucket {bucket} not usable within {timeout:?}: {e}"
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn table(file: &std::path::Path) -> Result<(), String> {
+    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    println!("| system | workload | clients | ops/s | p50 ms | p99 ms | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for line in std::io::BufReader::new(f).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            v["system"].as_str().unwrap_or(""),
+            v["workload"].as_str().unwrap_or(""),
+            v["clients"],
+            v["ops_per_sec"].as_f64().unwrap_or(0.0),
+            v["p50_ms"].as_f64().unwrap_or(0.0),
+            v["p99_ms"].as_f64().unwrap_or(0.0),
+            v["errors"],
+        );
+    }
+    Ok(())
+}
+
+fn loading(log: &std::path::Path, value_size: usize) -> Result<(), String> {
+    let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let fields = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("fields").cloned())
+        .rfind(|f| f["message"] == "loading_stage_completed")
+        .ok_or_else(|| format!("no loading_stage_completed line in {}", log.display()))?;
+    let records = fields["records"].as_f64().unwrap_or(0.0);
+    let bytes = fields["bytes"].as_f64().unwrap_or(0.0);
+    let seconds = fields["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
+    println!(
+        "backfill: {} records ({:.1} MB in the bucket) in {:.2} s from snapshot {} + {} chunks: \
+         {:.0} records/s, {:.1} MB/s of bucket bytes, {:.1} MB/s of {value_size}-byte values",
+        records,
+        bytes / 1e6,
+        seconds,
+        fields["snapshot"].as_str().unwrap_or("?"),
+        fields["chunks"],
+        records / seconds,
+        bytes / 1e6 / seconds,
+        records * value_size as f64 / 1e6 / seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,1177 @@
+//! Object storage as the system of record, end to end with the real `netsy` binary:
+//!
+//! * crash recovery on both backends (seaweedfs S3 and a local directory): a concurrent
+//!   Kubernetes-shaped load with leases and a compaction, kill -9 mid-load, data dir deleted,
+//!   restart: every acknowledged write is back at its revision, leases and their keys, the
+//!   compaction revision, continuing revisions, a watch replaying the history in order; then
+//!   snapshots (covered chunks deleted, rebuild from snapshot + chunks) and a kept (stale) data
+//!   dir that fetches only the newer chunks;
+//! * the bucket layout (spec §4.1) and `netsy datafile inspect` on the chunks;
+//! * upload faults through a TCP proxy (refused connections, latency, lost responses) with the
+//!   server's deliberate exit 75 on an unresolvable upload treated as a crash: nothing
+//!   acknowledged is lost, nothing that failed cleanly appears, the history has no gap and no
+//!   duplicate. Seeded by `NETSY_TEST_SEED` (printed).
+//!
+//! Ignored tests reproduce known server bugs (a chunk PUT that lands after its failure was
+//! reported; the rebuild racing the old SQLite connection; a slow writer-lock renewal fencing a
+//! single node). Run them with `cargo test --release --test durability -- --ignored`.
+//!
+//! Needs `weed` on PATH and python3 (tests/install.sh).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
+use netsy::objstore::ObjectStorage;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use support::node::{Bucket, Node, NodeSpec};
+use support::proxy::{FaultProxy, Mode};
+use support::weed::{Weed, start_weed};
+use support::workload::{self as wl, Ledger, WorkerCfg, Write};
+
+const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+const READY: Duration = Duration::from_secs(90);
+
+/// A view of the bucket for listing from the test.
+struct BucketView {
+    storage: ObjectStorage,
+}
+
+impl BucketView {
+    fn local(dir: &Path) -> BucketView {
+        std::fs::create_dir_all(dir).expect("bucket dir");
+        let cfg = netsy::objstore::StorageConfig {
+            provider: netsy::objstore::Provider::Local,
+            local_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        };
+        BucketView {
+            storage: ObjectStorage::from_config(&cfg, &Default::default(), None)
+                .expect("local storage"),
+        }
+    }
+
+    async fn snapshots(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self
+            .storage
+            .list_snapshots()
+            .await
+            .expect("snapshots")
+            .iter()
+            .map(|s| s.revision)
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn chunks(&self) -> Vec<i64> {
+        self.storage
+            .list_chunks_after(0)
+            .await
+            .expect("chunks")
+            .iter()
+            .map(|c| c.revision)
+            .collect()
+    }
+}
+
+async fn current_revision(c: &mut Client) -> i64 {
+    c.get("/", Some(GetOptions::new().with_count_only()))
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+fn spawn_workers(
+    node: &Node,
+    n: usize,
+    seed: u64,
+    prefix: &str,
+    ledger: &Arc<Ledger>,
+    stop: &Arc<AtomicBool>,
+    faults: bool,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|id| {
+            let (ledger, stop) = (ledger.clone(), stop.clone());
+            let endpoint = node.endpoint();
+            let cfg = WorkerCfg {
+                id,
+                seed,
+                prefix: prefix.to_string(),
+                value_size: 100,
+                op_timeout: Duration::from_secs(60),
+            };
+            tokio::spawn(async move {
+                let opts =
+                    etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
+                let client = Client::connect([endpoint], Some(opts))
+                    .await
+                    .expect("worker connect");
+                wl::run_worker(client, cfg, ledger, stop, faults).await
+            })
+        })
+        .collect()
+}
+
+async fn join_all(workers: Vec<tokio::task::JoinHandle<()>>) {
+    let joined = tokio::time::timeout(Duration::from_secs(90), futures::future::join_all(workers))
+        .await
+        .expect("workers did not stop within 90 s");
+    for j in joined {
+        j.expect("worker panicked");
+    }
+}
+
+async fn wait_acked(ledger: &Ledger, at_least: usize, limit: Duration) {
+    support::poll("acknowledged writes", limit, || async {
+        (ledger.acked.lock().unwrap().len() >= at_least).then_some(())
+    })
+    .await
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Crash recovery, both backends
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_recovery_on_seaweedfs_s3() {
+    let mut weed = start_weed("durability");
+    weed.wait_ready(&weed.storage()).await;
+    let bucket = Bucket::S3 {
+        bucket: "durability".into(),
+        endpoint: weed.endpoint(),
+    };
+    let view = BucketView {
+        storage: weed.storage(),
+    };
+    crash_recovery(bucket, view, Some(&weed)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_recovery_on_local_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bucket");
+    let view = BucketView::local(&path);
+    crash_recovery(Bucket::Local(path), view, None).await;
+    drop(dir);
+}
+
+async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut spec = NodeSpec::new(tmp.path().join("data"), bucket);
+    spec.snapshot_threshold_records = 200;
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let ledger = Arc::new(Ledger::default());
+
+    // Leases: two kept with keys attached, one revoked (its key deleted in that revision).
+    let l1 = c.lease_grant(3600, None).await.expect("grant").id();
+    let l2 = c.lease_grant(3600, None).await.expect("grant").id();
+    let l3 = c.lease_grant(3600, None).await.expect("grant").id();
+    let mut lease_keys: BTreeMap<i64, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for (key, lease) in [
+        ("/leases/a", l1),
+        ("/leases/b", l1),
+        ("/leases/c", l2),
+        ("/leases/d", l3),
+    ] {
+        let value = format!("lease-{key}");
+        let rev = wl::put_ok(&mut c, key, &value, Some(lease)).await;
+        ledger.ack(Write {
+            rev,
+            key: key.into(),
+            value: Some(value.into_bytes()),
+        });
+        lease_keys
+            .entry(lease)
+            .or_default()
+            .insert(key.as_bytes().to_vec());
+    }
+    let revoked = c
+        .lease_revoke(l3)
+        .await
+        .expect("revoke")
+        .header()
+        .expect("header")
+        .revision();
+    ledger.ack(Write {
+        rev: revoked,
+        key: b"/leases/d".to_vec(),
+        value: None,
+    });
+    lease_keys.remove(&l3);
+
+    // Concurrent load; one compaction in the middle; kill -9 while it runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = spawn_workers(&node, 8, 7, "crash", &ledger, &stop, false);
+    wait_acked(&ledger, 300, Duration::from_secs(120)).await;
+    let compact_at = current_revision(&mut c).await;
+    c.compact(compact_at, None).await.expect("compact");
+    let acked_at_compaction = ledger.acked.lock().unwrap().len();
+    wait_acked(&ledger, acked_at_compaction + 400, Duration::from_secs(120)).await;
+    stop.store(true, Ordering::Release);
+    node.kill9();
+    join_all(workers).await;
+    assert_eq!(
+        ledger.unexpected.load(Ordering::Relaxed),
+        0,
+        "errors before the kill"
+    );
+    assert!(
+        ledger.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        ledger.violations.lock().unwrap()
+    );
+    let acked = ledger.acked();
+    let max_acked = ledger.max_acked_rev();
+    eprintln!(
+        "load: {}; compaction at {compact_at}; max acknowledged revision {max_acked}",
+        ledger.summary()
+    );
+    assert!(
+        !view.snapshots().await.is_empty(),
+        "a snapshot was written (threshold 200)"
+    );
+
+    // Rebuild from the bucket alone.
+    node.wipe_data_dir();
+    node.restart();
+    node.wait_ready(READY).await;
+    let stats = node.loading_stats();
+    eprintln!("rebuild: {stats:?}");
+    assert!(
+        stats.snapshot.is_some(),
+        "rebuild starts from a snapshot: {stats:?}"
+    );
+    assert!(
+        stats.chunks > 0 || stats.snapshot == Some(stats.revision),
+        "{stats:?}"
+    );
+    assert_eq!(stats.compaction, compact_at, "compaction revision restored");
+    assert_eq!(stats.leases, 2, "two leases restored");
+    assert!(
+        stats.revision >= max_acked,
+        "{stats:?} vs acknowledged {max_acked}"
+    );
+    let mut c = node.client().await;
+
+    // The compaction revision is kept.
+    let err = c
+        .get(
+            "/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_revision(compact_at - 1),
+            ),
+        )
+        .await
+        .expect_err("read below the compaction revision");
+    match &err {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!(s.code(), tonic::Code::OutOfRange, "{s:?}");
+            assert_eq!(s.message(), COMPACTED);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+
+    // State at the compaction revision = every acknowledged write up to it.
+    let mut want = BTreeMap::new();
+    let upto: Vec<Write> = acked
+        .iter()
+        .filter(|w| w.rev <= compact_at)
+        .cloned()
+        .collect();
+    wl::replay(&mut want, &upto);
+    let at_compaction = wl::state_at(&mut c, compact_at).await;
+    wl::assert_same_state("state at the compaction revision", &at_compaction, &want);
+
+    // A watch from the compaction revision replays every later event, in order, no gaps.
+    let head = current_revision(&mut c).await;
+    assert_eq!(head, stats.revision);
+    let events = wl::history(&mut c, compact_at, head, Duration::from_secs(60)).await;
+    wl::check_history_shape(&events, compact_at, head);
+    let checked = wl::check_acked_in_history(&events, &acked, compact_at);
+    wl::check_no_phantoms(&events, &[]);
+    let mut replayed = at_compaction.clone();
+    let later: Vec<Write> = events
+        .iter()
+        .filter(|e| e.rev > compact_at)
+        .cloned()
+        .collect();
+    wl::replay(&mut replayed, &later);
+    wl::assert_same_state(
+        "state now vs the replayed history",
+        &wl::state_at(&mut c, 0).await,
+        &replayed,
+    );
+    eprintln!(
+        "verified {} acknowledged writes ({checked} via the watch), head {head}",
+        acked.len()
+    );
+
+    // Leases and their keys.
+    let leases: BTreeSet<i64> = c
+        .leases()
+        .await
+        .expect("leases")
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    assert_eq!(leases, BTreeSet::from([l1, l2]));
+    for (id, keys) in &lease_keys {
+        let ttl = c
+            .lease_time_to_live(*id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .expect("ttl");
+        assert!(ttl.ttl() > 0, "lease {id} alive: {ttl:?}");
+        let got: BTreeSet<Vec<u8>> = ttl.keys().iter().cloned().collect();
+        assert_eq!(&got, keys, "keys of lease {id}");
+    }
+    let gone = c.lease_time_to_live(l3, None).await.expect("ttl");
+    assert_eq!(gone.ttl(), -1, "revoked lease stays revoked");
+
+    // Revisions continue.
+    let next = wl::put_ok(&mut c, "/after/restart", "x", None).await;
+    assert_eq!(next, head + 1);
+    assert!(next > max_acked);
+
+    // Snapshots: write until a new snapshot shows up close behind the head (so that the 30
+    // writes below cannot start another), then wait until the chunks it covers are deleted.
+    let first_snap = view.snapshots().await.last().copied().unwrap_or(0);
+    let mut n = 0;
+    let snap = loop {
+        for _ in 0..20 {
+            wl::put_ok(
+                &mut c,
+                &format!("/snap/k{}", n % 50),
+                &format!("v{n}"),
+                None,
+            )
+            .await;
+            n += 1;
+        }
+        assert!(n <= 2000, "no snapshot after {n} writes (threshold 200)");
+        let newest = view.snapshots().await.last().copied().unwrap_or(0);
+        if newest <= first_snap || current_revision(&mut c).await - newest >= 100 {
+            continue;
+        }
+        support::poll(
+            "chunks covered by the snapshot deleted",
+            Duration::from_secs(30),
+            || async {
+                view.chunks()
+                    .await
+                    .iter()
+                    .all(|c| *c > newest)
+                    .then_some(())
+            },
+        )
+        .await;
+        break newest;
+    };
+    eprintln!(
+        "snapshot at {snap} after {n} more writes; chunks left {}",
+        view.chunks().await.len()
+    );
+
+    // A kept data dir that is current fetches nothing; a stale one fetches only newer chunks.
+    let stale_at = current_revision(&mut c).await;
+    drop(c);
+    node.kill9();
+    let stale_copy = tmp.path().join("stale-data");
+    copy_dir(&node.spec.data_dir, &stale_copy);
+    node.restart();
+    node.wait_ready(READY).await;
+    let stats = node.loading_stats();
+    assert_eq!(
+        (stats.snapshot, stats.chunks, stats.records, stats.revision),
+        (None, 0, 0, stale_at),
+        "kept, current data dir: {stats:?}"
+    );
+    let mut c = node.client().await;
+    let mut newer = Vec::new();
+    for i in 0..30 {
+        let value = format!("newer-{i}");
+        let rev = wl::put_ok(&mut c, &format!("/newer/k{i}"), &value, None).await;
+        newer.push(Write {
+            rev,
+            key: format!("/newer/k{i}").into_bytes(),
+            value: Some(value.into_bytes()),
+        });
+    }
+    let newest = newer.last().unwrap().rev;
+    let newer_chunks = view
+        .chunks()
+        .await
+        .iter()
+        .filter(|r| **r > stale_at)
+        .count() as u64;
+    drop(c);
+    node.kill9();
+    std::fs::remove_dir_all(&node.spec.data_dir).expect("rm data");
+    std::fs::rename(&stale_copy, &node.spec.data_dir).expect("restore stale copy");
+    node.restart();
+    node.wait_ready(READY).await;
+    let stats = node.loading_stats();
+    eprintln!("stale data dir: {stats:?}");
+    assert_eq!(
+        stats.snapshot, None,
+        "no snapshot import for a stale kept dir: {stats:?}"
+    );
+    assert_eq!(
+        stats.records,
+        (newest - stale_at) as u64,
+        "only newer records: {stats:?}"
+    );
+    assert_eq!(stats.chunks, newer_chunks, "only newer chunks: {stats:?}");
+    assert_eq!(stats.revision, newest);
+    let mut c = node.client().await;
+    let now = wl::state_at(&mut c, 0).await;
+    for w in &newer {
+        assert_eq!(
+            now.get(&w.key),
+            Some(&(w.rev, w.value.clone().unwrap())),
+            "{w}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Bucket layout (spec §4.1) and `netsy datafile inspect`
+// ------------------------------------------------------------------------------------------
+
+/// Every file under `dir` (relative, `/`-separated), skipping hidden entries.
+fn walk(dir: &Path) -> Vec<String> {
+    fn go(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let e = e.expect("entry");
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if e.file_type().expect("type").is_dir() {
+                go(base, &e.path(), out);
+            } else {
+                out.push(
+                    e.path()
+                        .strip_prefix(base)
+                        .unwrap()
+                        .to_string_lossy()
+                        .replace('\\', "/"),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    go(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[derive(Debug, PartialEq)]
+enum Shape {
+    Chunk(i64),
+    Snapshot(i64),
+    Lease(u64),
+    Compaction,
+    WriterLock,
+}
+
+/// The §4.1 shape of a key relative to the prefix, or `None`.
+fn shape(rel: &str) -> Option<Shape> {
+    let digits19 = |s: &str| -> Option<i64> {
+        let d = s.strip_suffix(".netsy")?;
+        (d.len() == 19 && d.bytes().all(|b| b.is_ascii_digit())).then(|| d.parse().ok())?
+    };
+    let parts: Vec<&str> = rel.split('/').collect();
+    match parts.as_slice() {
+        ["chunks", part, name] => {
+            let rev = digits19(name)?;
+            (part.len() == 4 && *part == format!("{:04}", rev % 10_000))
+                .then_some(Shape::Chunk(rev))
+        }
+        ["snapshots", name] => digits19(name).map(Shape::Snapshot),
+        ["leases", name] => {
+            let hex = name.strip_suffix(".json")?;
+            (hex.len() == 16
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| u64::from_str_radix(hex, 16).ok())?
+            .map(Shape::Lease)
+        }
+        ["state", "compaction.json"] => Some(Shape::Compaction),
+        ["leader", "elector.json"] => Some(Shape::WriterLock),
+        _ => None,
+    }
+}
+
+/// Runs `netsy datafile inspect FILE`: (revision, key) of each record, and the whole report.
+fn inspect(file: &Path) -> (Vec<(i64, String)>, String) {
+    let out = std::process::Command::new(support::node::netsy_bin())
+        .args(["datafile", "inspect"])
+        .arg(file)
+        .output()
+        .expect("run netsy datafile inspect");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "inspect {} failed: {text}\n{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.ends_with("valid: yes\n"), "{text}");
+    let records = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("record ")?;
+            let rev = rest
+                .split("revision=")
+                .nth(1)?
+                .split([' ', '.'])
+                .next()?
+                .parse()
+                .ok()?;
+            let key = rest.split("key=\"").nth(1)?.split('"').next()?.to_string();
+            Some((rev, key))
+        })
+        .collect();
+    (records, text)
+}
+
+/// Some writes of every kind: puts, a txn, a delete, leases (one revoked), a compaction.
+async fn layout_writes(c: &mut Client, puts: usize) -> (i64, i64) {
+    let lease = c.lease_grant(3600, None).await.expect("grant").id();
+    let gone = c.lease_grant(3600, None).await.expect("grant").id();
+    wl::put_ok(
+        c,
+        "/registry/pods/default/leased",
+        "with-lease",
+        Some(lease),
+    )
+    .await;
+    for i in 0..puts {
+        wl::put_ok(
+            c,
+            &format!("/registry/configmaps/default/cm{}", i % 7),
+            &format!("v{i}"),
+            None,
+        )
+        .await;
+    }
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::mod_revision(
+            "/registry/pods/default/new",
+            etcd_client::CompareOp::Equal,
+            0,
+        )])
+        .and_then([etcd_client::TxnOp::put(
+            "/registry/pods/default/new",
+            "created",
+            None,
+        )]);
+    assert!(c.txn(txn).await.expect("txn").succeeded());
+    c.delete("/registry/configmaps/default/cm0", None)
+        .await
+        .expect("delete");
+    c.lease_revoke(gone).await.expect("revoke");
+    let rev = current_revision(c).await;
+    c.compact(rev - 2, None).await.expect("compact");
+    (lease, rev)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_layout_matches_the_spec_and_chunks_inspect() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // No config: the bucket is `<data-dir>-bucket`, keys at its root.
+    let data = tmp.path().join("node");
+    let mut node = Node::start(
+        NodeSpec::new(data.clone(), Bucket::Default),
+        &tmp.path().join("w1"),
+    );
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let (lease, head) = layout_writes(&mut c, 12).await;
+    drop(c);
+    node.kill9();
+    let bucket = tmp.path().join("node-bucket");
+    assert!(bucket.is_dir(), "default bucket beside the data dir");
+    check_layout(&bucket, "", head, &[lease], false);
+
+    // A config with a key prefix and a small snapshot threshold: snapshots appear too.
+    let bucket = tmp.path().join("prefixed");
+    let mut spec = NodeSpec::new(tmp.path().join("node2"), Bucket::Local(bucket.clone()));
+    spec.key_prefix = "team/cluster-a".into();
+    spec.snapshot_threshold_records = 20;
+    let mut node = Node::start(spec, &tmp.path().join("w2"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let (lease, head) = layout_writes(&mut c, 60).await;
+    // The snapshot worker runs after commits; wait until its cleanup settled.
+    support::poll("snapshot and cleanup", Duration::from_secs(30), || async {
+        let keys = walk(&bucket.join("team/cluster-a"));
+        let snaps: Vec<i64> = keys
+            .iter()
+            .filter_map(|k| match shape(k) {
+                Some(Shape::Snapshot(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let chunks: Vec<i64> = keys
+            .iter()
+            .filter_map(|k| match shape(k) {
+                Some(Shape::Chunk(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let newest = snaps.iter().max()?;
+        chunks.iter().all(|c| c > newest).then_some(())
+    })
+    .await;
+    drop(c);
+    node.kill9();
+    let top: Vec<String> = std::fs::read_dir(&bucket)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(top, vec!["team".to_string()], "everything under the prefix");
+    check_layout(
+        &bucket.join("team/cluster-a"),
+        "team/cluster-a/",
+        head,
+        &[lease],
+        true,
+    );
+}
+
+/// Every file has a §4.1 shape; chunks and the newest snapshot together hold each revision
+/// 1..=head exactly once; `netsy datafile inspect` reads them all.
+fn check_layout(root: &Path, prefix: &str, head: i64, leases: &[i64], want_snapshot: bool) {
+    let files = walk(root);
+    eprintln!("bucket {prefix:?}: {files:#?}");
+    let mut chunks = Vec::new();
+    let mut snapshots = Vec::new();
+    let mut lease_ids = Vec::new();
+    let mut compaction = 0;
+    let mut locks = 0;
+    for f in &files {
+        match shape(f) {
+            Some(Shape::Chunk(r)) => chunks.push(r),
+            Some(Shape::Snapshot(r)) => snapshots.push(r),
+            Some(Shape::Lease(id)) => lease_ids.push(id as i64),
+            Some(Shape::Compaction) => compaction += 1,
+            Some(Shape::WriterLock) => locks += 1,
+            None => panic!("object {prefix}{f} has no §4.1 shape"),
+        }
+    }
+    assert_eq!(compaction, 1, "state/compaction.json");
+    assert_eq!(locks, 1, "leader/elector.json (the writer lock)");
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("leader/elector.json")).unwrap()).unwrap();
+    assert_eq!(lock["leaderID"].as_str(), Some("default"), "{lock}");
+    assert!(lock["lastUpdated"].as_str().is_some(), "{lock}");
+    let compaction: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("state/compaction.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        compaction["revision"].as_i64(),
+        Some(head - 2),
+        "{compaction}"
+    );
+    assert_eq!(
+        lease_ids, leases,
+        "one lease object per live lease (the revoked one is gone)"
+    );
+    let lease: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(format!("leases/{:016x}.json", leases[0] as u64))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lease["ttl"].as_i64(), Some(3600), "{lease}");
+    assert_eq!(
+        !snapshots.is_empty(),
+        want_snapshot,
+        "snapshots: {snapshots:?}"
+    );
+
+    // Revisions: newest snapshot (if any) then chunks; contiguous, no overlap.
+    let mut covered: Vec<i64> = Vec::new();
+    if let Some(snap) = snapshots.iter().max() {
+        let (records, text) = inspect(&root.join(format!("snapshots/{snap:019}.netsy")));
+        assert!(text.contains("kind=KIND_SNAPSHOT"), "{text}");
+        assert!(text.contains("compression=COMPRESSION_ZSTD"), "{text}");
+        covered.extend(records.iter().map(|(r, _)| *r));
+        assert_eq!(covered.last().copied(), Some(*snap));
+    }
+    chunks.sort();
+    for rev in &chunks {
+        let (records, text) =
+            inspect(&root.join(format!("chunks/{:04}/{rev:019}.netsy", rev % 10_000)));
+        assert!(text.contains("kind=KIND_CHUNK"), "{text}");
+        assert!(!records.is_empty(), "{text}");
+        assert_eq!(
+            records.last().unwrap().0,
+            *rev,
+            "a chunk is named by its last revision:\n{text}"
+        );
+        covered.extend(records.iter().map(|(r, _)| *r));
+    }
+    covered.dedup(); // a multi-record revision (lease revoke) prints several records
+    assert_eq!(
+        covered,
+        (1..=head).collect::<Vec<_>>(),
+        "every revision exactly once"
+    );
+    // Record content: the genesis record and a user key with its value.
+    if snapshots.is_empty() {
+        let (_, text) = inspect(&root.join(format!("chunks/0001/{:019}.netsy", 1)));
+        assert!(text.contains("revision=1 key=\"_netsy\""), "{text}");
+    }
+    let mut all: String = chunks
+        .iter()
+        .map(|rev| inspect(&root.join(format!("chunks/{:04}/{rev:019}.netsy", rev % 10_000))).1)
+        .collect();
+    if let Some(snap) = snapshots.iter().max() {
+        all.push_str(&inspect(&root.join(format!("snapshots/{snap:019}.netsy"))).1);
+    }
+    assert!(
+        all.contains("key=\"/registry/pods/default/new\" created=true deleted=false"),
+        "{all}"
+    );
+    assert!(
+        all.contains("key=\"/registry/configmaps/default/cm0\" created=false deleted=true"),
+        "{all}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Upload faults through a proxy
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
+    let seed = netsy::objstore::fault::test_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut weed = start_weed("faults");
+    weed.wait_ready(&weed.storage()).await;
+    let proxy = FaultProxy::start(weed.s3_port, seed).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 {
+            bucket: "faults".into(),
+            endpoint: proxy.endpoint(),
+        },
+    );
+    spec.snapshot_threshold_records = 200;
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = spawn_workers(&node, 6, seed, "faults", &ledger, &stop, true);
+    wait_acked(&ledger, 50, Duration::from_secs(60)).await;
+
+    // Faults on and off at random for ~40 s. An exit (75 = upload outcome unknown) is a crash:
+    // restart on the kept data dir with faults off, then carry on.
+    let started = Instant::now();
+    let mut exits = 0;
+    let mut schedule = Vec::new();
+    while started.elapsed() < Duration::from_secs(40) {
+        let mode = match rng.random_range(0..7) {
+            0 | 1 => Mode::Pass,
+            2 => Mode::Refuse(rng.random_range(0.2..1.0)),
+            3 => Mode::Latency(Duration::from_millis(rng.random_range(20..800))),
+            4 => Mode::SlowResponses(Duration::from_millis(rng.random_range(20..800))),
+            5 => Mode::DropResponse(rng.random_range(0.2..0.7)),
+            _ => Mode::DropResponse(1.0),
+        };
+        let dwell = Duration::from_millis(rng.random_range(500..3000));
+        schedule.push(format!("{mode:?} for {dwell:?}"));
+        proxy.set(mode);
+        let until = Instant::now() + dwell;
+        while Instant::now() < until {
+            if let Some(code) = node.exited() {
+                assert_eq!(
+                    code,
+                    Some(75),
+                    "netsy exited with {code:?} (only 75 is deliberate); log:\n{}",
+                    support::node::tail(&node.log_text(), 40)
+                );
+                let log = node.log_text();
+                let reason = log
+                    .lines()
+                    .find(|l| {
+                        l.contains("outcome unknown") || l.contains("stopping to stay fenced")
+                    })
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "exit 75 names no reason:\n{}",
+                            support::node::tail(&log, 20)
+                        )
+                    });
+                eprintln!("exit 75: {}", &reason[..reason.len().min(300)]);
+                exits += 1;
+                proxy.set(Mode::Pass);
+                node.restart();
+                node.wait_ready(READY).await;
+                proxy.set(mode);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    proxy.set(Mode::Pass);
+    if node.exited().is_some() {
+        exits += 1;
+        node.restart();
+        node.wait_ready(READY).await;
+    }
+    // Faults off: the server carries on by itself.
+    let before = ledger.acked.lock().unwrap().len();
+    wait_acked(&ledger, before + 100, Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Release);
+    join_all(workers).await;
+    let s = proxy.stats();
+    eprintln!(
+        "faults: {}; {exits} exits (75); proxy: {} connections, {} refused, {} delayed, {} responses dropped\nschedule: {}",
+        ledger.summary(),
+        s.connections.load(Ordering::Relaxed),
+        s.refused.load(Ordering::Relaxed),
+        s.delayed.load(Ordering::Relaxed),
+        s.dropped_responses.load(Ordering::Relaxed),
+        schedule.join(", ")
+    );
+    assert!(
+        ledger.violations.lock().unwrap().is_empty(),
+        "{:#?}",
+        ledger.violations.lock().unwrap()
+    );
+
+    // Rebuild from the bucket alone and read the whole history.
+    node.kill9();
+    node.wipe_data_dir();
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let head = current_revision(&mut c).await;
+    assert!(head >= ledger.max_acked_rev());
+    let events = wl::history(&mut c, 2, head, Duration::from_secs(60)).await;
+    wl::check_history_shape(&events, 2, head);
+    let acked = ledger.acked();
+    wl::check_acked_in_history(&events, &acked, 2);
+    wl::check_no_phantoms(&events, &ledger.clean_failed.lock().unwrap());
+    let mut replayed = BTreeMap::new();
+    wl::replay(&mut replayed, &events);
+    wl::assert_same_state(
+        "state vs the replayed history",
+        &wl::state_at(&mut c, 0).await,
+        &replayed,
+    );
+    let unknown_applied = {
+        let values: BTreeSet<&Vec<u8>> = events.iter().filter_map(|e| e.value.as_ref()).collect();
+        ledger
+            .unknown
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.value.as_ref().is_some_and(|v| values.contains(v)))
+            .count()
+    };
+    eprintln!(
+        "history 2..={head}: {} events; {} acknowledged all present; {unknown_applied} writes of unknown outcome were applied",
+        events.len(),
+        acked.len()
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. A PUT that the store applies after its upload was given up (known bug, see below)
+// ------------------------------------------------------------------------------------------
+
+/// The commit hook answers "write not durable, nothing was applied" when every upload attempt
+/// failed and a read-back finds no chunk. But a PUT still in flight (a slow store, a delayed
+/// network) can land after that read-back: the rolled-back records then sit in the bucket under
+/// a revision the server reuses. The next write at that revision finds "different records",
+/// the server exits 75, and the restart imports the write that the client was told had not
+/// been applied. Ignored until the server fences such uploads; run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a late-landing chunk PUT resurrects a write reported as not applied"]
+async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
+    let mut weed = start_weed("late");
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let proxy = FaultProxy::start(weed.s3_port, 1).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 {
+            bucket: "late".into(),
+            endpoint: proxy.endpoint(),
+        },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let head = wl::put_ok(&mut c, "/before", "ok", None).await;
+
+    // Every attempt of the next chunk PUT is held 33 s: longer than the upload deadline (30 s).
+    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(33)));
+    let err = c
+        .put("/phantom", "reported-not-applied", None)
+        .await
+        .expect_err("upload must fail");
+    assert!(
+        wl::is_clean_failure(&err),
+        "expected a clean failure, got {err}"
+    );
+    proxy.set(Mode::Pass);
+    assert!(c.get("/phantom", None).await.expect("get").kvs().is_empty());
+
+    // The held PUT reaches the store after the failure was reported.
+    let key = direct.layout().chunk((head + 1) as u64);
+    support::poll(
+        "the held chunk PUT to land",
+        Duration::from_secs(45),
+        || async {
+            netsy::objstore::cas::get(direct.store().as_ref(), &key)
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    // The next write reuses the revision; the server finds the stale chunk and stops (75).
+    let _ = c.put("/next", "x", None).await;
+    let code = support::poll("netsy to exit", Duration::from_secs(60), || {
+        let code = node.exited();
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, Some(75));
+    let log = node.log_text();
+    let reason = log
+        .lines()
+        .find(|l| l.contains("outcome unknown"))
+        .unwrap_or("");
+    eprintln!("exit 75: {reason}");
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let got = c.get("/phantom", None).await.expect("get");
+    assert!(
+        got.kvs().is_empty(),
+        "a write answered 'nothing was applied' is visible after the restart at revision {}",
+        got.kvs()[0].mod_revision()
+    );
+}
+
+/// The same late landing with a commit group of two revisions N..N+1 (chunk key N+1): the next
+/// write at N gets its own chunk and is acknowledged; a later write at N+1 finds the stale chunk
+/// (exit 75), and from then on every start fails, because the stale chunk contradicts the
+/// acknowledged write at N (import conflict, rebuild, conflict again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a late-landing multi-revision chunk makes the bucket unloadable"]
+async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
+    let mut weed = start_weed("late2");
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let proxy = FaultProxy::start(weed.s3_port, 2).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 {
+            bucket: "late2".into(),
+            endpoint: proxy.endpoint(),
+        },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    wl::put_ok(&mut c, "/before", "ok", None).await;
+
+    // P0's upload is slow (2 s); P1 and P2 queue behind it and form the next group.
+    proxy.set(Mode::Latency(Duration::from_secs(2)));
+    let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
+    let mut c0 = c.clone();
+    let p0 = tokio::spawn(async move { c0.put("/p0", "acked", None).await });
+    support::poll("P0's upload in flight", Duration::from_secs(10), || async {
+        (proxy.stats().delayed.load(Ordering::Relaxed) > delayed).then_some(())
+    })
+    .await;
+    let (mut c1, mut c2) = (c.clone(), c.clone());
+    let p1 = tokio::spawn(async move { c1.put("/p1", "reported-not-applied", None).await });
+    let p2 = tokio::spawn(async move { c2.put("/p2", "reported-not-applied", None).await });
+    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(33)));
+    let n = p0.await.unwrap().expect("P0").header().unwrap().revision() + 1;
+    for p in [p1, p2] {
+        let err = p.await.unwrap().expect_err("P1/P2 upload must fail");
+        assert!(wl::is_clean_failure(&err), "{err}");
+    }
+    proxy.set(Mode::Pass);
+    let key = direct.layout().chunk((n + 1) as u64);
+    support::poll(
+        "the held two-revision chunk to land",
+        Duration::from_secs(45),
+        || async {
+            netsy::objstore::cas::get(direct.store().as_ref(), &key)
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ())
+        },
+    )
+    .await;
+    let w2 = wl::put_ok(&mut c, "/w2", "acknowledged", None).await;
+    assert_eq!(w2, n, "the acknowledged write reuses revision N");
+    let _ = c.put("/w3", "x", None).await;
+    let code = support::poll("netsy to exit", Duration::from_secs(60), || {
+        let code = node.exited();
+        async move { code }
+    })
+    .await;
+    assert_eq!(code, Some(75));
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let now = wl::state_at(&mut c, 0).await;
+    assert!(
+        now.contains_key(b"/w2".as_slice()),
+        "acknowledged write present"
+    );
+    assert!(!now.contains_key(b"/p1".as_slice()) && !now.contains_key(b"/p2".as_slice()));
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. A local copy that does not fit the bucket is thrown away and rebuilt
+// ------------------------------------------------------------------------------------------
+
+/// The rebuild deletes `db.sqlite3` (and -wal, -shm) right after dropping the failed store,
+/// but the store's writer thread closes its SQLite connection asynchronously; when that close
+/// lands after the new database was created, it checkpoints and unlinks the NEW database's
+/// -wal/-shm files and the reopen fails (`disk I/O error 522 … file truncated?`, exit 1).
+/// Seen within a few rounds here. Ignored until fixed; run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: the rebuild races the old writer thread's SQLite close"]
+async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bucket = tmp.path().join("bucket");
+    let mut node = Node::start(
+        NodeSpec::new(tmp.path().join("data"), Bucket::Local(bucket)),
+        &tmp.path().join("work"),
+    );
+    node.wait_ready(READY).await;
+    for round in 0..20 {
+        let mut c = node.client().await;
+        let mut want = BTreeMap::new();
+        for i in 0..30 {
+            let (key, value) = (format!("/hole/k{i}"), format!("r{round}-v{i}"));
+            let rev = wl::put_ok(&mut c, &key, &value, None).await;
+            want.insert(key.into_bytes(), (rev, value.into_bytes()));
+        }
+        let head = current_revision(&mut c).await;
+        drop(c);
+        node.kill9();
+        // Punch a hole into the local copy (the bucket is intact). The tool exits without
+        // closing the database, as a crash would: the change stays in the WAL.
+        let script = format!(
+            "import sqlite3, os\nc = sqlite3.connect({:?})\nn = c.execute('DELETE FROM records WHERE revision = ?', ({},)).rowcount\nc.commit()\nos._exit(0 if n == 1 else 3)",
+            node.spec.data_dir.join("db.sqlite3").display().to_string(),
+            head - 7
+        );
+        let st = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .status()
+            .expect("python3");
+        assert!(st.success(), "tamper: {st}");
+        node.restart();
+        node.wait_ready(READY).await;
+        assert!(
+            node.log_text().contains("local_db_rebuild_started"),
+            "round {round}: rebuild expected"
+        );
+        let stats = node.loading_stats();
+        assert_eq!(stats.revision, head, "round {round}: {stats:?}");
+        let mut c = node.client().await;
+        let now = wl::state_at(&mut c, 0).await;
+        for (k, v) in &want {
+            assert_eq!(now.get(k), Some(v), "round {round}");
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. A slow writer-lock renewal that still lands (known bug, see below)
+// ------------------------------------------------------------------------------------------
+
+/// A single node renews `leader/elector.json` every 3 s with If-Match and gives each renewal
+/// 3 s. A renewal PUT that takes longer but still lands moves the ETag; the node keeps the old
+/// one, its next renewal gets 412, the read-back shows bytes of its own earlier renewal (other
+/// timestamp), and it stops with "taken over by another node" (exit 75) — with no other node.
+/// Here the answer to one renewal is delayed 3.5 s by the proxy. Ignored until fixed; run with
+/// `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a slow lock renewal that lands makes a single node fence itself"]
+async fn a_slow_lock_renewal_does_not_stop_a_single_node() {
+    let mut weed = start_weed("lockslow");
+    weed.wait_ready(&weed.storage()).await;
+    let proxy = FaultProxy::start(weed.s3_port, 3).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 {
+            bucket: "lockslow".into(),
+            endpoint: proxy.endpoint(),
+        },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    // The node is idle: the only requests are lock renewals. The next one is applied at once
+    // but answered after 3.5 s.
+    proxy.set(Mode::SlowResponses(Duration::from_millis(3500)));
+    let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
+    support::poll(
+        "a renewal to be delayed",
+        Duration::from_secs(10),
+        || async { (proxy.stats().delayed.load(Ordering::Relaxed) > delayed).then_some(()) },
+    )
+    .await;
+    proxy.set(Mode::Pass);
+    // Nothing is wrong with the bucket: the node must keep serving.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(code) = node.exited() {
+            panic!(
+                "the only node stopped (code {code:?}):\n{}",
+                support::node::tail(&node.log_text(), 5)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
