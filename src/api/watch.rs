@@ -112,7 +112,11 @@ struct Gone;
 
 impl StreamTask {
     async fn run(mut self) {
-        let period = self.ctx.options.progress_notify_interval;
+        // 0 means etcd's default (10 minutes), as etcd treats it.
+        let period = match self.ctx.options.progress_notify_interval {
+            d if d.is_zero() => std::time::Duration::from_secs(600),
+            d => d,
+        };
         let mut ticker = interval_at(Instant::now() + period, period);
         loop {
             let current = self.ctx.store.current_revision();
