@@ -41,7 +41,7 @@ for s in held: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in held))
 PY
 ))
-s3=${ports[0]} netsy_client=${ports[11]} netsy_health=${ports[12]} etcd_client=${ports[13]} etcd_peer=${ports[14]}
+s3=${ports[0]} netsy_client=${ports[11]} netsy_health=${ports[12]} netsy_peer=${ports[15]} etcd_client=${ports[13]} etcd_peer=${ports[14]}
 
 echo "== starting seaweedfs, netsy (S3 bucket) and etcd 3.5.1 in $work" >&2
 mkdir -p "$work/weed"
@@ -64,7 +64,7 @@ netsy_pid=
 start_netsy() { # $1 = log file
   NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json "$netsy" --config "$work/netsy.jsonc" \
     --data-dir "$work/netsy-data" --bind-client "127.0.0.1:$netsy_client" \
-    --bind-health "127.0.0.1:$netsy_health" >"$1" 2>&1 &
+    --bind-health "127.0.0.1:$netsy_health" --bind-peer "127.0.0.1:$netsy_peer" >"$1" 2>&1 &
   netsy_pid=$!
   pids+=($netsy_pid)
 }

@@ -10,6 +10,8 @@
 //! - [`store`]: the SQLite MVCC store: schema, byte-exact ranges, txns, compaction, leases, the
 //!   single writer thread with group commit and its durability hook.
 //! - [`watch`]: the watch hub: recent-event ring and revision notifications.
+//! - [`cluster`]: several nodes on one bucket: Primary/Replica roles, the replication feed and
+//!   follower on the peer port, write forwarding, read barriers, membership.
 //! - [`durability`]: object storage as the system of record: the chunk commit hook, snapshots,
 //!   startup backfill, lease and compaction state in the bucket.
 //! - [`objstore`]: object storage: construction, the object-key layout, compare-and-swap,
@@ -25,6 +27,7 @@
 //! Data flows one way: request → api → store → (commit hook) → objstore.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod datafile;
 pub mod durability;

@@ -14,14 +14,18 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, ApiOptions, Context, Member};
+use crate::cluster::members::Membership;
+use crate::cluster::peer::PeerService;
+use crate::cluster::{Cluster, PrimaryInfo, Role};
 use crate::config::NodeConfig;
-use crate::durability::lock::BucketLock;
+use crate::durability::lock::{BucketLock, LockTiming, Watcher};
 use crate::durability::{
-    self, BucketHook, SnapshotPolicy, SnapshotWorker, backfill::BackfillError,
+    self, BucketHook, EpochLog, SnapshotPolicy, SnapshotWorker, backfill::BackfillError,
 };
 use crate::health::{self, HealthState};
 use crate::metrics::Metrics;
 use crate::objstore::ObjectStorage;
+use crate::proto::peer_server::PeerServer;
 use crate::store::{Store, StoreOptions};
 use crate::systemd;
 use crate::watch::{RingLimits, WatchHub};
@@ -36,17 +40,12 @@ async fn load(
     cfg: &NodeConfig,
     hub: &WatchHub,
     storage: &ObjectStorage,
-    committed: tokio::sync::mpsc::Sender<crate::durability::Committed>,
+    epochs: &EpochLog,
 ) -> anyhow::Result<Store> {
     for attempt in 0..2 {
         systemd::status("loading: opening the local database");
         tracing::info!(data_dir = %cfg.data_dir.display(), attempt, "loading_stage_started");
-        let hook = BucketHook::new(
-            storage.clone(),
-            cfg.node_id.clone(),
-            Handle::current(),
-            committed.clone(),
-        );
+        let hook = durability::ReplicaHook;
         let store = {
             let opts = StoreOptions {
                 data_dir: cfg.data_dir.clone(),
@@ -68,7 +67,7 @@ async fn load(
             tracing::info!("{line}");
             systemd::status(line);
         };
-        match durability::backfill(&store, storage, &cfg.node_id, &progress).await {
+        match durability::backfill(&store, storage, &cfg.node_id, epochs, false, &progress).await {
             Ok(stats) => {
                 tracing::info!(
                     snapshot = ?stats.snapshot_revision,
@@ -80,6 +79,7 @@ async fn load(
                     revision = stats.latest_revision,
                     leases = stats.leases,
                     compaction = stats.compaction_revision,
+                    orphans = stats.orphans,
                     "loading_stage_completed"
                 );
                 store.leases().refresh_all();
@@ -107,6 +107,124 @@ async fn load(
     anyhow::bail!("loading from object storage failed twice")
 }
 
+/// What a node needs to become the Primary when it wins the writer lock.
+struct Promotion {
+    storage: ObjectStorage,
+    store: Store,
+    cluster: Cluster,
+    timing: LockTiming,
+    committed: Option<(
+        tokio::sync::mpsc::Sender<durability::Committed>,
+        tokio::sync::mpsc::Receiver<durability::Committed>,
+    )>,
+    stopping: Arc<AtomicBool>,
+    lock_stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    lock_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Promotion {
+    /// Takes over as the Primary with `lock`: loads what the bucket has beyond the local copy,
+    /// records the new epoch, and switches the writer to the bucket hook. A failure here stops
+    /// the process (exit 75): the lock is held, and only a restart resolves a half promotion.
+    async fn promote(&mut self, cfg: &NodeConfig, lock: BucketLock) {
+        let started = std::time::Instant::now();
+        self.cluster.set_role(Role::Transition);
+        let epoch = lock.epoch();
+        let fence = lock.fence();
+        self.lock_task = Some(tokio::spawn(lock.keep(self.lock_stop.clone())));
+        let result: anyhow::Result<i64> = async {
+            let epochs = EpochLog::load(&self.storage)
+                .await
+                .context("reading the writer epochs")?;
+            let progress = |line: &str| tracing::info!("{line}");
+            let stats = durability::backfill(
+                &self.store,
+                &self.storage,
+                &cfg.node_id,
+                &epochs,
+                true,
+                &progress,
+            )
+            .await
+            .context("loading the bucket's tail")?;
+            let start = self.store.current_revision() + 1;
+            let mut log = epochs;
+            log.record(&self.storage, epoch, start, &cfg.node_id)
+                .await
+                .context("recording the writer epoch")?;
+            let (tx, rx) = self.committed.take().context("promoted twice")?;
+            let hook = BucketHook::new(
+                self.storage.clone(),
+                cfg.node_id.clone(),
+                Handle::current(),
+                tx,
+                epoch,
+                Arc::new(std::sync::RwLock::new(log)),
+                self.stopping.clone(),
+            )
+            .with_fence(fence)
+            .with_cluster(self.cluster.clone());
+            self.store
+                .set_hook(Box::new(hook))
+                .await
+                .context("switching the writer")?;
+            // A new Primary gives every lease its full TTL: it cannot know how long the old one
+            // had already waited.
+            self.store.leases().refresh_all();
+            let snapshots = SnapshotWorker {
+                store: self.store.clone(),
+                storage: self.storage.clone(),
+                node_id: cfg.node_id.clone(),
+                temp_dir: cfg.data_dir.clone(),
+                policy: snapshot_policy(cfg),
+            };
+            tokio::spawn(snapshots.run(rx, self.stop.clone()));
+            tokio::spawn(api::lease::expiry_loop(
+                self.store.clone(),
+                self.stop.clone(),
+            ));
+            tracing::info!(
+                chunks = stats.chunks,
+                records = stats.records,
+                orphans = stats.orphans,
+                "loaded the bucket's tail"
+            );
+            Ok(start)
+        }
+        .await;
+        match result {
+            Ok(start) => {
+                self.cluster.set_role(Role::Primary { epoch });
+                tracing::info!(
+                    epoch,
+                    start_revision = start,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "writer_epoch_started: this node is the primary"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "promotion failed; stopping");
+                eprintln!("netsy: promotion to primary failed: {e:#}");
+                std::process::exit(75);
+            }
+        }
+    }
+}
+
+fn snapshot_policy(cfg: &NodeConfig) -> SnapshotPolicy {
+    SnapshotPolicy {
+        threshold_records: cfg.cluster.snapshot.threshold_records,
+        threshold_bytes: u64::try_from(cfg.cluster.snapshot.threshold_size_mb)
+            .unwrap_or(u64::MAX / 2)
+            << 20,
+        threshold_age: Duration::from_secs(
+            u64::try_from(cfg.cluster.snapshot.threshold_age_minutes).unwrap_or(0) * 60,
+        ),
+        retention_count: cfg.cluster.snapshot.retention_count,
+    }
+}
+
 /// Runs a node until `shutdown` completes.
 pub async fn run(
     cfg: NodeConfig,
@@ -124,6 +242,9 @@ pub async fn run(
     let client_listener = TcpListener::bind(cfg.bind_client)
         .await
         .with_context(|| format!("NETSY_BIND_CLIENT: cannot listen on {}", cfg.bind_client))?;
+    let peer_listener = TcpListener::bind(cfg.bind_peer)
+        .await
+        .with_context(|| format!("NETSY_BIND_PEER: cannot listen on {}", cfg.bind_peer))?;
     let health_listener = TcpListener::bind(cfg.bind_health)
         .await
         .with_context(|| format!("NETSY_BIND_HEALTH: cannot listen on {}", cfg.bind_health))?;
@@ -161,35 +282,44 @@ pub async fn run(
     let hub = WatchHub::new(RingLimits::default());
     let storage = crate::durability::open_storage(&cfg.cluster.storage, &metrics.registry)
         .context("storage: cannot configure object storage")?;
-    let Some(lock) = acquire_lock(&cfg, &storage, &health_state, &mut term_rx).await else {
-        let _ = stop_tx.send(true);
-        return Ok(());
-    };
-    let (lock_stop_tx, lock_stop_rx) = tokio::sync::watch::channel(false);
-    let lock_task = tokio::spawn(lock.keep(lock_stop_rx));
-    let (committed_tx, committed_rx) = tokio::sync::mpsc::channel(1024);
-    let store = load(&cfg, &hub, &storage, committed_tx).await?;
+    let timing = LockTiming::from_heartbeat(
+        cfg.cluster.heartbeat_interval,
+        cfg.cluster.elector.degradation_count,
+    );
+    if cfg.cluster.replication.quorum != 0 {
+        tracing::info!(
+            quorum = cfg.cluster.replication.quorum,
+            "replication.quorum: every write is made durable in object storage before it is acknowledged (at least as strong as any quorum)"
+        );
+    }
+    systemd::status("loading: registering");
+    let membership = Membership::register(
+        &storage,
+        &cfg.cluster_id,
+        &cfg.node_id,
+        &cfg.advertise_client,
+        &cfg.advertise_peer,
+        scheme,
+    )
+    .await
+    .context("storage: cannot register this node")?;
+    let epochs = EpochLog::load(&storage)
+        .await
+        .context("storage: cannot read the writer epochs")?;
+    let store = load(&cfg, &hub, &storage, &epochs).await?;
     let _ = health_state.revisions.set(store.revisions().clone());
-    let snapshots = SnapshotWorker {
-        store: store.clone(),
-        storage: storage.clone(),
-        node_id: cfg.node_id.clone(),
-        temp_dir: cfg.data_dir.clone(),
-        policy: SnapshotPolicy {
-            threshold_records: cfg.cluster.snapshot.threshold_records,
-            threshold_bytes: u64::try_from(cfg.cluster.snapshot.threshold_size_mb)
-                .unwrap_or(u64::MAX / 2)
-                << 20,
-            threshold_age: Duration::from_secs(
-                u64::try_from(cfg.cluster.snapshot.threshold_age_minutes).unwrap_or(0) * 60,
-            ),
-            retention_count: cfg.cluster.snapshot.retention_count,
-        },
+
+    let peer_tls = match &tls {
+        Some(reloader) => Some(
+            crate::tls::peer_client_config(reloader.clone(), &cfg.cluster_id, None)
+                .map_err(|e| anyhow::anyhow!("peer client TLS: {e}"))?,
+        ),
+        None => None,
     };
-    tokio::spawn(snapshots.run(committed_rx, stop_rx.clone()));
+    let cluster = Cluster::new(cfg.node_id.clone(), store.clone(), hub.clone(), peer_tls);
     let member = Member {
         cluster_id: api::fnv1a64(&cfg.cluster_id),
-        member_id: api::fnv1a64(&cfg.node_id),
+        member_id: membership.member_id(),
         name: cfg.node_id.clone(),
         client_urls: vec![format!("{scheme}://{}", cfg.advertise_client)],
         peer_urls: vec![format!("{scheme}://{}", cfg.advertise_peer)],
@@ -204,7 +334,25 @@ pub async fn run(
         }),
         metrics: metrics.clone(),
         serving: serving.clone(),
+        cluster: cluster.clone(),
+        membership: Some(membership.clone()),
     };
+
+    let (lock_stop_tx, lock_stop_rx) = tokio::sync::watch::channel(false);
+    let mut promotion = Promotion {
+        storage: storage.clone(),
+        store: store.clone(),
+        cluster: cluster.clone(),
+        timing,
+        committed: Some(tokio::sync::mpsc::channel(1024)),
+        stopping: Arc::new(AtomicBool::new(false)),
+        lock_stop: lock_stop_rx,
+        stop: stop_rx.clone(),
+        lock_task: None,
+    };
+    // The first look at the writer lock decides the role before anything is served.
+    let mut watcher = Watcher::new(storage.clone());
+    elect_step(&cfg, &mut watcher, &mut promotion).await;
 
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let grpc = tonic::transport::Server::builder()
@@ -229,86 +377,194 @@ pub async fn run(
         .add_service(PbMaintenanceServer::new(
             api::maintenance::MaintenanceService::new(ctx.clone()),
         ));
+    let peer_grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            PeerServer::new(PeerService::new(ctx.clone()))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(usize::MAX),
+        );
 
-    tokio::spawn(api::lease::expiry_loop(store.clone(), stop_rx.clone()));
     tokio::spawn(systemd::watchdog(store.clone(), stop_rx.clone()));
+    tokio::spawn(crate::cluster::follow(
+        cluster.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    ));
+    {
+        let cluster = cluster.clone();
+        tokio::spawn(membership.clone().run(
+            cfg.cluster.heartbeat_interval,
+            cfg.cluster.elector.deregistration_timeout,
+            move || matches!(cluster.role(), Role::Primary { .. }),
+            stop_rx.clone(),
+        ));
+    }
 
-    let mut grpc_stop = stop_rx.clone();
-    let stop = async move {
-        let _ = grpc_stop.changed().await;
+    // The gRPC servers stop first (draining in-flight requests, which may still need the
+    // follower), everything else after them.
+    let (serve_stop_tx, serve_stop_rx) = tokio::sync::watch::channel(false);
+    let stop_signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
     };
-    let grpc_task = match &tls {
+    let (grpc_task, peer_task) = match &tls {
         Some(reloader) => {
             // TLS 1.2 stays allowed on the client port: etcdctl 3.5 offers only TLS 1.2 when it
             // presents a client certificate. The peer port is TLS 1.3 only.
             let policy = crate::tls::ListenerPolicy::client_port(&cfg.cluster_id).with_tls12(true);
             let server =
                 crate::tls::TlsServer::new(reloader.clone(), policy).context("client port TLS")?;
-            tokio::spawn(grpc.serve_with_incoming_shutdown(server.incoming(client_listener), stop))
+            let peer_policy = crate::tls::ListenerPolicy::peer_port(&cfg.cluster_id);
+            let peer_server = crate::tls::TlsServer::new(reloader.clone(), peer_policy)
+                .context("peer port TLS")?;
+            (
+                tokio::spawn(grpc.serve_with_incoming_shutdown(
+                    server.incoming(client_listener),
+                    stop_signal(serve_stop_rx.clone()),
+                )),
+                tokio::spawn(peer_grpc.serve_with_incoming_shutdown(
+                    peer_server.incoming(peer_listener),
+                    stop_signal(serve_stop_rx.clone()),
+                )),
+            )
         }
-        None => tokio::spawn(
-            grpc.serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stop),
+        None => (
+            tokio::spawn(grpc.serve_with_incoming_shutdown(
+                nodelay(client_listener),
+                stop_signal(serve_stop_rx.clone()),
+            )),
+            tokio::spawn(peer_grpc.serve_with_incoming_shutdown(
+                nodelay(peer_listener),
+                stop_signal(serve_stop_rx.clone()),
+            )),
         ),
     };
 
     serving.store(true, Ordering::Release);
-    health_state.set_phase("healthy");
+    health_state.set_phase(cluster.role().name());
     tracing::info!(
         client = %cfg.bind_client,
+        peer = %cfg.bind_peer,
         health = %cfg.bind_health,
+        role = cluster.role().name(),
         revision = store.current_revision(),
         "serving"
     );
     systemd::ready();
 
+    // Watch the writer lock; take over when the Primary is gone.
     let mut grpc_task = grpc_task;
-    tokio::select! {
-        _ = term_rx.changed() => {}
-        r = &mut grpc_task => {
-            let _ = stop_tx.send(true);
-            let _ = lock_stop_tx.send(true);
-            let _ = lock_task.await;
-            r.context("client server task")?.context("client server failed")?;
-            return Ok(());
+    let mut tick = tokio::time::interval(timing.renew_every / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = term_rx.changed() => break,
+            r = &mut grpc_task => {
+                let _ = serve_stop_tx.send(true);
+                let _ = stop_tx.send(true);
+                let _ = lock_stop_tx.send(true);
+                if let Some(t) = promotion.lock_task.take() {
+                    let _ = t.await;
+                }
+                r.context("client server task")?.context("client server failed")?;
+                return Ok(());
+            }
+            _ = tick.tick(), if promotion.lock_task.is_none() => {
+                elect_step(&cfg, &mut watcher, &mut promotion).await;
+                health_state.set_phase(cluster.role().name());
+            }
         }
     }
     tracing::info!("shutting down");
     systemd::stopping();
-    serving.store(false, Ordering::Release);
+    let was_primary = matches!(cluster.role(), Role::Primary { .. });
+    cluster.set_stopping();
     health_state.set_phase("stopping");
-    let _ = stop_tx.send(true);
-    // Stop serving first, then hand the bucket over: a standby takes over at once.
+    if was_primary {
+        // New writes get "leader changed" at once (not executed: clients retry elsewhere).
+        cluster.set_role(Role::Transition);
+        // Hand over: no write is in flight once the writer has switched hooks (it runs
+        // commands in order), so releasing the lock cannot let a successor overlap a write.
+        let drained = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.set_hook(Box::new(durability::ReplicaHook)),
+        )
+        .await;
+        if drained.is_err() {
+            // An upload is stalled: make it give up (the process then exits unanswered).
+            promotion.stopping.store(true, Ordering::Release);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(15),
+                store.set_hook(Box::new(durability::ReplicaHook)),
+            )
+            .await;
+        }
+        let _ = lock_stop_tx.send(true);
+        if let Some(t) = promotion.lock_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        tracing::info!("released the writer lock");
+    }
+    // Requests still arriving while the servers drain are served (a Replica forwards them);
+    // only then does the node stop answering.
+    let _ = serve_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), grpc_task).await;
+    serving.store(false, Ordering::Release);
+    let _ = tokio::time::timeout(Duration::from_secs(2), peer_task).await;
+    let _ = stop_tx.send(true);
     let _ = lock_stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), lock_task).await;
     Ok(())
 }
 
-/// Waits until this node holds the bucket's writer lock (a standby until then). None when
-/// asked to shut down first.
-async fn acquire_lock(
-    cfg: &NodeConfig,
-    storage: &ObjectStorage,
-    health: &HealthState,
-    term: &mut tokio::sync::watch::Receiver<bool>,
-) -> Option<BucketLock> {
-    let mut reported = String::new();
-    loop {
-        match BucketLock::try_acquire(storage, &cfg.node_id, &cfg.advertise_peer).await {
-            Ok(Ok(lock)) => return Some(lock),
-            Ok(Err(holder)) => {
-                if holder != reported {
-                    tracing::info!(holder = %holder, "standby: another node writes to this bucket; waiting to take over");
-                    systemd::status(&format!("standby: {holder} holds the bucket"));
-                    health.set_phase("standby");
-                    reported = holder;
-                }
+/// Accepted plaintext connections with Nagle's algorithm off (tonic's own `tcp_nodelay`
+/// setting does not apply to a caller-supplied incoming stream): a response spanning several
+/// segments must not wait for the client's delayed ACK.
+fn nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
+/// One look at the writer lock: follow its holder, or take it over when it may be taken.
+async fn elect_step(cfg: &NodeConfig, watcher: &mut Watcher, promotion: &mut Promotion) {
+    let seen = match watcher.observe().await {
+        Ok(seen) => seen,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the writer lock; retrying");
+            return;
+        }
+    };
+    if seen.takeable(&promotion.timing, &cfg.node_id) {
+        match BucketLock::take(
+            &promotion.storage,
+            &seen,
+            &cfg.node_id,
+            &cfg.advertise_peer,
+            &cfg.advertise_client,
+            promotion.timing,
+        )
+        .await
+        {
+            Ok(Some(lock)) => {
+                tracing::info!(epoch = lock.epoch(), previous = ?seen.record.as_ref().map(|r| r.leader_id.clone()), "took the writer lock");
+                promotion.promote(cfg, lock).await;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the writer lock; retrying"),
+            Ok(None) => tracing::info!("another node took the writer lock first"),
+            Err(e) => tracing::warn!(error = %e, "taking the writer lock failed; retrying"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(crate::durability::lock::RENEW_EVERY) => {}
-            _ = term.changed() => return None,
-        }
+        return;
+    }
+    if let Some(r) = &seen.record {
+        promotion.cluster.set_role(Role::Replica {
+            primary: PrimaryInfo {
+                node_id: r.leader_id.clone(),
+                peer_addr: r.leader_addr.clone(),
+                epoch: r.epoch,
+            },
+        });
     }
 }

@@ -12,9 +12,9 @@
 //!   acknowledged is lost, nothing that failed cleanly appears, the history has no gap and no
 //!   duplicate. Seeded by `NETSY_TEST_SEED` (printed).
 //!
-//! Ignored tests reproduce known server bugs (a chunk PUT that lands after its failure was
-//! reported; the rebuild racing the old SQLite connection; a slow writer-lock renewal fencing a
-//! single node). Run them with `cargo test --release --test durability -- --ignored`.
+//! * chunk PUTs that land late: a held upload is retried with the same bytes, never rolled
+//!   back; the chunk of a killed writer that lands after the next writer epoch started is an
+//!   orphan that a rebuild skips and the next write replaces.
 //!
 //! Needs `weed` on PATH and python3 (tests/install.sh).
 
@@ -910,18 +910,36 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
 }
 
 // ------------------------------------------------------------------------------------------
-// 4. A PUT that the store applies after its upload was given up (known bug, see below)
+// 4. Chunk PUTs that land late: retried, never rolled back; orphans of dead writers fenced
 // ------------------------------------------------------------------------------------------
 
-/// The commit hook answers "write not durable, nothing was applied" when every upload attempt
-/// failed and a read-back finds no chunk. But a PUT still in flight (a slow store, a delayed
-/// network) can land after that read-back: the rolled-back records then sit in the bucket under
-/// a revision the server reuses. The next write at that revision finds "different records",
-/// the server exits 75, and the restart imports the write that the client was told had not
-/// been applied. Ignored until the server fences such uploads; run with `--ignored`.
+/// Waits until `key` exists in the bucket.
+async fn wait_for_object(direct: &ObjectStorage, key: &object_store::path::Path, limit: Duration) {
+    support::poll("a held chunk PUT to land", limit, || async {
+        netsy::objstore::cas::get(direct.store().as_ref(), key)
+            .await
+            .ok()
+            .flatten()
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// A put whose answer the client stops waiting for after `limit` (outcome unknown).
+async fn put_unknown(c: &mut Client, key: &str, value: &str, limit: Duration) {
+    match tokio::time::timeout(limit, c.put(key, value, None)).await {
+        Err(_) => {}
+        Ok(r) => panic!("expected the put of {key} to stall, got {r:?}"),
+    }
+}
+
+/// Every attempt of a chunk PUT is held longer than the upload attempt deadline (10 s). The
+/// writer must not roll the group back (the held PUT may land) — it retries the same chunk,
+/// so the write keeps its revision whether the first or the second attempt lands, writes
+/// queued behind it follow in order, and nothing is ever reused. Before the fix the group was
+/// rolled back, the client told "nothing applied", and the late PUT resurrected the write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a late-landing chunk PUT resurrects a write reported as not applied"]
-async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
+async fn a_held_chunk_put_is_retried_and_never_rolled_back() {
     let mut weed = start_weed("late");
     let direct = weed.storage();
     weed.wait_ready(&direct).await;
@@ -939,66 +957,55 @@ async fn a_put_landing_after_its_failure_was_reported_is_not_applied() {
     let mut c = node.client().await;
     let head = wl::put_ok(&mut c, "/before", "ok", None).await;
 
-    // Every attempt of the next chunk PUT is held 33 s: longer than the upload deadline (30 s).
-    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(33)));
-    let err = c
-        .put("/phantom", "reported-not-applied", None)
-        .await
-        .expect_err("upload must fail");
-    assert!(
-        wl::is_clean_failure(&err),
-        "expected a clean failure, got {err}"
-    );
+    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(12)));
+    put_unknown(&mut c, "/slow", "held", Duration::from_secs(2)).await;
+    let mut c2 = c.clone();
+    let queued = tokio::spawn(async move { c2.put("/queued", "behind", None).await });
     proxy.set(Mode::Pass);
-    assert!(c.get("/phantom", None).await.expect("get").kvs().is_empty());
 
-    // The held PUT reaches the store after the failure was reported.
-    let key = direct.layout().chunk((head + 1) as u64);
-    support::poll(
-        "the held chunk PUT to land",
-        Duration::from_secs(45),
-        || async {
-            netsy::objstore::cas::get(direct.store().as_ref(), &key)
-                .await
-                .ok()
-                .flatten()
-                .map(|_| ())
-        },
+    // The retry (or the held PUT itself) makes /slow durable; then /queued follows.
+    let queued = tokio::time::timeout(Duration::from_secs(60), queued)
+        .await
+        .expect("the queued write is answered once the chunk is confirmed")
+        .unwrap()
+        .expect("queued put");
+    let slow = c.get("/slow", None).await.expect("get");
+    assert_eq!(slow.kvs().len(), 1, "/slow is applied (its chunk landed)");
+    assert_eq!(
+        slow.kvs()[0].mod_revision(),
+        head + 1,
+        "/slow kept its revision"
+    );
+    assert_eq!(queued.header().unwrap().revision(), head + 2);
+    let next = wl::put_ok(&mut c, "/next", "x", None).await;
+    assert_eq!(next, head + 3, "no revision reused or skipped");
+    let before = wl::state_at(&mut c, 0).await;
+    assert!(node.log_text().contains("retrying the same chunk"));
+
+    // Let the held attempt land too (it finds the key taken: 412), then rebuild from scratch.
+    wait_for_object(
+        &direct,
+        &direct.layout().chunk((head + 1) as u64),
+        Duration::from_secs(30),
     )
     .await;
-
-    // The next write reuses the revision; the server finds the stale chunk and stops (75).
-    let _ = c.put("/next", "x", None).await;
-    let code = support::poll("netsy to exit", Duration::from_secs(60), || {
-        let code = node.exited();
-        async move { code }
-    })
-    .await;
-    assert_eq!(code, Some(75));
-    let log = node.log_text();
-    let reason = log
-        .lines()
-        .find(|l| l.contains("outcome unknown"))
-        .unwrap_or("");
-    eprintln!("exit 75: {reason}");
+    drop(c);
+    node.kill9();
+    node.wipe_data_dir();
     node.restart();
     node.wait_ready(READY).await;
     let mut c = node.client().await;
-    let got = c.get("/phantom", None).await.expect("get");
-    assert!(
-        got.kvs().is_empty(),
-        "a write answered 'nothing was applied' is visible after the restart at revision {}",
-        got.kvs()[0].mod_revision()
-    );
+    let after = wl::state_at(&mut c, 0).await;
+    wl::assert_same_state("after a rebuild from the bucket", &after, &before);
 }
 
-/// The same late landing with a commit group of two revisions N..N+1 (chunk key N+1): the next
-/// write at N gets its own chunk and is acknowledged; a later write at N+1 finds the stale chunk
-/// (exit 75), and from then on every start fails, because the stale chunk contradicts the
-/// acknowledged write at N (import conflict, rebuild, conflict again).
+/// A writer is killed while the PUT of a two-revision chunk N..N+1 (key N+1) is held. The
+/// restarted node takes the writer lock with a new epoch that starts at N, writes N itself, and
+/// then the dead writer's chunk lands: an orphan. A rebuild from the bucket must skip it
+/// (before the fix every start failed: the stale chunk contradicted the acknowledged write at
+/// N), and the next write at N+1 replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a late-landing multi-revision chunk makes the bucket unloadable"]
-async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
+async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
     let mut weed = start_weed("late2");
     let direct = weed.storage();
     weed.wait_ready(&direct).await;
@@ -1016,7 +1023,8 @@ async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
     let mut c = node.client().await;
     wl::put_ok(&mut c, "/before", "ok", None).await;
 
-    // P0's upload is slow (2 s); P1 and P2 queue behind it and form the next group.
+    // P0's upload is slow (2 s); P1 and P2 queue behind it and form the next group N..N+1,
+    // whose PUT is then held for 15 s.
     proxy.set(Mode::Latency(Duration::from_secs(2)));
     let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
     let mut c0 = c.clone();
@@ -1026,46 +1034,59 @@ async fn a_late_multi_revision_chunk_does_not_make_the_bucket_unloadable() {
     })
     .await;
     let (mut c1, mut c2) = (c.clone(), c.clone());
-    let p1 = tokio::spawn(async move { c1.put("/p1", "reported-not-applied", None).await });
-    let p2 = tokio::spawn(async move { c2.put("/p2", "reported-not-applied", None).await });
-    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(33)));
+    let _p1 = tokio::spawn(async move { c1.put("/p1", "never-acknowledged", None).await });
+    let _p2 = tokio::spawn(async move { c2.put("/p2", "never-acknowledged", None).await });
+    let held = proxy.stats().held_puts.load(Ordering::Relaxed);
+    proxy.set(Mode::HoldChunkPuts(Duration::from_secs(15)));
     let n = p0.await.unwrap().expect("P0").header().unwrap().revision() + 1;
-    for p in [p1, p2] {
-        let err = p.await.unwrap().expect_err("P1/P2 upload must fail");
-        assert!(wl::is_clean_failure(&err), "{err}");
-    }
-    proxy.set(Mode::Pass);
-    let key = direct.layout().chunk((n + 1) as u64);
     support::poll(
-        "the held two-revision chunk to land",
-        Duration::from_secs(45),
-        || async {
-            netsy::objstore::cas::get(direct.store().as_ref(), &key)
-                .await
-                .ok()
-                .flatten()
-                .map(|_| ())
-        },
+        "the N..N+1 chunk PUT held",
+        Duration::from_secs(10),
+        || async { (proxy.stats().held_puts.load(Ordering::Relaxed) > held).then_some(()) },
     )
     .await;
-    let w2 = wl::put_ok(&mut c, "/w2", "acknowledged", None).await;
-    assert_eq!(w2, n, "the acknowledged write reuses revision N");
-    let _ = c.put("/w3", "x", None).await;
-    let code = support::poll("netsy to exit", Duration::from_secs(60), || {
-        let code = node.exited();
-        async move { code }
-    })
-    .await;
-    assert_eq!(code, Some(75));
+    drop(c);
+    node.kill9();
+    proxy.set(Mode::Pass);
+
+    // The restarted node (same data dir) is the writer of a new epoch starting at N.
     node.restart();
     node.wait_ready(READY).await;
     let mut c = node.client().await;
-    let now = wl::state_at(&mut c, 0).await;
+    let w1 = wl::put_ok(&mut c, "/w1", "acknowledged", None).await;
+    assert_eq!(w1, n, "the new epoch starts at N");
+    let orphan_key = direct.layout().chunk((n + 1) as u64);
+    wait_for_object(&direct, &orphan_key, Duration::from_secs(40)).await;
+
+    // A rebuild from the bucket skips the orphan.
+    drop(c);
+    node.kill9();
+    node.wipe_data_dir();
+    node.restart();
+    node.wait_ready(READY).await;
     assert!(
-        now.contains_key(b"/w2".as_slice()),
-        "acknowledged write present"
+        node.log_text().contains("skipping an orphan chunk"),
+        "{}",
+        support::node::tail(&node.log_text(), 30)
     );
+    let mut c = node.client().await;
+    let now = wl::state_at(&mut c, 0).await;
+    assert_eq!(now.get(b"/w1".as_slice()).map(|v| v.0), Some(n));
     assert!(!now.contains_key(b"/p1".as_slice()) && !now.contains_key(b"/p2".as_slice()));
+
+    // The next write needs key N+1: it replaces the orphan and is acknowledged.
+    let w2 = wl::put_ok(&mut c, "/w2", "acknowledged", None).await;
+    assert_eq!(w2, n + 1);
+    assert!(node.log_text().contains("replacing an orphan chunk"));
+    let before = wl::state_at(&mut c, 0).await;
+    drop(c);
+    node.kill9();
+    node.wipe_data_dir();
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let after = wl::state_at(&mut c, 0).await;
+    wl::assert_same_state("after a second rebuild", &after, &before);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -220,6 +220,7 @@ async fn s3_conditional_semantics_and_datafiles_on_seaweedfs() {
         compression: FileCompression::CompressionNone, // incompressible size on purpose
         records_count: 6,
         leader_id: "node-a".into(),
+        epoch: 0,
         created_at: datafile::now_timestamp(),
     };
     let mut w = datafile::Writer::new(file, params).expect("writer");

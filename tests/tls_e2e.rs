@@ -245,6 +245,7 @@ fn node_cmd(tls_dir: Option<&Path>, bind_ip: &str, advertise_host: &str) -> Node
         .arg(data.path().join("data"))
         .args(["--bind-client", &format!("{bind_ip}:{port}")])
         .args(["--bind-health", &format!("127.0.0.1:{health}")])
+        .args(["--bind-peer", &format!("127.0.0.1:{}", free_port())])
         .args(["--node-id", NODE])
         .args(["--advertise-client", &format!("{advertise_host}:{port}")])
         .args(["--advertise-peer", "localhost:2381"]);

@@ -50,17 +50,35 @@ impl PbClusterService for ClusterService {
     ) -> Result<Response<PbMemberListResponse>, Status> {
         let _t = self.ctx.metrics.rpc("MemberList");
         let m = &self.ctx.member;
-        let member = PbMember {
-            id: m.member_id,
-            name: m.name.clone(),
-            peer_ur_ls: m.peer_urls.clone(),
-            client_ur_ls: m.client_urls.clone(),
-            is_learner: false,
-        };
+        let mut members: Vec<PbMember> = self
+            .ctx
+            .membership
+            .as_ref()
+            .map(|ms| ms.list())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|info| PbMember {
+                id: info.id,
+                name: info.name,
+                peer_ur_ls: info.peer_urls,
+                client_ur_ls: info.client_urls,
+                is_learner: false,
+            })
+            .collect();
+        if !members.iter().any(|x| x.id == m.member_id) {
+            members.push(PbMember {
+                id: m.member_id,
+                name: m.name.clone(),
+                peer_ur_ls: m.peer_urls.clone(),
+                client_ur_ls: m.client_urls.clone(),
+                is_learner: false,
+            });
+            members.sort_by_key(|x| x.id);
+        }
         // etcd's MemberList header carries no revision.
         Ok(Response::new(PbMemberListResponse {
             header: Some(self.ctx.header(0)),
-            members: vec![member],
+            members,
         }))
     }
 

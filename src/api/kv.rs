@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::RequestError;
 use super::{Context, validate};
+use crate::proto::ForwardMethod;
 use crate::store::{self, KeyRange};
 
 pub struct KvService {
@@ -56,6 +57,18 @@ impl KvService {
     }
 
     async fn write(&self, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
+        if let Some(mut resp) = self
+            .ctx
+            .cluster
+            .route::<PbTxnResponse>(ForwardMethod::ForwardTxn, &req)
+            .await?
+        {
+            let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
+            // Read-your-writes on this node.
+            self.ctx.cluster.wait_applied(rev).await?;
+            resp.header = Some(self.ctx.header(rev));
+            return Ok(resp);
+        }
         let mut resp = self.ctx.store.txn(req).await?;
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
         resp.header = Some(self.ctx.header(rev));
@@ -73,6 +86,9 @@ impl PbKvService for KvService {
         self.ready()?;
         let req = request.into_inner();
         validate::range(&req)?;
+        if !req.serializable {
+            self.ctx.cluster.read_barrier().await?;
+        }
         let mut resp = self.ctx.store.range(req).await?;
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
         resp.header = Some(self.ctx.header(rev));
@@ -90,6 +106,9 @@ impl PbKvService for KvService {
         self.ready()?;
         let req = request.into_inner();
         validate::range(&req)?;
+        if !req.serializable {
+            self.ctx.cluster.read_barrier().await?;
+        }
         let ctx = self.ctx.clone();
         let plain = req.sort_order == 0 || (req.sort_order == 1 && req.sort_target == 0);
         let filtered = req.min_mod_revision != 0
@@ -213,6 +232,7 @@ impl PbKvService for KvService {
         let req = request.into_inner();
         validate::txn(&req)?;
         if is_read_only(&req) {
+            self.ctx.cluster.read_barrier().await?;
             let mut resp = self.ctx.store.read_txn(req).await?;
             let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
             resp.header = Some(self.ctx.header(rev));
@@ -229,6 +249,16 @@ impl PbKvService for KvService {
         let _t = self.ctx.metrics.rpc("Compact");
         self.ready()?;
         let req = request.into_inner();
+        if let Some(mut resp) = self
+            .ctx
+            .cluster
+            .route::<PbCompactionResponse>(ForwardMethod::ForwardCompact, &req)
+            .await?
+        {
+            let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
+            resp.header = Some(self.ctx.header(rev));
+            return Ok(Response::new(resp));
+        }
         let rev = self.ctx.store.compact(req.revision, req.physical).await?;
         Ok(Response::new(PbCompactionResponse {
             header: Some(self.ctx.header(rev)),

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Context;
 use super::status::RequestError;
+use crate::proto::ForwardMethod;
 use crate::store;
 
 /// etcd's minimum TTL with default election settings: ceil(1.5 × 10 × 100 ms) = 2 s.
@@ -29,7 +30,63 @@ impl LeaseService {
     pub fn new(ctx: Context) -> Self {
         LeaseService { ctx }
     }
+
+    /// On a Replica, the Primary's answer (with this node's header); None on the Primary.
+    async fn forwarded<Resp: prost::Message + Default + WithHeader>(
+        &self,
+        method: ForwardMethod,
+        req: &impl prost::Message,
+    ) -> Result<Option<Resp>, Status> {
+        match self.ctx.cluster.route::<Resp>(method, req).await? {
+            None => Ok(None),
+            Some(mut resp) => {
+                let rev = resp.revision();
+                if rev > 0 {
+                    self.ctx.cluster.wait_applied(rev).await?;
+                }
+                resp.set_header(self.ctx.header(rev));
+                Ok(Some(resp))
+            }
+        }
+    }
 }
+
+/// One keep-alive on the Primary: the lease's new TTL (0 = unknown lease).
+pub fn keep_alive_once(ctx: &Context, id: i64) -> PbLeaseKeepAliveResponse {
+    let ttl = ctx.store.leases().renew(id).unwrap_or(0);
+    let rev = ctx.store.current_revision();
+    PbLeaseKeepAliveResponse {
+        header: Some(ctx.header(rev)),
+        id,
+        ttl,
+    }
+}
+
+/// Responses whose header is replaced with this node's.
+trait WithHeader {
+    fn revision(&self) -> i64;
+    fn set_header(&mut self, h: etcd_client::proto::PbResponseHeader);
+}
+
+macro_rules! with_header {
+    ($($t:ty),*) => {$(
+        impl WithHeader for $t {
+            fn revision(&self) -> i64 {
+                self.header.as_ref().map_or(0, |h| h.revision)
+            }
+            fn set_header(&mut self, h: etcd_client::proto::PbResponseHeader) {
+                self.header = Some(h);
+            }
+        }
+    )*};
+}
+
+with_header!(
+    PbLeaseGrantResponse,
+    PbLeaseRevokeResponse,
+    PbLeaseTimeToLiveResponse,
+    PbLeaseLeasesResponse
+);
 
 #[tonic::async_trait]
 impl PbLeaseService for LeaseService {
@@ -39,6 +96,12 @@ impl PbLeaseService for LeaseService {
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
         let _t = self.ctx.metrics.rpc("LeaseGrant");
         let req = request.into_inner();
+        if let Some(resp) = self
+            .forwarded::<PbLeaseGrantResponse>(ForwardMethod::ForwardLeaseGrant, &req)
+            .await?
+        {
+            return Ok(Response::new(resp));
+        }
         if req.ttl > MAX_TTL {
             return Err(RequestError::LeaseTtlTooLarge.into());
         }
@@ -67,7 +130,14 @@ impl PbLeaseService for LeaseService {
         request: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let _t = self.ctx.metrics.rpc("LeaseRevoke");
-        let rev = self.ctx.store.lease_revoke(request.into_inner().id).await?;
+        let req = request.into_inner();
+        if let Some(resp) = self
+            .forwarded::<PbLeaseRevokeResponse>(ForwardMethod::ForwardLeaseRevoke, &req)
+            .await?
+        {
+            return Ok(Response::new(resp));
+        }
+        let rev = self.ctx.store.lease_revoke(req.id).await?;
         Ok(Response::new(PbLeaseRevokeResponse {
             header: Some(self.ctx.header(rev)),
         }))
@@ -86,9 +156,18 @@ impl PbLeaseService for LeaseService {
             loop {
                 match inbound.message().await {
                     Ok(Some(req)) => {
-                        let ttl = ctx.store.leases().renew(req.id).unwrap_or(0);
-                        let rev = ctx.store.current_revision();
-                        yield Ok(PbLeaseKeepAliveResponse { header: Some(ctx.header(rev)), id: req.id, ttl });
+                        match ctx.cluster.route::<PbLeaseKeepAliveResponse>(ForwardMethod::ForwardLeaseKeepAlive, &req).await {
+                            Ok(Some(mut resp)) => {
+                                let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
+                                resp.header = Some(ctx.header(rev));
+                                yield Ok(resp);
+                            }
+                            Ok(None) => yield Ok(keep_alive_once(&ctx, req.id)),
+                            Err(status) => {
+                                yield Err(status);
+                                break;
+                            }
+                        }
                     }
                     Ok(None) => break,
                     Err(status) => {
@@ -107,6 +186,12 @@ impl PbLeaseService for LeaseService {
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
         let _t = self.ctx.metrics.rpc("LeaseTimeToLive");
         let req = request.into_inner();
+        if let Some(resp) = self
+            .forwarded::<PbLeaseTimeToLiveResponse>(ForwardMethod::ForwardLeaseTimeToLive, &req)
+            .await?
+        {
+            return Ok(Response::new(resp));
+        }
         let rev = self.ctx.store.current_revision();
         let Some(info) = self.ctx.store.leases().get(req.id) else {
             return Ok(Response::new(PbLeaseTimeToLiveResponse {
@@ -132,9 +217,16 @@ impl PbLeaseService for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<PbLeaseLeasesRequest>,
+        request: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         let _t = self.ctx.metrics.rpc("LeaseLeases");
+        let req = request.into_inner();
+        if let Some(resp) = self
+            .forwarded::<PbLeaseLeasesResponse>(ForwardMethod::ForwardLeaseLeases, &req)
+            .await?
+        {
+            return Ok(Response::new(resp));
+        }
         let rev = self.ctx.store.current_revision();
         let leases = self
             .ctx

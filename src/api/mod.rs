@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use etcd_client::proto::PbResponseHeader;
 
+use crate::cluster::Cluster;
+use crate::cluster::members::Membership;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::watch::WatchHub;
@@ -65,6 +67,10 @@ pub struct Context {
     pub options: Arc<ApiOptions>,
     pub metrics: Metrics,
     pub serving: Arc<AtomicBool>,
+    /// This node's role; a Replica forwards writes to the Primary.
+    pub cluster: Cluster,
+    /// Registered nodes (MemberList); None in unit tests.
+    pub membership: Option<Membership>,
 }
 
 impl Context {
@@ -73,7 +79,20 @@ impl Context {
             cluster_id: self.member.cluster_id,
             member_id: self.member.member_id,
             revision,
-            raft_term: 1,
+            raft_term: self.cluster.role().term().max(1),
+        }
+    }
+
+    /// The member id of the current Primary (0 while there is none).
+    pub fn leader_id(&self) -> u64 {
+        match self.cluster.role() {
+            crate::cluster::Role::Primary { .. } => self.member.member_id,
+            crate::cluster::Role::Replica { primary } => self
+                .membership
+                .as_ref()
+                .and_then(|m| m.member_id_of(&primary.node_id))
+                .unwrap_or(0),
+            crate::cluster::Role::Transition => 0,
         }
     }
 

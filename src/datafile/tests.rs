@@ -28,6 +28,7 @@ fn header_params(kind: FileKind, compression: FileCompression, count: usize) -> 
         compression,
         records_count: count as i64,
         leader_id: "node-a".to_string(),
+        epoch: 0,
         created_at: Timestamp {
             seconds: T0 + 1000,
             nanos: 123_456_789,

@@ -24,6 +24,8 @@ pub struct HeaderParams {
     pub leader_id: String,
     /// Write time; pass a fixed value to produce byte-identical files.
     pub created_at: prost_types::Timestamp,
+    /// The writer's epoch (0 = none; omitted on the wire).
+    pub epoch: u64,
 }
 
 enum Sink<W: Write> {
@@ -73,6 +75,7 @@ impl<W: Write> Writer<W> {
             records_count: params.records_count,
             leader_id: params.leader_id,
             created_at: Some(params.created_at),
+            epoch: params.epoch,
         };
         let body = wire::encode(&header);
         header.crc = CRC64.checksum(&body);

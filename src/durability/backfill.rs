@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use futures::TryStreamExt;
 
-use super::{CompactionObject, LeaseObject, from_proto, to_proto};
+use super::{CompactionObject, EpochLog, LeaseObject, from_proto, to_proto};
 use crate::datafile::FileKind;
 use crate::objstore::{FileRef, ObjectStorage};
 use crate::store::{Record, Store};
@@ -24,6 +24,8 @@ pub struct BackfillStats {
     pub latest_revision: i64,
     pub leases: usize,
     pub compaction_revision: i64,
+    /// Chunks skipped as orphans of deposed writers (see `epochs`).
+    pub orphans: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +43,14 @@ pub enum BackfillError {
     Gap { distinct: i64, latest: i64 },
 }
 
-/// Brings `store` up to date with the bucket. `progress` receives human-readable status lines.
+/// Brings `store` up to date with the bucket. Only the `writer` (the Primary) writes the genesis
+/// chunk of an empty bucket. `progress` receives human-readable status lines.
 pub async fn backfill(
     store: &Store,
     storage: &ObjectStorage,
     node_id: &str,
+    epochs: &EpochLog,
+    writer: bool,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<BackfillStats, BackfillError> {
     let started = Instant::now();
@@ -75,17 +80,23 @@ pub async fn backfill(
     }
     let chunks = storage.list_chunks_after(after).await?;
     let total = chunks.len();
+    let mut head = after;
     for (i, chunk) in chunks.iter().enumerate() {
-        import_file(
-            store,
-            storage,
-            chunk,
-            FileKind::KindChunk,
-            &mut stats,
-            started,
-            progress,
-        )
-        .await?;
+        let (records, summary) = storage
+            .read_file(&chunk.key, Some(FileKind::KindChunk))
+            .await?;
+        let epoch = summary.header.epoch;
+        if epochs.is_orphan(epoch, chunk.revision) || summary.first_revision() <= head {
+            tracing::warn!(key = %chunk.key, epoch, first = summary.first_revision(), head, "skipping an orphan chunk of a deposed writer");
+            stats.orphans += 1;
+            continue;
+        }
+        stats.records += records.len() as u64;
+        stats.bytes += chunk.size;
+        store
+            .import(records.into_iter().map(from_proto).collect())
+            .await?;
+        head = chunk.revision;
         stats.chunks += 1;
         if i % 100 == 99 {
             progress(&format!(
@@ -95,7 +106,7 @@ pub async fn backfill(
             ));
         }
     }
-    if snapshot.is_none() && total == 0 && local <= 1 {
+    if writer && snapshot.is_none() && total == 0 && local <= 1 {
         // An empty bucket: make the genesis record the first chunk, like the original's
         // preflight, so a rebuilt node finds a complete history.
         let genesis = genesis_record(store).await?;

@@ -1,118 +1,240 @@
 //! The writer lock in the bucket (`leader/elector.json`, the original's lock file and JSON
-//! shape): a node writes to a bucket only while it holds the lock, renewed by conditional writes.
-//! Other nodes wait as standbys and take over once the holder stops renewing — so several
-//! nodes on one bucket never write concurrently, and a standby replaces a dead writer. Losing
-//! the lock stops the process (fencing); a paused writer that resumes is additionally fenced by
-//! the create-only chunk keys.
+//! shape): the node holding it is the Primary, the only node that writes to the bucket. It is
+//! renewed by conditional writes; every other node watches it and takes over once it stops
+//! changing. Each acquisition gets the next epoch (see `epochs`), which fences the chunks of a
+//! deposed holder.
+//!
+//! Timing never compares clocks of different nodes. The holder counts its lease from the moment
+//! it SENT its last successful renewal and stops writing (the process exits) before
+//! [`LockTiming::ttl`] has passed since then. A watcher counts from the moment it first SAW the
+//! current version of the record and takes over only after a full `ttl` without a change; the
+//! record it saw was written after the holder sent it, so the holder has stopped by then.
 
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::objstore::{Error, ObjectStorage, cas};
 
-/// A holder that has not renewed for this long is considered gone.
-pub const LOCK_TTL: Duration = Duration::from_secs(15);
-/// How often the holder renews.
-pub const RENEW_EVERY: Duration = Duration::from_secs(3);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LockRecord {
-    #[serde(rename = "leaderID")]
-    leader_id: String,
-    #[serde(rename = "leaderAddr")]
-    leader_addr: String,
-    #[serde(rename = "lastUpdated")]
-    last_updated: String,
+/// How often the holder renews and how long a silent holder is trusted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LockTiming {
+    pub renew_every: Duration,
+    pub ttl: Duration,
 }
 
+impl LockTiming {
+    /// From the cluster config: renew twice per `heartbeat_interval`; a holder is gone after
+    /// `degradation_count + 1` heartbeat intervals without a renewal.
+    pub fn from_heartbeat(heartbeat: Duration, degradation_count: u32) -> LockTiming {
+        LockTiming {
+            renew_every: heartbeat / 2,
+            ttl: heartbeat * (degradation_count.max(1) + 1),
+        }
+    }
+
+    /// How long the holder trusts a renewal it sent: a margin of one renewal interval below
+    /// the TTL.
+    fn holder_validity(&self) -> Duration {
+        self.ttl.saturating_sub(self.renew_every)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LockRecord {
+    #[serde(rename = "leaderID")]
+    pub leader_id: String,
+    #[serde(rename = "leaderAddr")]
+    pub leader_addr: String,
+    #[serde(rename = "lastUpdated")]
+    pub last_updated: String,
+    /// Netsy-in-Rust extension: the writer epoch, advanced by every takeover.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// Netsy-in-Rust extension: the holder's client address (for MemberList and redirects).
+    #[serde(
+        default,
+        rename = "clientAddr",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub client_addr: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl LockRecord {
+    /// Released by its holder (a graceful stop): takeable at once.
+    pub fn is_released(&self) -> bool {
+        humantime::parse_rfc3339_weak(&self.last_updated)
+            .is_ok_and(|t| t <= SystemTime::UNIX_EPOCH + Duration::from_secs(1))
+    }
+}
+
+/// What a watcher knows about the lock: the version it saw and since when.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub record: Option<LockRecord>,
+    etag: Option<String>,
+    since: Instant,
+}
+
+impl Observation {
+    /// Whether the holder may be replaced now.
+    pub fn takeable(&self, timing: &LockTiming, node_id: &str) -> bool {
+        match &self.record {
+            None => true,
+            Some(r) => {
+                r.is_released() || r.leader_id == node_id || self.since.elapsed() >= timing.ttl
+            }
+        }
+    }
+}
+
+/// Watches the lock record: [`Watcher::observe`] reads it and remembers when it last changed.
+pub struct Watcher {
+    storage: ObjectStorage,
+    last: Option<Observation>,
+}
+
+impl Watcher {
+    pub fn new(storage: ObjectStorage) -> Watcher {
+        Watcher {
+            storage,
+            last: None,
+        }
+    }
+
+    pub async fn observe(&mut self) -> Result<Observation, Error> {
+        let key = self.storage.layout().elector();
+        let current = cas::get(self.storage.store().as_ref(), &key).await?;
+        let etag = current.as_ref().map(|v| v.etag.clone());
+        let record = current
+            .as_ref()
+            .and_then(|v| serde_json::from_slice::<LockRecord>(&v.bytes).ok());
+        let unchanged = self.last.as_ref().is_some_and(|l| l.etag == etag);
+        if !unchanged {
+            self.last = Some(Observation {
+                record,
+                etag,
+                since: Instant::now(),
+            });
+        }
+        Ok(self.last.clone().expect("set above"))
+    }
+}
+
+/// A held lock.
 pub struct BucketLock {
     storage: ObjectStorage,
-    node_id: String,
-    addr: String,
+    record: LockRecord,
     etag: String,
+    timing: LockTiming,
+    /// Milliseconds since `origin` until which this holder may still write.
+    valid_until: Arc<AtomicU64>,
+    origin: Instant,
 }
 
-fn record(node_id: &str, addr: &str) -> Bytes {
-    let r = LockRecord {
-        leader_id: node_id.to_string(),
-        leader_addr: addr.to_string(),
-        last_updated: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
-    };
-    Bytes::from(serde_json::to_vec(&r).unwrap_or_default())
+fn encode(r: &LockRecord) -> Bytes {
+    Bytes::from(serde_json::to_vec(r).unwrap_or_default())
 }
 
 impl BucketLock {
-    /// Tries once to take the lock. Ok(None) = held by another live node (its id).
-    pub async fn try_acquire(
+    /// Takes the lock if `seen` says it may be taken, by a conditional write against exactly the
+    /// version seen. `Ok(None)`: someone else changed it first.
+    pub async fn take(
         storage: &ObjectStorage,
+        seen: &Observation,
         node_id: &str,
-        addr: &str,
-    ) -> Result<Result<BucketLock, String>, Error> {
+        peer_addr: &str,
+        client_addr: &str,
+        timing: LockTiming,
+    ) -> Result<Option<BucketLock>, Error> {
         let key = storage.layout().elector();
         let store = storage.store().as_ref();
-        let current = cas::get(store, &key).await?;
-        let etag = match current {
-            None => match cas::create(store, &key, record(node_id, addr)).await {
-                Ok(etag) => etag,
-                Err(Error::AlreadyExists { .. }) => {
-                    return Ok(Err("another node (just now)".into()));
-                }
-                Err(e) => return Err(e),
-            },
-            Some(v) => {
-                let held: Option<LockRecord> = serde_json::from_slice(&v.bytes).ok();
-                if let Some(h) = &held {
-                    let fresh = humantime::parse_rfc3339_weak(&h.last_updated)
-                        .ok()
-                        .and_then(|t| SystemTime::now().duration_since(t).ok())
-                        .is_some_and(|age| age < LOCK_TTL);
-                    if h.leader_id != node_id && fresh {
-                        return Ok(Err(h.leader_id.clone()));
-                    }
-                }
-                match cas::update(store, &key, record(node_id, addr), &v.etag).await {
-                    Ok(etag) => etag,
-                    Err(Error::Precondition { .. }) => {
-                        return Ok(Err("another node (just now)".into()));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+        let epoch = seen.record.as_ref().map_or(0, |r| r.epoch) + 1;
+        let record = LockRecord {
+            leader_id: node_id.to_string(),
+            leader_addr: peer_addr.to_string(),
+            last_updated: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            epoch,
+            client_addr: client_addr.to_string(),
         };
-        Ok(Ok(BucketLock {
+        let origin = Instant::now();
+        let sent = Instant::now();
+        let res = match &seen.etag {
+            None => cas::create(store, &key, encode(&record)).await,
+            Some(etag) => cas::update(store, &key, encode(&record), etag).await,
+        };
+        let etag = match res {
+            Ok(etag) => etag.unwrap_or_default(),
+            Err(Error::AlreadyExists { .. } | Error::Precondition { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let lock = BucketLock {
             storage: storage.clone(),
-            node_id: node_id.to_string(),
-            addr: addr.to_string(),
-            etag: etag.unwrap_or_default(),
-        }))
+            record,
+            etag,
+            timing,
+            valid_until: Arc::new(AtomicU64::new(0)),
+            origin,
+        };
+        lock.extend_from(sent);
+        Ok(Some(lock))
+    }
+
+    fn extend_from(&self, sent: Instant) {
+        let until = sent.duration_since(self.origin) + self.timing.holder_validity();
+        self.valid_until
+            .store(until.as_millis() as u64, Ordering::Release);
+    }
+
+    /// This holder's epoch (unique to this acquisition).
+    pub fn epoch(&self) -> u64 {
+        self.record.epoch
+    }
+
+    /// A cheap check the write path makes before acknowledging: whether this holder's lease is
+    /// still certainly its own.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            valid_until: self.valid_until.clone(),
+            origin: self.origin,
+        }
     }
 
     /// Renews the lock; `Error::Precondition` means another node holds it now.
     pub async fn renew(&mut self) -> Result<(), Error> {
         let key = self.storage.layout().elector();
         let store = self.storage.store().as_ref();
-        let bytes = record(&self.node_id, &self.addr);
-        match cas::update(store, &key, bytes, &self.etag).await {
+        self.record.last_updated = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        let sent = Instant::now();
+        match cas::update(store, &key, encode(&self.record), &self.etag).await {
             Ok(etag) => {
                 self.etag = etag.unwrap_or_default();
+                self.extend_from(sent);
                 Ok(())
             }
             Err(Error::Precondition { .. }) => {
-                // An earlier renewal whose answer we never got may have landed: only a record
-                // naming another node means the lock was taken over.
+                // An earlier renewal whose answer we never got may have landed: only a record of
+                // another holder (or another epoch) means the lock was taken over.
                 let current = cas::get(store, &key).await?;
                 let ours = current.as_ref().is_some_and(|v| {
-                    serde_json::from_slice::<LockRecord>(&v.bytes)
-                        .is_ok_and(|r| r.leader_id == self.node_id)
+                    serde_json::from_slice::<LockRecord>(&v.bytes).is_ok_and(|r| {
+                        r.leader_id == self.record.leader_id && r.epoch == self.record.epoch
+                    })
                 });
                 match current {
                     Some(v) if ours => {
-                        let bytes = record(&self.node_id, &self.addr);
-                        self.etag = cas::update(store, &key, bytes, &v.etag)
+                        let sent = Instant::now();
+                        self.etag = cas::update(store, &key, encode(&self.record), &v.etag)
                             .await?
                             .unwrap_or_default();
+                        self.extend_from(sent);
                         Ok(())
                     }
                     _ => Err(Error::Precondition {
@@ -124,11 +246,12 @@ impl BucketLock {
         }
     }
 
-    /// Renews until `shutdown`; stops the process if the lock is taken over or cannot be
-    /// renewed within its TTL. On shutdown, releases the lock so a standby takes over at once.
+    /// Renews until `shutdown`; stops the process if the lock is taken over or its lease runs
+    /// out. On shutdown, releases the lock so another node takes over at once.
     pub async fn keep(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut last_ok = std::time::Instant::now();
-        let mut tick = tokio::time::interval(RENEW_EVERY);
+        let mut tick = tokio::time::interval(self.timing.renew_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let fence = self.fence();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -137,8 +260,9 @@ impl BucketLock {
                     return;
                 }
             }
-            match tokio::time::timeout(RENEW_EVERY, self.renew()).await {
-                Ok(Ok(())) => last_ok = std::time::Instant::now(),
+            let left = fence.remaining();
+            match tokio::time::timeout(left.max(Duration::from_millis(1)), self.renew()).await {
+                Ok(Ok(())) => {}
                 Ok(Err(Error::Precondition { .. })) => {
                     stop("the writer lock was taken over by another node");
                 }
@@ -147,25 +271,48 @@ impl BucketLock {
                 }
                 Err(_) => tracing::warn!("renewing the writer lock timed out; retrying"),
             }
-            // Give up before a standby may consider the lock stale.
-            if last_ok.elapsed() > LOCK_TTL - RENEW_EVERY {
+            if !fence.holds() {
                 stop("the writer lock could not be renewed in time");
             }
         }
     }
 
-    /// Marks the lock stale so a standby can take over without waiting for the TTL.
+    /// Marks the lock released so another node can take over without waiting for the TTL.
     async fn release(&self) {
         let key = self.storage.layout().elector();
-        let stale = LockRecord {
-            leader_id: self.node_id.clone(),
-            leader_addr: self.addr.clone(),
+        let released = LockRecord {
             last_updated: humantime::format_rfc3339(SystemTime::UNIX_EPOCH).to_string(),
+            ..self.record.clone()
         };
-        let bytes = Bytes::from(serde_json::to_vec(&stale).unwrap_or_default());
-        if let Err(e) = cas::update(self.storage.store().as_ref(), &key, bytes, &self.etag).await {
-            tracing::warn!(error = %e, "releasing the writer lock failed; a standby takes over after its TTL");
+        if let Err(e) = cas::update(
+            self.storage.store().as_ref(),
+            &key,
+            encode(&released),
+            &self.etag,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "releasing the writer lock failed; another node takes over after its TTL");
         }
+    }
+}
+
+/// The holder's lease as the write path sees it.
+#[derive(Clone)]
+pub struct Fence {
+    valid_until: Arc<AtomicU64>,
+    origin: Instant,
+}
+
+impl Fence {
+    /// Whether the lease certainly still holds.
+    pub fn holds(&self) -> bool {
+        !self.remaining().is_zero()
+    }
+
+    fn remaining(&self) -> Duration {
+        let until = Duration::from_millis(self.valid_until.load(Ordering::Acquire));
+        until.saturating_sub(self.origin.elapsed())
     }
 }
 
@@ -173,4 +320,36 @@ fn stop(reason: &str) -> ! {
     tracing::error!("{reason}; stopping to stay fenced");
     eprintln!("netsy: {reason}; stopping to stay fenced");
     std::process::exit(75)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_follows_the_heartbeat() {
+        let t = LockTiming::from_heartbeat(Duration::from_millis(500), 2);
+        assert_eq!(t.renew_every, Duration::from_millis(250));
+        assert_eq!(t.ttl, Duration::from_millis(1500));
+        assert_eq!(t.holder_validity(), Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn a_released_record_is_recognised() {
+        let mut r = LockRecord {
+            leader_id: "a".into(),
+            leader_addr: "x:1".into(),
+            last_updated: humantime::format_rfc3339(SystemTime::UNIX_EPOCH).to_string(),
+            epoch: 3,
+            client_addr: String::new(),
+        };
+        assert!(r.is_released());
+        r.last_updated = humantime::format_rfc3339(SystemTime::now()).to_string();
+        assert!(!r.is_released());
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains("\"leaderID\":\"a\"") && json.contains("\"epoch\":3"),
+            "{json}"
+        );
+    }
 }

@@ -7,10 +7,12 @@
 //! never runs SQL (that is `store`).
 
 pub mod backfill;
+pub mod epochs;
 pub mod lock;
 mod snapshot;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,17 +23,22 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 pub use backfill::{BackfillStats, backfill};
+pub use epochs::EpochLog;
 pub use snapshot::{SnapshotPolicy, SnapshotWorker};
 
-use crate::objstore::{self, ErrorKind, ObjectStorage, UploadOutcome};
+use crate::objstore::{self, EncodedChunk, ErrorKind, ObjectStorage, UploadOutcome};
 use crate::proto as pb;
 use crate::store::{CommitHook, HookError, Record};
 
-/// Longest a chunk upload may take, retries included, before its outcome is resolved by
-/// reading the object back.
+/// Longest one chunk upload attempt may take (plus [`UPLOAD_BYTES_PER_SEC`] for its size)
+/// before it is abandoned and retried with the same bytes.
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(10);
+/// Upload rate assumed when sizing an attempt's deadline.
+const UPLOAD_BYTES_PER_SEC: u64 = 8 << 20;
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest a lease or compaction object write may take.
 const UPLOAD_DEADLINE: Duration = Duration::from_secs(30);
-/// Longest the read-back that resolves an uncertain upload may take.
-const RESOLVE_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Notice to the snapshot worker after each durable group.
 #[derive(Debug, Clone, Copy)]
@@ -53,27 +60,62 @@ pub struct CompactionObject {
     pub revision: i64,
 }
 
-/// The single-node commit hook: chunks, leases and compaction go to the bucket first.
+/// The commit hook of the writer: chunks, leases and compaction go to the bucket first.
 pub struct BucketHook {
     storage: ObjectStorage,
     node_id: String,
     rt: Handle,
     committed: mpsc::Sender<Committed>,
+    epoch: u64,
+    epochs: Arc<RwLock<EpochLog>>,
+    stopping: Arc<AtomicBool>,
+    fence: Option<lock::Fence>,
+    cluster: Option<crate::cluster::Cluster>,
+}
+
+/// How a chunk key that already held something was settled.
+enum Settled {
+    /// It holds our records (an earlier attempt landed).
+    Ours,
+    /// It held an orphan of a deposed writer, now replaced by our chunk.
+    Replaced,
 }
 
 impl BucketHook {
+    /// A hook writing as `epoch`, whose start is already in `epochs`. Setting `stopping` makes
+    /// a stalled upload give up (the process then exits without answering its callers).
     pub fn new(
         storage: ObjectStorage,
         node_id: String,
         rt: Handle,
         committed: mpsc::Sender<Committed>,
+        epoch: u64,
+        epochs: Arc<RwLock<EpochLog>>,
+        stopping: Arc<AtomicBool>,
     ) -> Self {
         BucketHook {
             storage,
             node_id,
             rt,
             committed,
+            epoch,
+            epochs,
+            stopping,
+            fence: None,
+            cluster: None,
         }
+    }
+
+    /// Acknowledges nothing once the writer lock's lease may have run out.
+    pub fn with_fence(mut self, fence: lock::Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Publishes every commit to the cluster's followers.
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     fn put_json(&self, key: Path, body: Vec<u8>) -> Result<(), HookError> {
@@ -87,70 +129,128 @@ impl BucketHook {
             Err(_) => Err(HookError::Rejected("object storage: timed out".into())),
         }
     }
+
+    /// Our chunk's key already holds different records: either an orphan of a deposed writer
+    /// (replaced by compare-and-swap) or a live chunk of another writer (we are deposed).
+    fn settle_conflict(&self, chunk: &EncodedChunk) -> Result<Settled, HookError> {
+        let storage = self.storage.clone();
+        let key = chunk.key.clone();
+        let found = self.rt.block_on(async move {
+            tokio::time::timeout(
+                ATTEMPT_DEADLINE,
+                crate::objstore::cas::get(storage.store().as_ref(), &key),
+            )
+            .await
+        });
+        let existing = match found {
+            Ok(Ok(Some(v))) => v,
+            // Gone or unreadable for now: the caller retries the upload.
+            Ok(Ok(None)) => return Ok(Settled::Replaced),
+            Ok(Err(e)) => return Err(HookError::Rejected(e.to_string())),
+            Err(_) => return Err(HookError::Rejected("reading back timed out".into())),
+        };
+        if crate::objstore::files::same_records(
+            &existing.bytes,
+            &chunk.bytes,
+            crate::datafile::FileKind::KindChunk,
+        ) {
+            return Ok(Settled::Ours);
+        }
+        let their_epoch = crate::datafile::Reader::new(&existing.bytes[..], None)
+            .map(|r| r.header().epoch)
+            .map_err(|e| {
+                HookError::Indeterminate(format!("{} holds an unreadable file: {e}", chunk.key))
+            })?;
+        let orphan = self
+            .epochs
+            .read()
+            .is_ok_and(|log| log.is_orphan(their_epoch, chunk.last_revision));
+        if their_epoch >= self.epoch || !orphan {
+            return Err(HookError::Indeterminate(format!(
+                "{} already holds different records of epoch {their_epoch} (ours is {}): another writer owns this revision",
+                chunk.key, self.epoch
+            )));
+        }
+        tracing::warn!(key = %chunk.key, orphan_epoch = their_epoch, epoch = self.epoch, "replacing an orphan chunk of a deposed writer");
+        let storage = self.storage.clone();
+        let key = chunk.key.clone();
+        let bytes = chunk.bytes.clone();
+        let res = self.rt.block_on(async move {
+            tokio::time::timeout(
+                ATTEMPT_DEADLINE,
+                crate::objstore::cas::update(storage.store().as_ref(), &key, bytes, &existing.etag),
+            )
+            .await
+        });
+        match res {
+            Ok(Ok(_)) => Ok(Settled::Replaced),
+            Ok(Err(e)) => Err(HookError::Rejected(e.to_string())),
+            Err(_) => Err(HookError::Rejected("replacing timed out".into())),
+        }
+    }
 }
 
 impl CommitHook for BucketHook {
+    /// Uploads the group as one create-only chunk. Once an upload has been attempted the group
+    /// is never rolled back: the attempt may still land, and rolling back would hand its
+    /// revisions to other writes. So the same bytes are retried until the chunk is confirmed in
+    /// the bucket; meanwhile the writer stalls and callers wait (or time out not knowing).
     fn persist(&mut self, records: &[Record]) -> Result<(), HookError> {
         let recs: Vec<pb::Record> = records.iter().map(to_proto).collect();
         let chunk = self
             .storage
-            .encode_chunk(&recs, &self.node_id, crate::datafile::now_timestamp())
+            .encode_chunk(
+                &recs,
+                &self.node_id,
+                crate::datafile::now_timestamp(),
+                self.epoch,
+            )
             .map_err(|e| HookError::Rejected(format!("encoding chunk: {e}")))?;
-        let storage = self.storage.clone();
-        let attempt = chunk.clone();
-        let res = self.rt.block_on(async move {
-            tokio::time::timeout(UPLOAD_DEADLINE, storage.put_chunk(&attempt)).await
-        });
-        let outcome = match res {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(e)) if e.kind() == ErrorKind::Conflict => {
+        let deadline =
+            ATTEMPT_DEADLINE + Duration::from_secs(chunk.bytes.len() as u64 / UPLOAD_BYTES_PER_SEC);
+        let mut failures: u32 = 0;
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
                 return Err(HookError::Indeterminate(format!(
-                    "{} already holds different records: another writer owns this revision ({e})",
+                    "stopping while {} is not confirmed",
                     chunk.key
                 )));
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".to_string()),
-        };
-        match outcome {
-            Ok(UploadOutcome::Created) | Ok(UploadOutcome::AlreadyPresent) => {}
-            Err(reason) => {
-                // The PUT may have landed. Read the key back to know.
-                let storage = self.storage.clone();
-                let key = chunk.key.clone();
-                let found = self.rt.block_on(async move {
-                    tokio::time::timeout(
-                        RESOLVE_DEADLINE,
-                        crate::objstore::cas::get(storage.store().as_ref(), &key),
-                    )
-                    .await
-                });
-                match found {
-                    Ok(Ok(None)) => {
-                        return Err(HookError::Rejected(format!(
-                            "uploading {}: {reason}",
-                            chunk.key
-                        )));
+            let storage = self.storage.clone();
+            let attempt = chunk.clone();
+            let res = self.rt.block_on(async move {
+                tokio::time::timeout(deadline, storage.put_chunk(&attempt)).await
+            });
+            let reason = match res {
+                Ok(Ok(UploadOutcome::Created | UploadOutcome::AlreadyPresent)) => break,
+                Ok(Err(e)) if e.kind() == ErrorKind::Conflict => match self.settle_conflict(&chunk)
+                {
+                    Ok(Settled::Ours) => break,
+                    Ok(Settled::Replaced) => {
+                        // Confirm by uploading again: AlreadyPresent if the replacement holds.
+                        continue;
                     }
-                    Ok(Ok(Some(v))) => {
-                        if !crate::objstore::files::same_records(
-                            &v.bytes,
-                            &chunk.bytes,
-                            crate::datafile::FileKind::KindChunk,
-                        ) {
-                            return Err(HookError::Indeterminate(format!(
-                                "{} holds different records after a failed upload ({reason})",
-                                chunk.key
-                            )));
-                        }
-                    }
-                    _ => {
-                        return Err(HookError::Indeterminate(format!(
-                            "uploading {} failed ({reason}) and reading it back failed too",
-                            chunk.key
-                        )));
-                    }
-                }
+                    Err(HookError::Rejected(e)) => e,
+                    Err(e) => return Err(e),
+                },
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("timed out after {deadline:?}"),
+            };
+            failures += 1;
+            let pause = Duration::from_millis(100u64 << failures.min(6)).min(MAX_BACKOFF);
+            tracing::warn!(key = %chunk.key, attempt = failures, error = %reason, retry_in = ?pause, "chunk upload failed; retrying the same chunk (writes wait)");
+            std::thread::sleep(pause);
+        }
+        if failures > 0 {
+            tracing::info!(key = %chunk.key, attempts = failures + 1, "chunk upload confirmed after retries");
+        }
+        if let Some(fence) = &self.fence {
+            if !fence.holds() {
+                // The chunk may be an orphan already: a successor could have started.
+                return Err(HookError::Indeterminate(format!(
+                    "the writer lock's lease ran out while {} was uploaded",
+                    chunk.key
+                )));
             }
         }
         let bytes = records
@@ -190,6 +290,32 @@ impl CommitHook for BucketHook {
         let body = serde_json::to_vec(&CompactionObject { revision: rev })
             .map_err(|e| HookError::Rejected(e.to_string()))?;
         self.put_json(self.storage.layout().compaction(), body)
+    }
+
+    fn published(&mut self, records: &[Record], revision: i64) {
+        if let Some(c) = &self.cluster {
+            crate::cluster::peer::publish_records(c, records, revision);
+        }
+    }
+
+    fn compaction_published(&mut self, rev: i64) {
+        if let Some(c) = &self.cluster {
+            crate::cluster::peer::publish_compaction(c, rev);
+        }
+    }
+}
+
+/// The hook of a node that is not the Primary: it writes nothing (writes are forwarded; local
+/// compaction follows the Primary's).
+pub struct ReplicaHook;
+
+impl CommitHook for ReplicaHook {
+    fn persist(&mut self, _records: &[Record]) -> Result<(), HookError> {
+        Err(HookError::Rejected("this node is not the primary".into()))
+    }
+
+    fn lease_granted(&mut self, _id: i64, _ttl: i64) -> Result<(), HookError> {
+        Err(HookError::Rejected("this node is not the primary".into()))
     }
 }
 

@@ -98,6 +98,7 @@ impl SnapshotWorker {
                         compression: FileCompression::CompressionZstd,
                         records_count: n,
                         leader_id: s.2.clone(),
+                        epoch: 0,
                         created_at: datafile::now_timestamp(),
                     };
                     s.1 = Some(

@@ -158,6 +158,7 @@ impl ObjectStorage {
         records: &[Record],
         leader_id: &str,
         created_at: prost_types::Timestamp,
+        epoch: u64,
     ) -> Result<EncodedChunk, Error> {
         let last = records.last().ok_or(Error::InvalidRevision(0))?;
         let key = self.chunk_key(last.revision)?;
@@ -166,6 +167,7 @@ impl ObjectStorage {
             compression: choose_chunk_compression(records),
             records_count: records.len() as i64,
             leader_id: leader_id.to_string(),
+            epoch,
             created_at,
         };
         let bytes = datafile::encode_file(params, records).map_err(|source| Error::Datafile {
@@ -206,7 +208,7 @@ impl ObjectStorage {
         records: &[Record],
         leader_id: &str,
     ) -> Result<ChunkUpload, Error> {
-        let chunk = self.encode_chunk(records, leader_id, datafile::now_timestamp())?;
+        let chunk = self.encode_chunk(records, leader_id, datafile::now_timestamp(), 0)?;
         let outcome = self.put_chunk(&chunk).await?;
         Ok(ChunkUpload {
             key: chunk.key,
@@ -610,6 +612,7 @@ mod tests {
                 compression: FileCompression::CompressionZstd,
                 records_count: rev,
                 leader_id: "n1".into(),
+                epoch: 0,
                 created_at: datafile::now_timestamp(),
             };
             let mut w = datafile::Writer::new(file, params).unwrap();

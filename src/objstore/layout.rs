@@ -7,6 +7,7 @@
 //! | `members.json` | node id → member id map (Elector; CAS) |
 //! | `nodes/{node_id}.json` | node registration |
 //! | `leader/elector.json` | Elector lock (CAS) |
+//! | `leader/epochs/{epoch:019}.json` | first revision of a writer epoch (create-only; extension) |
 //! | `snapshots/{rev:019}.netsy` | full snapshot up to `rev` |
 //! | `chunks/{rev%10000:04}/{rev:019}.netsy` | delta file whose LAST revision is `rev` |
 //! | `bootstrap.netsy` | operator-provided seed snapshot |
@@ -141,6 +142,25 @@ impl Layout {
     }
 
     /// `leases/{id:016x}.json`: a granted lease (ours; the original has no real leases).
+    /// Epoch record `leader/epochs/{epoch:019}.json`: the first revision a writer epoch owns
+    /// (Netsy-in-Rust extension; fences chunks of deposed writers).
+    pub fn epoch(&self, epoch: u64) -> Path {
+        self.key(&format!("leader/epochs/{epoch:019}.json"))
+    }
+
+    /// Prefix under which epoch records are listed.
+    pub fn epochs_dir(&self) -> Path {
+        self.key("leader/epochs")
+    }
+
+    /// Epoch of a listed epoch-record key; `None` for any other object.
+    pub fn parse_epoch(&self, key: &Path) -> Option<u64> {
+        let rel = self.relative(key)?;
+        let name = rel.strip_prefix("leader/epochs/")?.strip_suffix(".json")?;
+        let epoch: u64 = name.parse().ok()?;
+        (self.epoch(epoch) == *key).then_some(epoch)
+    }
+
     pub fn lease(&self, id: i64) -> Path {
         self.key(&format!("leases/{:016x}.json", id as u64))
     }
@@ -215,7 +235,7 @@ impl Layout {
         };
         match rel {
             "members.json" => ObjectKind::Members,
-            "leader/elector.json" => ObjectKind::Elector,
+            r if r.starts_with("leader/") => ObjectKind::Elector,
             "bootstrap.netsy" => ObjectKind::Bootstrap,
             r if r.starts_with("nodes/") => ObjectKind::Node,
             r if r.starts_with("snapshots/") => ObjectKind::Snapshot,

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 pub use cas::{PutIfAbsent, Versioned};
 pub use config::{Encryption, Provider, StorageConfig};
-pub use files::{ChunkUpload, FileRef, ObjectStorage, UploadOutcome};
+pub use files::{ChunkUpload, EncodedChunk, FileRef, ObjectStorage, UploadOutcome};
 pub use layout::{Layout, LayoutError, ObjectKind};
 
 /// A type-erased object store (any layer of the stack).

@@ -311,6 +311,12 @@ impl Store {
             .await
     }
 
+    /// Replaces the writer's commit hook (role changes).
+    pub async fn set_hook(&self, hook: Box<dyn CommitHook>) -> Result<()> {
+        self.call(|reply| writer::Command::SetHook { hook, reply })
+            .await
+    }
+
     /// Restores the compaction revision and the granted leases recorded in the bucket.
     pub async fn restore(&self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
         self.call(|reply| writer::Command::Restore {

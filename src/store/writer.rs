@@ -41,6 +41,11 @@ pub trait CommitHook: Send + 'static {
     fn compacted(&mut self, _rev: i64) -> std::result::Result<(), HookError> {
         Ok(())
     }
+    /// The records of a group have committed locally (replication feed). Runs before callers
+    /// are answered.
+    fn published(&mut self, _records: &[Record], _revision: i64) {}
+    /// The compaction revision moved to `rev` locally.
+    fn compaction_published(&mut self, _rev: i64) {}
 }
 
 /// The local-only hook: SQLite's own fsync is the durability point (unit tests).
@@ -87,6 +92,11 @@ pub enum Command {
     Import {
         records: Vec<Record>,
         reply: oneshot::Sender<Result<i64>>,
+    },
+    /// Replaces the commit hook (a Replica promoted to Primary, or back).
+    SetHook {
+        hook: Box<dyn CommitHook>,
+        reply: oneshot::Sender<Result<()>>,
     },
     /// State restored from the bucket: the compaction revision and granted leases.
     Restore {
@@ -215,6 +225,11 @@ impl Writer {
                 } => {
                     self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.restore(compaction, leases));
+                }
+                Command::SetHook { hook, reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    self.hook = hook;
+                    let _ = reply.send(Ok(()));
                 }
                 Command::Defragment { reply } => {
                     self.commit_group(std::mem::take(&mut group));
@@ -384,6 +399,9 @@ impl Writer {
         self.hub.append(batches);
         self.revs.set_current(rev);
         self.hub.notify(rev);
+        if !records.is_empty() {
+            self.hook.published(&records, rev);
+        }
         for p in replies {
             send_pending(p);
         }
@@ -457,6 +475,7 @@ impl Writer {
             return;
         }
         self.revs.set_compacted(rev);
+        self.hook.compaction_published(rev);
         let job = self.compaction.get_or_insert(CompactionJob {
             target: rev,
             next: 2,
@@ -539,7 +558,9 @@ fn reply_err(cmd: Command, e: Error) {
         | Command::LeaseRevoke { reply, .. } => {
             let _ = reply.send(Err(e));
         }
-        Command::Defragment { reply } | Command::Restore { reply, .. } => {
+        Command::Defragment { reply }
+        | Command::Restore { reply, .. }
+        | Command::SetHook { reply, .. } => {
             let _ = reply.send(Err(e));
         }
         Command::Import { reply, .. } => {

@@ -208,7 +208,8 @@ impl Server {
                 cmd.arg("--data-dir")
                     .arg(data_dir)
                     .args(["--bind-client", &format!("127.0.0.1:{client_port}")])
-                    .args(["--bind-health", &format!("127.0.0.1:{health_port}")]);
+                    .args(["--bind-health", &format!("127.0.0.1:{health_port}")])
+                    .args(["--bind-peer", &format!("127.0.0.1:{}", free_port())]);
                 if std::env::var_os("NETSY_LOG_FORMAT").is_none() {
                     cmd.env("NETSY_LOG_FORMAT", "json");
                 }

@@ -27,6 +27,10 @@ pub struct NodeSpec {
     pub bucket: Bucket,
     pub key_prefix: String,
     pub snapshot_threshold_records: i64,
+    /// `--node-id` (default: netsy's own default).
+    pub node_id: Option<String>,
+    /// `heartbeat_interval` in the cluster config (e.g. "300ms").
+    pub heartbeat: Option<String>,
 }
 
 impl NodeSpec {
@@ -36,6 +40,8 @@ impl NodeSpec {
             bucket,
             key_prefix: String::new(),
             snapshot_threshold_records: 10_000,
+            node_id: None,
+            heartbeat: None,
         }
     }
 }
@@ -44,6 +50,7 @@ pub struct Node {
     pub spec: NodeSpec,
     pub client_port: u16,
     pub health_port: u16,
+    pub peer_port: u16,
     child: Option<Child>,
     /// Directory for the config file and per-run logs.
     work: PathBuf,
@@ -80,11 +87,12 @@ impl Node {
     /// Starts a node (fresh ports); does not wait for readiness.
     pub fn start(spec: NodeSpec, work: &Path) -> Node {
         std::fs::create_dir_all(work).expect("work dir");
-        let p = free_ports(2);
+        let p = free_ports(3);
         let mut node = Node {
             spec,
             client_port: p[0],
             health_port: p[1],
+            peer_port: p[2],
             child: None,
             work: work.to_path_buf(),
             run: 0,
@@ -107,15 +115,16 @@ impl Node {
                 "key_prefix": self.spec.key_prefix,
             }),
         };
-        Some(
-            serde_json::json!({
-                "cluster_id": "durability",
-                "storage": storage,
-                "replication": {"quorum": 0},
-                "snapshot": {"threshold_records": self.spec.snapshot_threshold_records},
-            })
-            .to_string(),
-        )
+        let mut cfg = serde_json::json!({
+            "cluster_id": "durability",
+            "storage": storage,
+            "replication": {"quorum": 0},
+            "snapshot": {"threshold_records": self.spec.snapshot_threshold_records},
+        });
+        if let Some(hb) = &self.spec.heartbeat {
+            cfg["heartbeat_interval"] = serde_json::json!(hb);
+        }
+        Some(cfg.to_string())
     }
 
     fn spawn(&mut self) {
@@ -129,12 +138,21 @@ impl Node {
             .arg(format!("127.0.0.1:{}", self.client_port))
             .arg("--bind-health")
             .arg(format!("127.0.0.1:{}", self.health_port))
+            .arg("--bind-peer")
+            .arg(format!("127.0.0.1:{}", self.peer_port))
+            .arg("--advertise-client")
+            .arg(format!("127.0.0.1:{}", self.client_port))
+            .arg("--advertise-peer")
+            .arg(format!("127.0.0.1:{}", self.peer_port))
             .env("NETSY_LOG_FORMAT", "json")
             .env_remove("NETSY_CONFIG")
             .env_remove("NETSY_DEBUG")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log));
+        if let Some(id) = &self.spec.node_id {
+            cmd.arg("--node-id").arg(id);
+        }
         if let Some(json) = self.config_json() {
             let path = self.work.join("config.jsonc");
             std::fs::write(&path, json).expect("config");
@@ -208,6 +226,34 @@ impl Node {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal (`TERM`, `STOP`, `CONT`) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("running");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// SIGTERM, then waits (bounded) for the process to exit; returns its exit code.
+    pub async fn stop(&mut self, limit: Duration) -> Option<i32> {
+        self.signal("TERM");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(code) = self.exited() {
+                return code;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netsy did not stop within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

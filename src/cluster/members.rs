@@ -1,0 +1,261 @@
+//! Membership: every node registers `nodes/{node_id}.json` and refreshes it every heartbeat;
+//! `members.json` maps node ids to etcd member ids, allocated once (max + 1, by compare-and-swap)
+//! and never reused, so a restarted node keeps its id. The Primary removes registrations that
+//! have not been refreshed for `elector.deregistration_timeout`. `MemberList` shows every
+//! registered node.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+use crate::objstore::{Error, ObjectStorage, cas};
+
+/// `members.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MembersFile {
+    pub cluster_id: String,
+    pub members: BTreeMap<String, u64>,
+}
+
+/// `nodes/{node_id}.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub member_id: u64,
+    pub client_advertise_address: String,
+    pub peer_advertise_address: String,
+    /// RFC 3339.
+    pub last_heartbeat: String,
+}
+
+/// One row of MemberList.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberInfo {
+    pub name: String,
+    pub id: u64,
+    pub client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+}
+
+/// This node's registration and the cluster's member list as last read.
+#[derive(Clone)]
+pub struct Membership {
+    storage: ObjectStorage,
+    me: Arc<RwLock<NodeRecord>>,
+    scheme: &'static str,
+    list: Arc<RwLock<Vec<MemberInfo>>>,
+}
+
+impl Membership {
+    /// Allocates (or finds) this node's member id and registers it.
+    pub async fn register(
+        storage: &ObjectStorage,
+        cluster_id: &str,
+        node_id: &str,
+        client_addr: &str,
+        peer_addr: &str,
+        scheme: &'static str,
+    ) -> Result<Membership, Error> {
+        let member_id = allocate(storage, cluster_id, node_id).await?;
+        let me = NodeRecord {
+            node_id: node_id.to_string(),
+            member_id,
+            client_advertise_address: client_addr.to_string(),
+            peer_advertise_address: peer_addr.to_string(),
+            last_heartbeat: now(),
+        };
+        let m = Membership {
+            storage: storage.clone(),
+            me: Arc::new(RwLock::new(me)),
+            scheme,
+            list: Arc::new(RwLock::new(Vec::new())),
+        };
+        m.heartbeat().await?;
+        m.refresh().await?;
+        Ok(m)
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.me.read().map(|m| m.member_id).unwrap_or(0)
+    }
+
+    /// Member id of a node, from the last list read.
+    pub fn member_id_of(&self, node_id: &str) -> Option<u64> {
+        self.list
+            .read()
+            .ok()?
+            .iter()
+            .find(|m| m.name == node_id)
+            .map(|m| m.id)
+    }
+
+    /// The last list read (sorted by member id).
+    pub fn list(&self) -> Vec<MemberInfo> {
+        self.list.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Refreshes this node's registration.
+    pub async fn heartbeat(&self) -> Result<(), Error> {
+        let rec = {
+            let mut me = self.me.write().unwrap_or_else(|p| p.into_inner());
+            me.last_heartbeat = now();
+            me.clone()
+        };
+        let key = self.storage.layout().node(&rec.node_id)?;
+        let body = Bytes::from(serde_json::to_vec(&rec).unwrap_or_default());
+        self.storage
+            .store()
+            .put(&key, body.into())
+            .await
+            .map_err(Error::Store)?;
+        Ok(())
+    }
+
+    /// Re-reads every registration.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        let records = read_nodes(&self.storage).await?;
+        let mut list: Vec<MemberInfo> = records
+            .into_iter()
+            .map(|(_, r)| MemberInfo {
+                name: r.node_id,
+                id: r.member_id,
+                client_urls: vec![format!("{}://{}", self.scheme, r.client_advertise_address)],
+                peer_urls: vec![format!("{}://{}", self.scheme, r.peer_advertise_address)],
+            })
+            .collect();
+        list.sort_by_key(|m| m.id);
+        if let Ok(mut l) = self.list.write() {
+            *l = list;
+        }
+        Ok(())
+    }
+
+    /// Primary only: removes registrations not refreshed for `timeout` (0 = never).
+    pub async fn deregister_stale(&self, timeout: Duration) -> Result<usize, Error> {
+        if timeout.is_zero() {
+            return Ok(0);
+        }
+        let mine = self
+            .me
+            .read()
+            .map(|m| m.node_id.clone())
+            .unwrap_or_default();
+        let mut removed = 0;
+        for (key, r) in read_nodes(&self.storage).await? {
+            let age = humantime::parse_rfc3339_weak(&r.last_heartbeat)
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            if r.node_id != mine && age.is_some_and(|a| a > timeout) {
+                match self.storage.store().delete(&key).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        tracing::info!(node = %r.node_id, member_id = r.member_id, "node_deregistered: no heartbeat");
+                        removed += 1;
+                    }
+                    Err(e) => return Err(Error::Store(e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Heartbeats and refreshes every `every` until `stop`; a Primary also deregisters stale
+    /// nodes (`is_primary`).
+    pub async fn run(
+        self,
+        every: Duration,
+        deregistration_timeout: Duration,
+        is_primary: impl Fn() -> bool + Send + 'static,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.heartbeat().await {
+                tracing::warn!(error = %e, "node registration heartbeat failed");
+            }
+            if is_primary() {
+                if let Err(e) = self.deregister_stale(deregistration_timeout).await {
+                    tracing::warn!(error = %e, "removing stale registrations failed");
+                }
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "reading the member list failed");
+            }
+        }
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+async fn read_nodes(
+    storage: &ObjectStorage,
+) -> Result<Vec<(object_store::path::Path, NodeRecord)>, Error> {
+    let metas: Vec<_> = storage
+        .store()
+        .list(Some(&storage.layout().nodes_dir()))
+        .try_collect()
+        .await
+        .map_err(Error::Store)?;
+    let mut out = Vec::new();
+    for meta in metas {
+        let Some(v) = cas::get(storage.store().as_ref(), &meta.location).await? else {
+            continue;
+        };
+        match serde_json::from_slice::<NodeRecord>(&v.bytes) {
+            Ok(r) => out.push((meta.location, r)),
+            Err(e) => {
+                tracing::warn!(key = %meta.location, error = %e, "unreadable node registration ignored")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// This node's member id from `members.json`, allocating the next one if it has none.
+async fn allocate(storage: &ObjectStorage, cluster_id: &str, node_id: &str) -> Result<u64, Error> {
+    let key = storage.layout().members();
+    let store = storage.store().as_ref();
+    for _ in 0..20 {
+        let current = cas::get(store, &key).await?;
+        let mut file = match &current {
+            Some(v) => serde_json::from_slice::<MembersFile>(&v.bytes)
+                .map_err(|e| Error::Config(format!("unreadable members.json: {e}")))?,
+            None => MembersFile {
+                cluster_id: cluster_id.to_string(),
+                members: BTreeMap::new(),
+            },
+        };
+        if let Some(id) = file.members.get(node_id) {
+            return Ok(*id);
+        }
+        let id = file.members.values().max().copied().unwrap_or(0) + 1;
+        file.members.insert(node_id.to_string(), id);
+        let body = Bytes::from(serde_json::to_vec(&file).unwrap_or_default());
+        let res = match &current {
+            None => cas::create(store, &key, body).await,
+            Some(v) => cas::update(store, &key, body, &v.etag).await,
+        };
+        match res {
+            Ok(_) => {
+                tracing::info!(node = node_id, member_id = id, "member_id_allocated");
+                return Ok(id);
+            }
+            Err(Error::AlreadyExists { .. } | Error::Precondition { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Config(
+        "members.json: too many concurrent updates".into(),
+    ))
+}

@@ -1,0 +1,369 @@
+//! Several nodes on one bucket: roles, replication and write forwarding.
+//!
+//! Owns: who is the Primary (the holder of the writer lock, see `durability::lock`), the
+//! replication feed a Primary serves on the peer port, the follower loop of a Replica,
+//! forwarding of writes and read indexes from a Replica to the Primary, and membership
+//! (`members`). Never builds object keys (`objstore::layout`) and never runs SQL (`store`).
+//!
+//! Durability does not depend on Replicas: every write is in the bucket before it is
+//! acknowledged (the quorum-0 rule), so a new Primary loads the bucket's tail and has every
+//! acknowledged write. Replicas serve reads and watches from their local copy and forward
+//! writes; a read that must be linearizable first asks the Primary for its committed revision
+//! and waits until the local copy has applied it.
+
+mod follower;
+pub mod members;
+pub mod peer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{broadcast, watch};
+use tonic::Status;
+use tonic::transport::Channel;
+
+pub use follower::follow;
+
+use crate::proto as pb;
+use crate::proto::peer_client::PeerClient;
+use crate::store::Store;
+use crate::watch::WatchHub;
+
+/// How long a Replica waits for its local copy to reach a revision it must serve.
+pub const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Deadline of one forwarded request.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a write waits for a Primary (a takeover in progress) before failing.
+pub const ROUTE_WAIT: Duration = Duration::from_secs(5);
+
+/// The node that currently writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrimaryInfo {
+    pub node_id: String,
+    pub peer_addr: String,
+    pub epoch: u64,
+}
+
+/// What this node is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Role {
+    /// Loading, or taking over as Primary: neither writes nor forwards.
+    Transition,
+    Primary {
+        epoch: u64,
+    },
+    Replica {
+        primary: PrimaryInfo,
+    },
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Transition => "transition",
+            Role::Primary { .. } => "primary",
+            Role::Replica { .. } => "replica",
+        }
+    }
+
+    /// The epoch etcd clients see as the raft term.
+    pub fn term(&self) -> u64 {
+        match self {
+            Role::Transition => 0,
+            Role::Primary { epoch } => *epoch,
+            Role::Replica { primary } => primary.epoch,
+        }
+    }
+}
+
+/// Shared cluster state of one node.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: String,
+    stopping: std::sync::atomic::AtomicBool,
+    role: watch::Sender<Role>,
+    feed: broadcast::Sender<Arc<pb::FollowMessage>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    store: Store,
+    hub: WatchHub,
+}
+
+impl Cluster {
+    pub fn new(
+        node_id: String,
+        store: Store,
+        hub: WatchHub,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Cluster {
+        let (role, _) = watch::channel(Role::Transition);
+        let (feed, _) = broadcast::channel(1024);
+        Cluster {
+            inner: Arc::new(Inner {
+                node_id,
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                role,
+                feed,
+                channels: Mutex::new(HashMap::new()),
+                tls,
+                store,
+                hub,
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner.role.borrow().clone()
+    }
+
+    pub fn subscribe_role(&self) -> watch::Receiver<Role> {
+        self.inner.role.subscribe()
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.inner.role.send_if_modified(|r| {
+            if *r == role {
+                false
+            } else {
+                tracing::info!(
+                    from = r.name(),
+                    to = role.name(),
+                    term = role.term(),
+                    "role_changed"
+                );
+                *r = role;
+                true
+            }
+        });
+    }
+
+    /// This node is shutting down: writes that would wait for a Primary fail at once instead
+    /// (the client retries on another node).
+    pub fn set_stopping(&self) {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Where a Primary publishes committed records for its followers.
+    pub fn feed(&self) -> &broadcast::Sender<Arc<pb::FollowMessage>> {
+        &self.inner.feed
+    }
+
+    /// A client for the peer port at `addr` (connections are kept and reused).
+    pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(PeerClient::new(ch.clone()).max_decoding_message_size(usize::MAX));
+        }
+        let connect = Duration::from_secs(2);
+        let ch = match &self.inner.tls {
+            Some(cfg) => crate::tls::connect_lazy(addr, cfg.clone(), connect)
+                .map_err(|e| Status::unavailable(format!("netsy: peer {addr}: {e}")))?,
+            None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| Status::unavailable(format!("netsy: peer {addr}: {e}")))?
+                .connect_timeout(connect)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        };
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(PeerClient::new(ch).max_decoding_message_size(usize::MAX))
+    }
+
+    /// The Primary's peer client, or Unavailable while there is none.
+    fn primary(&self) -> Result<PeerClient<Channel>, Status> {
+        match self.role() {
+            Role::Replica { primary } => self.peer(&primary.peer_addr),
+            _ => Err(leader_changed()),
+        }
+    }
+
+    /// Whether requests must go to another node.
+    pub fn is_replica(&self) -> bool {
+        matches!(self.role(), Role::Replica { .. })
+    }
+
+    /// Where a write goes: `Ok(None)` = this node is the Primary, execute locally;
+    /// `Ok(Some(resp))` = the Primary's answer. While there is no Primary (a takeover in
+    /// progress), or when the Primary refused before executing, it waits for the next one and
+    /// retries, up to [`ROUTE_WAIT`]; a request that may have been executed is never resent.
+    pub async fn route<Resp: Message + Default>(
+        &self,
+        method: pb::ForwardMethod,
+        req: &impl Message,
+    ) -> Result<Option<Resp>, Status> {
+        let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
+        let mut roles = self.subscribe_role();
+        loop {
+            let role = roles.borrow_and_update().clone();
+            let retry = match role {
+                Role::Primary { .. } => return Ok(None),
+                Role::Transition => leader_changed(),
+                Role::Replica { primary } => match self.forward_once(&primary, method, req).await {
+                    Ok(resp) => return Ok(Some(resp)),
+                    Err(Forwarded::NotExecuted(s)) => s,
+                    Err(Forwarded::Failed(s)) => return Err(s),
+                },
+            };
+            if self.is_stopping() {
+                return Err(retry);
+            }
+            // Wait for a role change (a new Primary), or a short pause, then retry.
+            let pause = tokio::time::sleep(Duration::from_millis(100));
+            tokio::select! {
+                _ = roles.changed() => {}
+                _ = pause => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(retry),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(retry);
+            }
+        }
+    }
+
+    async fn forward_once<Resp: Message + Default>(
+        &self,
+        primary: &PrimaryInfo,
+        method: pb::ForwardMethod,
+        req: &impl Message,
+    ) -> Result<Resp, Forwarded> {
+        let mut client = self
+            .peer(&primary.peer_addr)
+            .map_err(Forwarded::NotExecuted)?;
+        let mut request = tonic::Request::new(pb::ForwardRequest {
+            method: method as i32,
+            request: req.encode_to_vec(),
+            node_id: self.inner.node_id.clone(),
+        });
+        request.set_timeout(FORWARD_DEADLINE);
+        let resp = client
+            .forward(request)
+            .await
+            .map_err(classify)?
+            .into_inner();
+        Resp::decode(resp.response.as_slice()).map_err(|e| {
+            Forwarded::Failed(Status::internal(format!(
+                "netsy: bad forwarded response: {e}"
+            )))
+        })
+    }
+
+    /// Sends an etcd request to the Primary and decodes its answer (see [`Self::route`]).
+    pub async fn forward<Resp: Message + Default>(
+        &self,
+        method: pb::ForwardMethod,
+        req: &impl Message,
+    ) -> Result<Resp, Status> {
+        match self.route(method, req).await? {
+            Some(resp) => Ok(resp),
+            None => Err(leader_changed()),
+        }
+    }
+
+    /// Waits until the local copy has applied `revision` (read-your-writes on a Replica).
+    pub async fn wait_applied(&self, revision: i64) -> Result<(), Status> {
+        let mut rx = self.inner.hub.subscribe();
+        let wait = async {
+            loop {
+                if self.inner.store.current_revision() >= revision {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(APPLY_WAIT, wait)
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: request timed out"))?;
+        if self.inner.store.current_revision() >= revision {
+            Ok(())
+        } else {
+            Err(Status::unavailable("etcdserver: request timed out"))
+        }
+    }
+
+    /// For a linearizable read on a Replica: the Primary's committed revision, applied locally.
+    /// A no-op on the Primary.
+    pub async fn read_barrier(&self) -> Result<(), Status> {
+        match self.role() {
+            Role::Primary { .. } => Ok(()),
+            Role::Transition => Err(leader_changed()),
+            Role::Replica { .. } => {
+                let mut client = self.primary()?;
+                let mut request = tonic::Request::new(pb::ReadIndexRequest {});
+                request.set_timeout(APPLY_WAIT);
+                let idx = client
+                    .read_index(request)
+                    .await
+                    .map_err(peer_failure)?
+                    .into_inner();
+                self.wait_applied(idx.revision).await
+            }
+        }
+    }
+}
+
+/// etcd's answer while there is no leader to serve a request.
+pub fn leader_changed() -> Status {
+    Status::unavailable("etcdserver: leader changed")
+}
+
+/// How a forwarded call failed.
+enum Forwarded {
+    /// Certainly not executed: safe to send again (to the next Primary).
+    NotExecuted(Status),
+    /// Executed or maybe executed, or refused for a reason of its own.
+    Failed(Status),
+}
+
+/// Sorts a failed forward: refusals before execution (no connection; the peer is not or no
+/// longer the Primary) may be retried; everything else is final.
+fn classify(s: Status) -> Forwarded {
+    let msg = s.message();
+    let not_sent = msg.contains("connect") || msg.contains("Connection refused");
+    let refused = s.code() == tonic::Code::FailedPrecondition
+        || (s.code() == tonic::Code::Unavailable && msg == "etcdserver: leader changed");
+    if (s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown) && not_sent {
+        Forwarded::NotExecuted(leader_changed())
+    } else if refused {
+        Forwarded::NotExecuted(leader_changed())
+    } else {
+        Forwarded::Failed(peer_failure(s))
+    }
+}
+
+/// A failed call to the Primary: its own statuses pass through; a broken connection becomes
+/// etcd's "leader changed" (the client retries, possibly on another node).
+fn peer_failure(s: Status) -> Status {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            if !s.message().starts_with("etcdserver:") =>
+        {
+            tracing::debug!(error = %s, "call to the primary failed");
+            leader_changed()
+        }
+        tonic::Code::DeadlineExceeded => Status::unavailable("etcdserver: request timed out"),
+        _ => s,
+    }
+}
