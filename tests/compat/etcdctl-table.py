@@ -181,6 +181,7 @@ def hashkv_shape(text):
 TXN_OK = 'value("foo") = "bar2"\n\nput foo bar3\nget foo\n\nget k/1\n\n'
 TXN_FAIL = 'mod("foo") < "2"\n\nput foo never\n\nget foo\n\n'
 TXN_MULTI = 'version("k/1") = "1"\ncreate("k/2") > "0"\n\ndel k/3\n\n\n'
+TXN_DUP = '\n\nput d 1\nput d 2\n\n\n'
 UNIMPL = ("netsy", "Unimplemented")
 
 ROWS = [
@@ -217,6 +218,7 @@ ROWS = [
     Row("KV.Txn", ["txn"], stdin=TXN_OK),
     Row("KV.Txn", ["txn"], stdin=TXN_FAIL),
     Row("KV.Txn", ["txn", "-w", "json"], stdin=TXN_MULTI),
+    Row("KV.Txn", ["txn"], stdin=TXN_DUP),
     # Watch (history replays: the starting revision makes the output deterministic)
     Row("Watch", ["watch", "foo", "--rev=2"], kind="watch", lines=15),
     Row("Watch", ["watch", "foo", "--rev=2", "--prev-kv"], kind="watch", lines=8),
@@ -250,6 +252,10 @@ ROWS = [
     Row("Lease.LeaseKeepAlive", ["lease", "keep-alive", "--once", "{lease1}"]),
     Row("KV.Range", ["get", "lk", "--prefix", "--keys-only"]),
     Row("Lease.LeaseLeases", ["lease", "list"]),
+    Row("Lease.LeaseTimeToLive", ["lease", "timetolive", "1234"]),
+    Row("Lease.LeaseRevoke", ["lease", "revoke", "1234"]),
+    Row("Lease.LeaseKeepAlive", ["lease", "keep-alive", "--once", "1234"]),
+    Row("Lease.LeaseGrant", ["lease", "grant", "0"]),
     # Lock (concurrency package: lease + txn + watch)
     Row("Lease + Txn + Watch", ["lock", "mylock", "--", "echo", "held"]),
     # Compaction
@@ -283,6 +289,7 @@ ROWS = [
     Row("Maintenance.HashKV", ["endpoint", "hashkv", "--rev=6", "-w", "json"],
         expect=("netsy", '"compact_revision":6'),
         note="etcd refuses a hash at exactly the compacted revision"),
+    Row("Maintenance.HashKV", ["endpoint", "hashkv", "--rev=1000"]),
     Row("Maintenance.Defragment", ["defrag"]),
     Row("Maintenance.Alarm", ["alarm", "list"]),
     Row("Maintenance.Alarm", ["alarm", "disarm"]),
