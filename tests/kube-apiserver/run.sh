@@ -15,7 +15,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 work="$here/.work"        # git-ignored: binaries, logs, this run's files
 run="$work/run"
-NETSY_BIN="$(realpath "${NETSY_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/netsy}")"
+NETSY_BIN="$(realpath "${NETSY_BIN:-${CARGO_TARGET_DIR:-$repo/target}/release/netsy}")"   # relative to the caller
+if [ -n "${KUBE_APISERVER_BIN:-}" ]; then KUBE_APISERVER_BIN="$(realpath "$KUBE_APISERVER_BIN")"; fi
 compaction="${KUBE_COMPACTION:-10s}"
 passed=0
 failed=0
@@ -63,7 +64,7 @@ rm -rf "$run"; mkdir -p "$run"
 # 1. Binaries: kube-apiserver from the pinned module graph (go.mod `tool` directive), and our client.
 cd "$here"
 if [ -n "${KUBE_APISERVER_BIN:-}" ]; then
-  apiserver="$(realpath "$KUBE_APISERVER_BIN")"
+  apiserver="$KUBE_APISERVER_BIN"
 else
   kver="$(sed -n 's/^[[:space:]]*k8s.io\/kubernetes \(v[^ ]*\).*/\1/p' go.mod | head -1)"
   step "building kube-apiserver (k8s.io/kubernetes $kver)"
