@@ -85,16 +85,6 @@ class Server:
         self.log.close()
 
 
-def tcp_ready(port):
-    def check():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-    return check
-
-
 def http_ready(url):
     def check():
         try:
