@@ -342,7 +342,15 @@ impl ClusterConfig {
         if self.heartbeat_interval.is_zero() {
             return Err(err("heartbeat_interval", "must be greater than 0"));
         }
-        let min_prior = self.heartbeat_interval * self.elector.degradation_count;
+        let Some(min_prior) = self
+            .heartbeat_interval
+            .checked_mul(self.elector.degradation_count)
+        else {
+            return Err(err(
+                "heartbeat_interval",
+                "too large: heartbeat_interval × elector.degradation_count overflows",
+            ));
+        };
         if let Some(p) = self.elector.primary_prior_timeout {
             if p < min_prior {
                 return Err(err(
@@ -536,6 +544,12 @@ mod tests {
                 "elector.primary_prior_timeout",
             ),
             (r#"{"cluster_id": "a", "storage": "#, "config"),
+            // Found while writing the config fuzz target: the product used to panic
+            // ("overflow when multiplying duration by scalar").
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"replication":{"quorum":0},"heartbeat_interval":"500000000000000000s","elector":{"degradation_count":100}}"#,
+                "heartbeat_interval",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).expect_err(text);
