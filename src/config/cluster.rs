@@ -230,14 +230,11 @@ pub fn parse(text: &str) -> Result<(ClusterConfig, Vec<String>), ConfigError> {
         .extract()
         .map_err(|e| {
             let key = e.path.join(".");
-            let key: &'static str = Box::leak(
-                if key.is_empty() {
-                    "config".to_string()
-                } else {
-                    key
-                }
-                .into_boxed_str(),
-            );
+            let key = if key.is_empty() {
+                "config".to_string()
+            } else {
+                key
+            };
             err(key, e.kind.to_string())
         })?;
     cfg.validate()?;
@@ -342,7 +339,15 @@ impl ClusterConfig {
         if self.heartbeat_interval.is_zero() {
             return Err(err("heartbeat_interval", "must be greater than 0"));
         }
-        let min_prior = self.heartbeat_interval * self.elector.degradation_count;
+        let Some(min_prior) = self
+            .heartbeat_interval
+            .checked_mul(self.elector.degradation_count)
+        else {
+            return Err(err(
+                "heartbeat_interval",
+                "too large: heartbeat_interval × elector.degradation_count overflows",
+            ));
+        };
         if let Some(p) = self.elector.primary_prior_timeout {
             if p < min_prior {
                 return Err(err(
@@ -536,6 +541,18 @@ mod tests {
                 "elector.primary_prior_timeout",
             ),
             (r#"{"cluster_id": "a", "storage": "#, "config"),
+            // Found by the config fuzz target: the key of a value figment refused was leaked
+            // (Box::leak) on every error.
+            (
+                r#"{"cmusencryptiontorage":{"bucket_name":"b"},"heartbeat_interval":500000000,"replicateon":{"quorum":0},"compaction_interval":"1h3--"}"#,
+                "compaction_interval",
+            ),
+            // Found while writing the config fuzz target: the product used to panic
+            // ("overflow when multiplying duration by scalar").
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"replication":{"quorum":0},"heartbeat_interval":"500000000000000000s","elector":{"degradation_count":100}}"#,
+                "heartbeat_interval",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).expect_err(text);

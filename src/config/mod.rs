@@ -108,13 +108,13 @@ pub struct NodeConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct ConfigError {
-    pub key: &'static str,
+    pub key: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
-fn err(key: &'static str, message: impl Into<String>) -> ConfigError {
+fn err(key: impl Into<std::borrow::Cow<'static, str>>, message: impl Into<String>) -> ConfigError {
     ConfigError {
-        key,
+        key: key.into(),
         message: message.into(),
     }
 }
@@ -256,7 +256,7 @@ impl NodeArgs {
             return Ok(None);
         }
         if let Some((key, _)) = given.iter().find(|(_, v)| v.is_none()) {
-            return Err(err(key, "required when any NETSY_TLS_* file is given"));
+            return Err(err(*key, "required when any NETSY_TLS_* file is given"));
         }
         let p = |v: &Option<PathBuf>| v.clone().unwrap_or_default();
         Ok(Some(crate::tls::TlsPaths {
