@@ -195,7 +195,7 @@ start_kine_sqlite() {
 # ---- the original Go Netsy ----
 start_netsy_go() {
   if [ ! -x "$gobin/netsy-go" ]; then
-    skip_reason="not available: the Go module proxy refused github.com/netsy-dev/netsy: $(tr '\n' ' ' <"$gobin/netsy-go.unavailable" 2>/dev/null | head -c 300)"
+    skip_reason="not available: the Go module proxy refused github.com/netsy-dev/netsy: $(tr '\n\t' '  ' <"$gobin/netsy-go.unavailable" 2>/dev/null | head -c 300)"
     return 1
   fi
   skip_reason="built ($(cat "$gobin/netsy-go.version")) but its start-up flags are not wired into bench/run-all.sh yet"
@@ -219,7 +219,7 @@ cell() { # $1 = system, $2 = workload label, $3 = clients, $4 = timeout seconds,
   if [ $rc -eq 0 ] && [ -n "$out" ]; then
     echo "$out" >>"$results"
   else
-    local why; why=$(tail -c 300 "$work/cell.err" | tr '\n"\\' '   ')
+    local why; why=$(tail -c 300 "$work/cell.err" | tr '\n\t"\\' '    ')
     [ $rc -eq 124 ] && why="timed out after ${to}s; $why"
     echo "{\"system\":\"$sys\",\"workload\":\"$wl\",\"clients\":$cl,\"failed\":\"exit $rc: $why\"}" >>"$results"
   fi
@@ -280,7 +280,8 @@ for sys in $systems; do
   if ! "$fn" 2>"$work/start-$sys.err"; then
     [ -n "$skip_reason" ] || skip_reason="failed to start: $(tail -c 300 "$work/start-$sys.err" | tr '\n"\\' '   ')"
     log "$sys skipped: $skip_reason"
-    echo "{\"system\":\"$sys\",\"workload\":\"-\",\"clients\":0,\"skipped\":\"${skip_reason//\"/\'}\"}" >>"$results"
+    skip_reason=$(printf '%s' "$skip_reason" | tr '\n\t"\\' "  ''")
+    echo "{\"system\":\"$sys\",\"workload\":\"-\",\"clients\":0,\"skipped\":\"$skip_reason\"}" >>"$results"
     continue
   fi
   run_cells "$sys"
@@ -327,7 +328,7 @@ fi
 wall=$(( $(date +%s) - run_started ))
 kine_version=$(sed -n 's/^[[:space:]]*github.com\/k3s-io\/kine \(v[^ ]*\).*/\1/p' bench/go/kine/go.mod | head -1)
 etcd_tool_version=$(sed -n 's/^[[:space:]]*go.etcd.io\/etcd\/v3 \(v[^ ]*\).*/\1/p' bench/go/etcd-benchmark/go.mod | head -1)
-netsy_go=$( [ -f "$gobin/netsy-go.version" ] && cat "$gobin/netsy-go.version" || echo "unavailable: $(tr '\n' ' ' <"$gobin/netsy-go.unavailable" 2>/dev/null)")
+netsy_go=$( [ -f "$gobin/netsy-go.version" ] && cat "$gobin/netsy-go.version" || echo "unavailable: $(tr '\n\t"' "  '" <"$gobin/netsy-go.unavailable" 2>/dev/null)")
 python3 - "$work/meta.json" <<PY
 import json, os, platform, subprocess, sys
 def sh(c):
