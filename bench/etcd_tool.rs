@@ -95,8 +95,8 @@ pub async fn run(
         .await
         .map_err(|_| format!("{workload}: the benchmark tool did not finish within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let s = parse(&text);
     let ok_ops = (s.requests_per_sec * s.total_s).round() as u64;
     let mut m = serde_json::Map::new();
@@ -115,7 +115,10 @@ pub async fn run(
     }
     if !out.status.success() || s.total_s == 0.0 {
         let tail: String = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-        m.insert("tool_failed".into(), format!("{}: {tail}", out.status).into());
+        m.insert(
+            "tool_failed".into(),
+            format!("{}: {tail}", out.status).into(),
+        );
     }
     m.extend(targets.finish(&probe, ok_ops).await);
     println!("{}", serde_json::Value::Object(m));
@@ -137,6 +140,9 @@ mod tests {
         assert!((s.p50_ms - 0.9).abs() < 1e-9);
         assert!((s.p999_ms - 12.1).abs() < 1e-9);
         assert_eq!(s.errors, 12);
-        assert_eq!(s.first_error.as_deref(), Some("rpc error: code = Unknown desc = put is not supported"));
+        assert_eq!(
+            s.first_error.as_deref(),
+            Some("rpc error: code = Unknown desc = put is not supported")
+        );
     }
 }

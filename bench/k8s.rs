@@ -97,7 +97,9 @@ fn else_revision(r: &etcd_client::TxnResponse) -> i64 {
     r.op_responses()
         .into_iter()
         .find_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0)),
+            etcd_client::TxnOpResponse::Get(g) => {
+                Some(g.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0))
+            }
             _ => None,
         })
         .unwrap_or(0)
@@ -151,7 +153,10 @@ fn line(
     m.insert("ops".into(), lat.len().into());
     m.insert("errors".into(), errors.into());
     m.insert("seconds".into(), seconds.into());
-    m.insert("ops_per_sec".into(), (lat.len() as f64 / seconds.max(1e-9)).into());
+    m.insert(
+        "ops_per_sec".into(),
+        (lat.len() as f64 / seconds.max(1e-9)).into(),
+    );
     m.extend(latency_fields(lat));
     m
 }
@@ -168,7 +173,12 @@ enum Phase {
 }
 
 /// Runs one timed crud phase over every worker; returns the workers and the JSON line.
-async fn crud_phase(p: &Params, phase: Phase, workers: Vec<Worker>, prefix: &str) -> Res<Vec<Worker>> {
+async fn crud_phase(
+    p: &Params,
+    phase: Phase,
+    workers: Vec<Worker>,
+    prefix: &str,
+) -> Res<Vec<Worker>> {
     let stop = Arc::new(AtomicBool::new(false));
     let ran_out = Arc::new(tokio::sync::Notify::new());
     let probe = p.targets.start().await;
@@ -189,7 +199,9 @@ async fn crud_phase(p: &Params, phase: Phase, workers: Vec<Worker>, prefix: &str
                     Phase::Create => {
                         let key = format!("{prefix}{next:08}").into_bytes();
                         next += 1;
-                        match create(&mut w.client, key.clone(), value(&mut w.rng, value_size)).await {
+                        match create(&mut w.client, key.clone(), value(&mut w.rng, value_size))
+                            .await
+                        {
                             Ok(Some(rev)) => {
                                 w.keys.push((key, rev));
                                 true
@@ -283,7 +295,13 @@ async fn crud(p: &Params) -> Res<()> {
 }
 
 /// Creates `keys` keys `<prefix>NNNNNNNN` with `clients` clients (untimed set-up).
-pub async fn seed(endpoint: &str, prefix: &str, keys: u64, clients: usize, value_size: usize) -> Res<()> {
+pub async fn seed(
+    endpoint: &str,
+    prefix: &str,
+    keys: u64,
+    clients: usize,
+    value_size: usize,
+) -> Res<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..clients {
@@ -388,7 +406,10 @@ async fn list(p: &Params) -> Res<()> {
     m.insert("list_keys".into(), p.list_keys.into());
     m.insert("page_size".into(), p.page_size.into());
     m.insert("full_lists_per_sec".into(), (lists as f64 / seconds).into());
-    m.insert("keys_per_sec".into(), (lists as f64 * p.list_keys as f64 / seconds).into());
+    m.insert(
+        "keys_per_sec".into(),
+        (lists as f64 * p.list_keys as f64 / seconds).into(),
+    );
     m.extend(p.targets.finish(&probe, lat.len() as u64).await);
     print(m);
     Ok(())
@@ -410,10 +431,11 @@ async fn watch(p: &Params) -> Res<()> {
     for i in 0..p.watchers {
         let mut c = clients[i % conns].clone();
         let opts = WatchOptions::new().with_range(end.clone());
-        let mut stream = tokio::time::timeout_at(setup_deadline.into(), c.watch(prefix.clone(), Some(opts)))
-            .await
-            .map_err(|_| format!("watch {i} not created within 60 s"))?
-            .map_err(err)?;
+        let mut stream =
+            tokio::time::timeout_at(setup_deadline.into(), c.watch(prefix.clone(), Some(opts)))
+                .await
+                .map_err(|_| format!("watch {i} not created within 60 s"))?
+                .map_err(err)?;
         // Wait for the `created` response so no event is missed.
         match tokio::time::timeout_at(setup_deadline.into(), stream.message()).await {
             Ok(Ok(Some(r))) if r.created() => {}
@@ -487,7 +509,14 @@ async fn watch(p: &Params) -> Res<()> {
     let seconds = started.elapsed().as_secs_f64();
     let expected = written * p.watchers as u64;
     let missing = expected.saturating_sub(lat.len() as u64);
-    let mut m = line(p, "watch", p.watchers, &mut lat, missing + write_errors, seconds);
+    let mut m = line(
+        p,
+        "watch",
+        p.watchers,
+        &mut lat,
+        missing + write_errors,
+        seconds,
+    );
     m.insert("watchers".into(), p.watchers.into());
     m.insert("writes".into(), written.into());
     m.insert("write_rate".into(), p.write_rate.into());
@@ -495,7 +524,10 @@ async fn watch(p: &Params) -> Res<()> {
     m.insert("events_missing".into(), missing.into());
     m.insert("watchers_incomplete".into(), incomplete.into());
     write_lat.sort_unstable();
-    m.insert("write_p50_ms".into(), crate::percentile(&write_lat, 0.5).into());
+    m.insert(
+        "write_p50_ms".into(),
+        crate::percentile(&write_lat, 0.5).into(),
+    );
     m.extend(p.targets.finish(&probe, lat.len() as u64).await);
     print(m);
     Ok(())
@@ -516,7 +548,13 @@ async fn mixed(p: &Params) -> Res<()> {
                 .ok_or("mixed: seed key already exists")?;
             keys.push((key, rev));
         }
-        workers.push(Worker { client, keys, rng, lat: Vec::new(), errors: 0 });
+        workers.push(Worker {
+            client,
+            keys,
+            rng,
+            lat: Vec::new(),
+            errors: 0,
+        });
     }
     let stop = Arc::new(AtomicBool::new(false));
     let probe = p.targets.start().await;
@@ -576,7 +614,10 @@ async fn mixed(p: &Params) -> Res<()> {
     m.insert("reads".into(), reads.len().into());
     m.insert("writes".into(), writes.len().into());
     m.insert("read_p99_ms".into(), crate::percentile(&reads, 0.99).into());
-    m.insert("write_p99_ms".into(), crate::percentile(&writes, 0.99).into());
+    m.insert(
+        "write_p99_ms".into(),
+        crate::percentile(&writes, 0.99).into(),
+    );
     m.extend(p.targets.finish(&probe, all.len() as u64).await);
     print(m);
     Ok(())

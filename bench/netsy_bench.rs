@@ -537,13 +537,16 @@ async fn wait_etcd(endpoint: &str, timeout: Duration) -> Result<(), String> {
             let opts = ConnectOptions::new()
                 .with_connect_timeout(Duration::from_secs(2))
                 .with_timeout(Duration::from_secs(2));
-            let mut c = Client::connect(endpoint.split(',').collect::<Vec<_>>(), Some(opts)).await?;
+            let mut c =
+                Client::connect(endpoint.split(',').collect::<Vec<_>>(), Some(opts)).await?;
             c.get("/netsy-bench/probe", None).await
         };
         match tokio::time::timeout(Duration::from_secs(5), attempt).await {
             Ok(Ok(_)) => return Ok(()),
             other if Instant::now() >= deadline => {
-                return Err(format!("{endpoint} did not answer a Get within {timeout:?}: {other:?}"));
+                return Err(format!(
+                    "{endpoint} did not answer a Get within {timeout:?}: {other:?}"
+                ));
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }

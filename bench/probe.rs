@@ -35,7 +35,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime field 15.
-    let get = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let get = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     get(14) + get(15)
 }
 
@@ -66,7 +71,10 @@ async fn objstore_requests(urls: &[String]) -> Option<f64> {
                 l.starts_with("netsy_object_storage_writes_total")
                     || l.starts_with("netsy_object_storage_reads_total")
             })
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            })
             .sum();
         total = Some(total.unwrap_or(0.0) + sum);
     }
@@ -110,7 +118,11 @@ impl Targets {
     }
 
     /// The phase's server figures as JSON fields, for `ops` operations.
-    pub async fn finish(&self, start: &Start, ops: u64) -> serde_json::Map<String, serde_json::Value> {
+    pub async fn finish(
+        &self,
+        start: &Start,
+        ops: u64,
+    ) -> serde_json::Map<String, serde_json::Value> {
         let seconds = start.at.elapsed().as_secs_f64().max(1e-9);
         let cpu = self
             .pids
@@ -141,7 +153,10 @@ impl Targets {
             let aux_s = aux as f64 / TICKS_PER_SEC;
             m.insert("aux_cpu_s".into(), aux_s.into());
             if ops > 0 {
-                m.insert("aux_cpu_us_per_op".into(), (aux_s * 1e6 / ops as f64).into());
+                m.insert(
+                    "aux_cpu_us_per_op".into(),
+                    (aux_s * 1e6 / ops as f64).into(),
+                );
             }
         }
         if let (Some(a), Some(b)) = (
