@@ -1,5 +1,9 @@
-//! `netsy-bench`: the write-load driver and helpers of `bench/durability.sh`.
+//! `netsy-bench`: the load client of `bench/run-all.sh` and `bench/durability.sh`.
 //!
+//! * `k8s` — Kubernetes-shaped workloads (crud, list, watch, mixed; see `k8s.rs`) with server
+//!   CPU, memory and object-store request figures (`probe.rs`). One JSON line per phase.
+//! * `etcd-tool` — runs etcd's own benchmark tool and reports it the same way (`etcd_tool.rs`).
+//! * `wait-etcd` — waits (bounded) until an endpoint answers a Get.
 //! * `run` — N concurrent clients (one gRPC connection each) write for a fixed time: `put` (a
 //!   plain Put) or `create` (Kubernetes' create: Txn if mod_revision(key) == 0 then Put else
 //!   Get), unique keys, values of `--value-size` bytes. Prints one JSON line: ops/s, p50, p99.
@@ -19,6 +23,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand, ValueEnum};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod etcd_tool;
+mod k8s;
+mod probe;
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +78,61 @@ enum Cmd {
         #[arg(long, default_value = "/load")]
         prefix: String,
     },
+    /// Kubernetes-shaped workload; prints one JSON line per measured phase.
+    K8s {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, value_enum)]
+        workload: k8s::K8sWorkload,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+        #[arg(long, default_value = "")]
+        system: String,
+        #[arg(long, default_value = "/k8s")]
+        prefix: String,
+        /// list: keys under the listed prefix.
+        #[arg(long, default_value_t = 10_000)]
+        list_keys: u64,
+        /// list: keys per page (the `limit`).
+        #[arg(long, default_value_t = 500)]
+        page_size: i64,
+        /// watch: watch streams on the prefix.
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// watch: gRPC connections the watch streams are spread over.
+        #[arg(long, default_value_t = 10)]
+        watch_conns: usize,
+        /// watch: creates per second by the single writer.
+        #[arg(long, default_value_t = 50)]
+        write_rate: u32,
+        #[command(flatten)]
+        targets: TargetArgs,
+    },
+    /// Runs etcd's benchmark tool (the command after `--`); prints one JSON line.
+    EtcdTool {
+        #[arg(long, default_value = "")]
+        system: String,
+        #[arg(long)]
+        workload: String,
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        targets: TargetArgs,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Waits until an etcd v3 endpoint answers a Get.
+    WaitEtcd {
+        endpoint: String,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Waits until GET `url` answers 200.
     WaitHttp {
         url: String,
@@ -90,7 +153,47 @@ enum Cmd {
         /// Value size of the loaded keys, for the logical MB/s.
         #[arg(long, default_value_t = 1024)]
         value_size: usize,
+        /// One JSON line instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
+    /// Creates `keys` keys `<prefix>NNNNNNNN` (Kubernetes' create Txn, so kine accepts it).
+    Seed {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        keys: u64,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+    },
+}
+
+/// The server processes and metrics endpoints sampled around each measured phase.
+#[derive(clap::Args, Clone, Debug)]
+struct TargetArgs {
+    /// Server process id (repeatable; CPU and memory are summed).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Helper process id, e.g. the S3 server behind netsy (repeatable; CPU reported apart).
+    #[arg(long = "aux-pid")]
+    aux_pids: Vec<u32>,
+    /// Prometheus URL whose netsy_object_storage_{writes,reads}_total are summed (repeatable).
+    #[arg(long = "metrics-url")]
+    metrics_urls: Vec<String>,
+}
+
+impl From<TargetArgs> for probe::Targets {
+    fn from(a: TargetArgs) -> Self {
+        probe::Targets {
+            pids: a.pids,
+            aux_pids: a.aux_pids,
+            metrics_urls: a.metrics_urls,
+        }
+    }
 }
 
 #[tokio::main]
@@ -118,10 +221,61 @@ async fn main() {
             value_size,
             prefix,
         } => load(&endpoint, keys, clients, value_size, &prefix).await,
+        Cmd::K8s {
+            endpoint,
+            workload,
+            clients,
+            duration,
+            value_size,
+            system,
+            prefix,
+            list_keys,
+            page_size,
+            watchers,
+            watch_conns,
+            write_rate,
+            targets,
+        } => {
+            let params = k8s::Params {
+                endpoint,
+                system,
+                clients,
+                duration,
+                value_size,
+                prefix,
+                list_keys,
+                page_size,
+                watchers,
+                watch_conns,
+                write_rate,
+                targets: targets.into(),
+            };
+            k8s::run(workload, params).await
+        }
+        Cmd::EtcdTool {
+            system,
+            workload,
+            clients,
+            timeout,
+            targets,
+            cmd,
+        } => etcd_tool::run(&system, &workload, clients, timeout, &targets.into(), &cmd).await,
+        Cmd::WaitEtcd { endpoint, timeout } => wait_etcd(&endpoint, timeout).await,
         Cmd::WaitHttp { url, timeout } => wait_http(&url, timeout).await,
         Cmd::WaitS3 { bucket, timeout } => wait_s3(&bucket, timeout).await,
         Cmd::Table { file } => table(&file),
-        Cmd::Loading { log, value_size } => loading(&log, value_size),
+        Cmd::Loading {
+            log,
+            value_size,
+            json,
+        } => loading(&log, value_size, json),
+        Cmd::Seed {
+            endpoint,
+            prefix,
+            keys,
+            clients,
+            value_size,
+        } => k8s::seed(&endpoint, &prefix, keys, clients, value_size).await,
     };
     if let Err(e) = result {
         eprintln!("netsy-bench: {e}");
@@ -129,11 +283,12 @@ async fn main() {
     }
 }
 
+/// Connects to `endpoint` (several comma-separated URLs: the client spreads requests over them).
 async fn connect(endpoint: &str) -> Result<Client, String> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_timeout(Duration::from_secs(60));
-    Client::connect([endpoint], Some(opts))
+    Client::connect(endpoint.split(',').collect::<Vec<_>>(), Some(opts))
         .await
         .map_err(|e| format!("connect {endpoint}: {e}"))
 }
@@ -165,18 +320,50 @@ async fn write_one(
     .map_err(|e| e.to_string())
 }
 
+/// xorshift64: the next pseudo-random number of `state`.
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// A value of `size` bytes from a 64-character alphabet (about as compressible as base64 —
 /// unlike a run of one byte, which zstd would shrink to nothing).
 fn value(state: &mut u64, size: usize) -> Vec<u8> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     (0..size)
-        .map(|_| {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            ALPHABET[(*state >> 58) as usize]
-        })
+        .map(|_| ALPHABET[(next_rand(state) >> 58) as usize])
         .collect()
+}
+
+/// Quantiles (in %) at which `latency_fields` reports the distribution, for plots.
+const CDF_POINTS: &[f64] = &[
+    0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 92.5, 95.0,
+    97.0, 98.0, 99.0, 99.5, 99.7, 99.9, 99.95, 99.99, 100.0,
+];
+
+/// Sorts `lat` (µs) and returns p50/p99/p999/max/mean in ms plus the distribution at
+/// `CDF_POINTS` (`cdf_ms`, aligned with `cdf_pct`).
+fn latency_fields(lat: &mut [u32]) -> serde_json::Map<String, serde_json::Value> {
+    lat.sort_unstable();
+    let mut m = serde_json::Map::new();
+    m.insert("p50_ms".into(), percentile(lat, 0.50).into());
+    m.insert("p99_ms".into(), percentile(lat, 0.99).into());
+    m.insert("p999_ms".into(), percentile(lat, 0.999).into());
+    m.insert("max_ms".into(), percentile(lat, 1.0).into());
+    let mean = lat.iter().map(|v| *v as f64).sum::<f64>() / lat.len().max(1) as f64 / 1000.0;
+    m.insert("mean_ms".into(), mean.into());
+    m.insert("cdf_pct".into(), CDF_POINTS.to_vec().into());
+    m.insert(
+        "cdf_ms".into(),
+        CDF_POINTS
+            .iter()
+            .map(|q| percentile(lat, q / 100.0))
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    m
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -343,6 +530,29 @@ async fn wait_http(url: &str, timeout: Duration) -> Result<(), String> {
     }
 }
 
+async fn wait_etcd(endpoint: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let opts = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(2));
+            let mut c =
+                Client::connect(endpoint.split(',').collect::<Vec<_>>(), Some(opts)).await?;
+            c.get("/netsy-bench/probe", None).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(_)) => return Ok(()),
+            other if Instant::now() >= deadline => {
+                return Err(format!(
+                    "{endpoint} did not answer a Get within {timeout:?}: {other:?}"
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 async fn wait_s3(bucket: &str, timeout: Duration) -> Result<(), String> {
     use object_store::ObjectStoreExt;
     let cfg = netsy::objstore::StorageConfig {
@@ -400,7 +610,7 @@ fn table(file: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn loading(log: &std::path::Path, value_size: usize) -> Result<(), String> {
+fn loading(log: &std::path::Path, value_size: usize, json: bool) -> Result<(), String> {
     let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let fields = text
         .lines()
@@ -411,6 +621,21 @@ fn loading(log: &std::path::Path, value_size: usize) -> Result<(), String> {
     let records = fields["records"].as_f64().unwrap_or(0.0);
     let bytes = fields["bytes"].as_f64().unwrap_or(0.0);
     let seconds = fields["seconds"].as_f64().unwrap_or(0.0).max(1e-6);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "records": records,
+                "bytes": bytes,
+                "backfill_seconds": seconds,
+                "snapshot": fields["snapshot"],
+                "chunks": fields["chunks"],
+                "records_per_sec": records / seconds,
+                "mb_per_sec": bytes / 1e6 / seconds,
+            })
+        );
+        return Ok(());
+    }
     println!(
         "backfill: {} records ({:.1} MB in the bucket) in {:.2} s from snapshot {} + {} chunks: \
          {:.0} records/s, {:.1} MB/s of bucket bytes, {:.1} MB/s of {value_size}-byte values",

