@@ -46,7 +46,7 @@ s3=${ports[0]} netsy_client=${ports[11]} netsy_health=${ports[12]} netsy_peer=${
 echo "== starting seaweedfs, netsy (S3 bucket) and etcd 3.5.1 in $work" >&2
 mkdir -p "$work/weed"
 AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s "$weed" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-  -master.telemetry=false -admin.ui=false -webdav=false -s3.port="$s3" -bucket=bench \
+  -master.telemetry=false -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3" -bucket=bench \
   -master.port="${ports[1]}" -master.port.grpc="${ports[2]}" -volume.port="${ports[3]}" \
   -volume.port.grpc="${ports[4]}" -filer.port="${ports[5]}" -filer.port.grpc="${ports[6]}" \
   -admin.port="${ports[7]}" -admin.port.grpc="${ports[8]}" -debug.port="${ports[9]}" \

@@ -4,7 +4,7 @@
 #
 #   netsy-local   netsy, one node, local-directory bucket
 #   netsy-s3      netsy, one node, bucket on seaweedfs (S3 protocol, loopback)
-#   netsy-ha3     netsy, three nodes (HOOK: skipped until netsy has HA — see start_netsy_ha3)
+#   netsy-ha3     netsy, three nodes on one seaweedfs bucket (majority of the load on Replicas)
 #   etcd-1        etcd 3.5.1, one member
 #   etcd-3        etcd 3.5.1, three members on loopback
 #   kine-sqlite   kine (k3s-io/kine) with its SQLite backend
@@ -102,7 +102,7 @@ start_weed() {
   s3_port=${ports[0]}
   mkdir -p "$work/weed"
   AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s "$weed" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -master.telemetry=false -admin.ui=false -webdav=false -s3.port="$s3_port" -bucket=bench \
+    -master.telemetry=false -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3_port" -bucket=bench \
     -master.port="${ports[1]}" -master.port.grpc="${ports[2]}" -volume.port="${ports[3]}" \
     -volume.port.grpc="${ports[4]}" -filer.port="${ports[5]}" -filer.port.grpc="${ports[6]}" \
     -admin.port="${ports[7]}" -admin.port.grpc="${ports[8]}" -debug.port="${ports[9]}" \
@@ -141,20 +141,30 @@ JSON
   AUX=("$weed_pid")
 }
 
-# ---- netsy, three nodes (HOOK for the lead) ----
-# netsy_has_ha must answer whether this netsy binary can run a 3-node cluster; start_netsy_ha3
-# must start three nodes on one seaweedfs bucket, wait until every node is ready, and set EP
-# (all three client URLs, comma-separated), PIDS (all three) and METRICS (all three /metrics).
-netsy_has_ha() {
-  [ "${NETSY_BENCH_HA:-}" = 1 ]   # LEAD: replace with a real capability check of "$netsy"
-}
+# ---- netsy, three nodes ----
+# Three nodes on one seaweedfs bucket (heartbeat 500 ms); EP lists all three client URLs, so the
+# load spreads over the Primary and both Replicas (which forward writes).
 start_netsy_ha3() {
-  if ! netsy_has_ha; then
-    skip_reason="not yet available: this netsy has no multi-node (HA) mode yet"
-    return 1
-  fi
-  skip_reason="netsy_has_ha is true but start_netsy_ha3 is not written yet"   # LEAD: fill in
-  return 1
+  [ -n "$weed_pid" ] || start_weed
+  cat >"$work/netsy-ha3.jsonc" <<JSON
+{"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench", "key_prefix": "ha3"}, "heartbeat_interval": "500ms", "replication": {"quorum": 0}}
+JSON
+  local ports i; read -ra ports <<<"$(free_ports 9)"
+  EP= PIDS=() METRICS=()
+  for i in 0 1 2; do
+    local c=${ports[$((3 * i))]} h=${ports[$((3 * i + 1))]} p=${ports[$((3 * i + 2))]}
+    NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json "$netsy" --config "$work/netsy-ha3.jsonc" \
+      --node-id "bench-$i" --data-dir "$work/netsy-ha3/n$i" \
+      --bind-client "127.0.0.1:$c" --advertise-client "127.0.0.1:$c" \
+      --bind-peer "127.0.0.1:$p" --advertise-peer "127.0.0.1:$p" \
+      --bind-health "127.0.0.1:$h" >"$work/netsy-ha3-n$i.log" 2>&1 &
+    PIDS+=($!); all_pids+=($!)
+    # One at a time, so the first node is the Primary.
+    "$bench" wait-http "http://127.0.0.1:$h/readyz" --timeout 600s
+    EP+="${EP:+,}http://127.0.0.1:$c"
+    METRICS+=("http://127.0.0.1:$h/metrics")
+  done
+  AUX=("$weed_pid")
 }
 
 # ---- etcd 3.5.1 ----
@@ -356,7 +366,7 @@ meta = {
   "systems": {
     "netsy-local": "netsy, one node, plaintext loopback, bucket in a local directory",
     "netsy-s3": "netsy, one node, bucket on seaweedfs (weed mini, S3 on loopback); every acknowledged write is in the bucket",
-    "netsy-ha3": "netsy, three nodes (hook in bench/run-all.sh; skipped until netsy has HA)",
+    "netsy-ha3": "netsy, three nodes on one seaweedfs bucket (heartbeat 500 ms; load spread over all three)",
     "etcd-1": "etcd 3.5.1, one member, default flags (fsync per commit)",
     "etcd-3": "etcd 3.5.1, three members on loopback; clients spread over the three client URLs",
     "kine-sqlite": "kine with SQLite (kine's default DSN: WAL, busy timeout 30 s, immediate transactions)",

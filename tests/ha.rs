@@ -631,3 +631,140 @@ async fn a_rolling_restart_under_load_fails_no_write() {
     assert_eq!(unknown, 0, "writes of unknown outcome");
     check_nodes(&c, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_compaction_are_cluster_wide_and_survive_failover() {
+    let mut c = cluster("ha-lease").await;
+    let p = primary(&c).await;
+    let (r1, r2) = ((p + 1) % 3, (p + 2) % 3);
+    let mut rc = connect(&c.nodes[r1]).await;
+    // A lease granted and kept alive through a Replica, with a key attached.
+    let kept = rc
+        .lease_grant(4, None)
+        .await
+        .expect("grant via replica")
+        .id();
+    rc.put(
+        "/lease/kept",
+        "x",
+        Some(etcd_client::PutOptions::new().with_lease(kept)),
+    )
+    .await
+    .expect("put with lease via replica");
+    // A lease nobody keeps alive.
+    let dropped = rc.lease_grant(3, None).await.expect("grant").id();
+    rc.put(
+        "/lease/dropped",
+        "x",
+        Some(etcd_client::PutOptions::new().with_lease(dropped)),
+    )
+    .await
+    .expect("put");
+    let (mut keeper, mut acks) = rc
+        .lease_keep_alive(kept)
+        .await
+        .expect("keep-alive via replica");
+    keeper.keep_alive().await.expect("keep-alive");
+    let ttl = acks.message().await.expect("ack").expect("ack").ttl();
+    assert!(ttl > 0, "keep-alive through a replica renews: ttl {ttl}");
+
+    // Compaction through the other Replica reaches every node.
+    let mut rc2 = connect(&c.nodes[r2]).await;
+    let head = revision(&mut rc2).await;
+    rc2.compact(head - 1, None)
+        .await
+        .expect("compact via replica");
+    for n in &c.nodes {
+        let mut cl = connect(n).await;
+        support::poll("compaction on every node", Duration::from_secs(10), || {
+            let mut cl = cl.clone();
+            async move {
+                match cl
+                    .get(
+                        "/lease/kept",
+                        Some(
+                            GetOptions::new()
+                                .with_revision(head - 2)
+                                .with_serializable(),
+                        ),
+                    )
+                    .await
+                {
+                    Err(e)
+                        if e.to_string()
+                            .contains("required revision has been compacted") =>
+                    {
+                        Some(())
+                    }
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        let _ = &mut cl;
+    }
+
+    // Failover: the kept lease survives with its key; the dropped one still expires.
+    c.nodes[p].kill9();
+    let new_p = support::poll("a new primary", Duration::from_secs(20), || async {
+        for i in [r1, r2] {
+            let Ok(mut cl) = Client::connect([c.nodes[i].endpoint()], None).await else {
+                continue;
+            };
+            if let Ok(s) = cl.status().await {
+                if s.leader() != 0 && s.leader() == s.header().map_or(0, |h| h.member_id()) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    })
+    .await;
+    let mut nc = connect(&c.nodes[new_p]).await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let mut kc = connect(&c.nodes[new_p]).await;
+        let (mut k, mut a) = kc
+            .lease_keep_alive(kept)
+            .await
+            .expect("keep-alive on the new primary");
+        k.keep_alive().await.expect("keep-alive");
+        let ttl = a.message().await.expect("ack").expect("ack").ttl();
+        assert!(
+            ttl > 0,
+            "the kept lease lives on the new primary (ttl {ttl})"
+        );
+        let t = nc
+            .lease_time_to_live(
+                kept,
+                Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+            )
+            .await
+            .expect("ttl");
+        assert_eq!(
+            t.keys(),
+            [b"/lease/kept".to_vec()],
+            "its key is still attached"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let got = nc.get("/lease/kept", None).await.expect("get");
+    assert_eq!(
+        got.kvs().len(),
+        1,
+        "a kept-alive lease's key survives failover"
+    );
+    support::poll(
+        "the unkept lease to expire on the new primary",
+        Duration::from_secs(15),
+        || {
+            let mut nc = nc.clone();
+            async move {
+                let got = nc.get("/lease/dropped", None).await.ok()?;
+                got.kvs().is_empty().then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = &mut c;
+}

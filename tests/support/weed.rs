@@ -54,6 +54,9 @@ pub fn start_weed(bucket: &str) -> Weed {
         "-master.telemetry=false".into(),
         "-admin.ui=false".into(),
         "-webdav=false".into(),
+        // Fixed default ports (8181, 9101) would collide between parallel tests.
+        "-s3.port.iceberg=0".into(),
+        "-s3.port.lance=0".into(),
         format!("-s3.port={}", p[0]),
         format!("-bucket={bucket}"),
         format!("-master.port={}", p[1]),
