@@ -350,9 +350,22 @@ pub async fn run(
         stop: stop_rx.clone(),
         lock_task: None,
     };
-    // The first look at the writer lock decides the role before anything is served.
+    // The role is decided (Primary, or Replica of a known Primary) before anything is served.
     let mut watcher = Watcher::new(storage.clone());
-    elect_step(&cfg, &mut watcher, &mut promotion).await;
+    loop {
+        elect_step(&cfg, &mut watcher, &mut promotion).await;
+        if cluster.role() != Role::Transition {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timing.renew_every / 2) => {}
+            _ = term_rx.changed() => {
+                let _ = stop_tx.send(true);
+                let _ = lock_stop_tx.send(true);
+                return Ok(());
+            }
+        }
+    }
 
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let grpc = tonic::transport::Server::builder()

@@ -184,6 +184,9 @@ pub fn embedded_default(bucket_dir: &Path) -> ClusterConfig {
     c.storage.provider = "local".into();
     c.storage.path = Some(bucket_dir.to_path_buf());
     c.replication.quorum = 0;
+    // A lone node gains nothing from a short writer-lock TTL (nobody takes over), and a long one
+    // keeps a slow disk from fencing it: renew every 2.5 s, TTL 15 s.
+    c.heartbeat_interval = std::time::Duration::from_secs(5);
     c
 }
 
