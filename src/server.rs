@@ -367,6 +367,8 @@ pub async fn run(
         }
     }
 
+    // Serving from the first request on: connections may already wait in the listen backlog.
+    serving.store(true, Ordering::Release);
     let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -453,7 +455,6 @@ pub async fn run(
         ),
     };
 
-    serving.store(true, Ordering::Release);
     health_state.set_phase(cluster.role().name());
     tracing::info!(
         client = %cfg.bind_client,

@@ -318,7 +318,18 @@ def normalise(text, srv):
     for i, lease in enumerate(srv.leases, 1):
         t = t.replace(lease, f"<lease-{i}>").replace(str(int(lease, 16)), f"<lease-{i}>")
     if srv.member_id is not None:
-        t = t.replace(f"{srv.member_id:x}", "<member-id>").replace(str(srv.member_id), "<member-id>")
+        # netsy's member ids are small (members.json: 1, 2, …); replace them only as whole
+        # tokens so that counts and revisions that happen to be equal stay intact.
+        ids = {f"{srv.member_id:x}", str(srv.member_id)}
+        if srv.member_id < 1 << 16:
+            t = re.sub(r'("member_id":|"leader":|"ID":|"MemberID" : |"Leader" : )' + str(srv.member_id) + r'\b',
+                       r"\g<1><member-id>", t)
+            t = re.sub(r'(^|\n)' + f"{srv.member_id:x}" + r'(?=, )', r"\g<1><member-id>", t)
+            t = re.sub(r'(, )' + f"{srv.member_id:x}" + r'(?=, 3\.)', r"\g<1><member-id>", t)
+            t = re.sub(r'(, (true|false), (true|false), )?' + r'(?<=, )' + f"{srv.member_id:x}" + r'(?=, (true|false)\b)', "<member-id>", t)
+        else:
+            for i in ids:
+                t = t.replace(i, "<member-id>")
     if srv.cluster_id is not None:
         t = t.replace(f"{srv.cluster_id:x}", "<cluster-id>").replace(str(srv.cluster_id), "<cluster-id>")
     t = re.sub(r'("raft_term":|"RaftTerm" : )\d+', r"\1<term>", t)
