@@ -81,7 +81,12 @@ fn harness() -> &'static Harness {
         });
         let options = ApiOptions::default();
         let max_msg = options.max_request_bytes + 512 * 1024;
+        // A lone Primary: every request is executed locally.
+        let cluster = netsy::cluster::Cluster::new("fuzz".into(), store.clone(), hub.clone(), None);
+        cluster.set_role(netsy::cluster::Role::Primary { epoch: 1 });
         let ctx = Context {
+            cluster,
+            membership: None,
             store,
             hub,
             member: Arc::new(Member {
