@@ -99,7 +99,9 @@ cat > "$work/config.jsonc" <<'JSONC'
     "provider": "local",
     "path": "/var/lib/netsy/bucket",
   },
-  "heartbeat_interval": "1s",
+  // One node under emulation (TCG): no failover to speed up, so a long writer-lock TTL
+  // (15 s) keeps a slow emulated disk from fencing it.
+  "heartbeat_interval": "5s",
   "replication": { "quorum": 0 },
 }
 JSONC
