@@ -8,6 +8,9 @@ need_apt=()
 [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 [ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# The fault tests: partitions by iptables owner match, wall-clock skew by libfaketime.
+command -v iptables >/dev/null || need_apt+=(iptables)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -1,12 +1,12 @@
 //! Membership: every node registers `nodes/{node_id}.json` and refreshes it every heartbeat;
 //! `members.json` maps node ids to etcd member ids, allocated once (max + 1, by compare-and-swap)
 //! and never reused, so a restarted node keeps its id. The Primary removes registrations that
-//! have not been refreshed for `elector.deregistration_timeout`. `MemberList` shows every
-//! registered node.
+//! it has not seen refreshed for `elector.deregistration_timeout` (by its own monotonic clock:
+//! no wall clocks are compared across nodes). `MemberList` shows every registered node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -135,8 +135,15 @@ impl Membership {
         Ok(())
     }
 
-    /// Primary only: removes registrations not refreshed for `timeout` (0 = never).
-    pub async fn deregister_stale(&self, timeout: Duration) -> Result<usize, Error> {
+    /// Primary only: removes registrations that this node has not seen change for `timeout`
+    /// (0 = never). Staleness is observed on this node's monotonic clock — a registration's
+    /// `last_heartbeat` is written by another node's wall clock, which may be skewed or jump —
+    /// so a node only becomes a candidate after this node watched it stand still for `timeout`.
+    pub async fn deregister_stale(
+        &self,
+        timeout: Duration,
+        seen: &mut HashMap<object_store::path::Path, (String, Instant)>,
+    ) -> Result<usize, Error> {
         if timeout.is_zero() {
             return Ok(0);
         }
@@ -145,15 +152,24 @@ impl Membership {
             .read()
             .map(|m| m.node_id.clone())
             .unwrap_or_default();
+        let now = Instant::now();
+        let records = read_nodes(&self.storage).await?;
+        seen.retain(|k, _| records.iter().any(|(key, _)| key == k));
         let mut removed = 0;
-        for (key, r) in read_nodes(&self.storage).await? {
-            let age = humantime::parse_rfc3339_weak(&r.last_heartbeat)
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok());
-            if r.node_id != mine && age.is_some_and(|a| a > timeout) {
+        for (key, r) in records {
+            let stamp = format!("{}/{}", r.last_heartbeat, r.member_id);
+            let since = match seen.get(&key) {
+                Some((last, at)) if *last == stamp => *at,
+                _ => {
+                    seen.insert(key.clone(), (stamp, now));
+                    now
+                }
+            };
+            if r.node_id != mine && now.duration_since(since) > timeout {
                 match self.storage.store().delete(&key).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                         tracing::info!(node = %r.node_id, member_id = r.member_id, "node_deregistered: no heartbeat");
+                        seen.remove(&key);
                         removed += 1;
                     }
                     Err(e) => return Err(Error::Store(e)),
@@ -172,6 +188,7 @@ impl Membership {
         is_primary: impl Fn() -> bool + Send + 'static,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let mut seen = HashMap::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -182,8 +199,11 @@ impl Membership {
             if let Err(e) = self.heartbeat().await {
                 tracing::warn!(error = %e, "node registration heartbeat failed");
             }
-            if is_primary() {
-                if let Err(e) = self.deregister_stale(deregistration_timeout).await {
+            if !is_primary() {
+                // A new term observes afresh.
+                seen.clear();
+            } else {
+                if let Err(e) = self.deregister_stale(deregistration_timeout, &mut seen).await {
                     tracing::warn!(error = %e, "removing stale registrations failed");
                 }
             }
@@ -258,4 +278,66 @@ async fn allocate(storage: &ObjectStorage, cluster_id: &str, node_id: &str) -> R
     Err(Error::Config(
         "members.json: too many concurrent updates".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objstore::layout::Layout;
+    use crate::objstore::retry::RetryConfig;
+    use object_store::memory::InMemory;
+
+    fn storage() -> ObjectStorage {
+        ObjectStorage::with_backend(
+            Arc::new(InMemory::new()),
+            Layout::new("").unwrap(),
+            RetryConfig::default(),
+            None,
+        )
+    }
+
+    /// A node whose wall clock is far behind writes old-looking timestamps; it stays
+    /// registered as long as its record keeps changing, and goes only after it stood still for
+    /// the timeout as measured by the Primary.
+    #[tokio::test]
+    async fn deregistration_ignores_wall_clocks_and_watches_for_change() {
+        let s = storage();
+        let a = Membership::register(&s, "c", "node-a", "a:1", "a:2", "http").await.unwrap();
+        let b = Membership::register(&s, "c", "node-b", "b:1", "b:2", "http").await.unwrap();
+        assert_eq!((a.member_id(), b.member_id()), (1, 2));
+        let behind = |m: &Membership| {
+            let mut me = m.me.write().unwrap();
+            me.last_heartbeat = humantime::format_rfc3339_millis(
+                SystemTime::now() - Duration::from_secs(3600),
+            )
+            .to_string();
+        };
+        let write_behind = |m: Membership| async move {
+            let rec = m.me.read().unwrap().clone();
+            let key = m.storage.layout().node(&rec.node_id).unwrap();
+            m.storage
+                .store()
+                .put(&key, Bytes::from(serde_json::to_vec(&rec).unwrap()).into())
+                .await
+                .unwrap();
+        };
+        behind(&b);
+        write_behind(b.clone()).await;
+        let timeout = Duration::from_millis(300);
+        let mut seen = HashMap::new();
+        // An hour-old timestamp is not stale on first sight.
+        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 0);
+        // A changed record (even if still an hour behind) restarts the observation.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        b.me.write().unwrap().last_heartbeat.push('x');
+        write_behind(b.clone()).await;
+        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 0);
+        // Unchanged for longer than the timeout: removed; this node never removes itself.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 1);
+        a.refresh().await.unwrap();
+        assert_eq!(a.list().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["node-a"]);
+    }
 }

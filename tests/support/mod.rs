@@ -3,6 +3,8 @@
 //! Every wait here is bounded by a deadline.
 #![allow(dead_code)]
 
+pub mod lincheck;
+pub mod net;
 pub mod node;
 pub mod proxy;
 pub mod weed;

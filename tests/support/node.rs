@@ -31,6 +31,12 @@ pub struct NodeSpec {
     pub node_id: Option<String>,
     /// `heartbeat_interval` in the cluster config (e.g. "300ms").
     pub heartbeat: Option<String>,
+    /// Group id the process runs with (the fault harness's network rules match on it).
+    pub gid: Option<u32>,
+    /// Extra environment (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
+    /// Overrides the advertised peer address (host:port).
+    pub advertise_peer: Option<String>,
 }
 
 impl NodeSpec {
@@ -42,6 +48,9 @@ impl NodeSpec {
             snapshot_threshold_records: 10_000,
             node_id: None,
             heartbeat: None,
+            gid: None,
+            env: Vec::new(),
+            advertise_peer: None,
         }
     }
 }
@@ -143,7 +152,12 @@ impl Node {
             .arg("--advertise-client")
             .arg(format!("127.0.0.1:{}", self.client_port))
             .arg("--advertise-peer")
-            .arg(format!("127.0.0.1:{}", self.peer_port))
+            .arg(
+                self.spec
+                    .advertise_peer
+                    .clone()
+                    .unwrap_or_else(|| format!("127.0.0.1:{}", self.peer_port)),
+            )
             .env("NETSY_LOG_FORMAT", "json")
             .env_remove("NETSY_CONFIG")
             .env_remove("NETSY_DEBUG")
@@ -162,6 +176,11 @@ impl Node {
         }
         if let Bucket::S3 { endpoint, .. } = &self.spec.bucket {
             cmd.envs(super::weed::Weed::env_at(endpoint));
+        }
+        cmd.envs(self.spec.env.iter().cloned());
+        if let Some(gid) = self.spec.gid {
+            use std::os::unix::process::CommandExt;
+            cmd.gid(gid);
         }
         self.child = Some(cmd.spawn().expect("spawn netsy"));
     }
