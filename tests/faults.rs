@@ -576,6 +576,33 @@ async fn history(endpoint: &str, from: i64, to: i64) -> Vec<Event> {
     out
 }
 
+/// Opens a watch from `from`; returns (events delivered, compact revision of the refusal, 0 if
+/// none) once it is refused or has delivered something.
+async fn watch_once(endpoint: &str, from: i64) -> Option<(usize, i64)> {
+    let mut client = Client::connect([endpoint.to_string()], None).await.ok()?;
+    let mut stream = client
+        .watch(
+            PREFIX,
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+        )
+        .await
+        .ok()?;
+    let mut events = 0;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .ok()?
+            .ok()??;
+        events += msg.events().len();
+        if msg.canceled() {
+            return Some((events, msg.compact_revision()));
+        }
+        if events > 0 {
+            return Some((events, 0));
+        }
+    }
+}
+
 async fn head(endpoint: &str) -> Option<i64> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
@@ -813,6 +840,50 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
         let mut c = Client::connect([e.clone()], None).await.expect("connect");
         let members = c.member_list().await.expect("member list");
         assert_eq!(members.members().len(), 3, "{}: members on {e}", nemesis.name());
+    }
+
+    // Compaction, cluster-wide: a watch from below the compacted revision is refused (canceled
+    // with the compact revision, no event), one from the compacted revision replays the rest.
+    if let Some(mid) = events.get(events.len() / 2).map(|e| e.rev) {
+        let p = h.primary(Duration::from_secs(10)).await.expect("a primary");
+        let mut c = Client::connect([endpoints[p].clone()], None).await.expect("connect");
+        c.compact(mid, None).await.expect("compact");
+        for e in &endpoints {
+            let (n, compacted) = support::poll("compaction on every node", Duration::from_secs(15), || async {
+                let r = watch_once(e, start).await?;
+                (r.1 == mid).then_some(r)
+            })
+            .await;
+            if n != 0 {
+                report.violations.push(format!("{e}: {n} events before the compaction refusal"));
+            }
+            assert_eq!(compacted, mid);
+            let replay = history(e, mid, target).await;
+            // As etcd: the event at the compacted revision itself has lost its prev_kv (the
+            // version before it is gone); later events keep theirs (the newest version at or
+            // below the compacted revision is kept).
+            let want: Vec<Event> = events
+                .iter()
+                .filter(|x| x.rev >= mid)
+                .cloned()
+                .map(|mut x| {
+                    if x.rev == mid {
+                        x.prev = None;
+                    }
+                    x
+                })
+                .collect();
+            if replay != want {
+                let i = replay.iter().zip(&want).position(|(a, b)| a != b);
+                report.violations.push(format!(
+                    "{e}: replay from the compacted revision {mid} differs ({} vs {} events; first difference: {:?} vs {:?})",
+                    replay.len(),
+                    want.len(),
+                    i.map(|i| &replay[i]),
+                    i.map(|i| &want[i])
+                ));
+            }
+        }
     }
 
     let count = |f: fn(&Output) -> bool| ops.iter().filter(|o| f(&o.output)).count();
