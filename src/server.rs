@@ -132,6 +132,7 @@ impl Promotion {
         self.cluster.set_role(Role::Transition);
         let epoch = lock.epoch();
         let fence = lock.fence();
+        self.cluster.set_fence(fence.clone());
         self.lock_task = Some(tokio::spawn(lock.keep(self.lock_stop.clone())));
         let result: anyhow::Result<i64> = async {
             let epochs = EpochLog::load(&self.storage)

@@ -93,6 +93,10 @@ struct Inner {
     tls: Option<Arc<rustls::ClientConfig>>,
     store: Store,
     hub: WatchHub,
+    /// The writer lock's lease while this node is the Primary: linearizable reads are served
+    /// locally only while it certainly holds (a Primary that was paused or cut off past its
+    /// lease may already have been replaced).
+    fence: Mutex<Option<crate::durability::lock::Fence>>,
 }
 
 impl Cluster {
@@ -114,8 +118,26 @@ impl Cluster {
                 tls,
                 store,
                 hub,
+                fence: Mutex::new(None),
             }),
         }
+    }
+
+    /// Sets the lease that this node's Primary role rests on.
+    pub fn set_fence(&self, fence: crate::durability::lock::Fence) {
+        *self.inner.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
+    }
+
+    /// Whether this node is the Primary and its lease certainly still holds.
+    pub fn primary_lease_holds(&self) -> bool {
+        matches!(self.role(), Role::Primary { .. })
+            && self
+                .inner
+                .fence
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(|f| f.holds())
     }
 
     pub fn node_id(&self) -> &str {
@@ -307,8 +329,8 @@ impl Cluster {
     /// A no-op on the Primary.
     pub async fn read_barrier(&self) -> Result<(), Status> {
         match self.role() {
-            Role::Primary { .. } => Ok(()),
-            Role::Transition => Err(leader_changed()),
+            Role::Primary { .. } if self.primary_lease_holds() => Ok(()),
+            Role::Primary { .. } | Role::Transition => Err(leader_changed()),
             Role::Replica { .. } => {
                 let mut client = self.primary()?;
                 let mut request = tonic::Request::new(pb::ReadIndexRequest {});

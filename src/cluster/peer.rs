@@ -215,6 +215,9 @@ impl pb::peer_server::Peer for PeerService {
         _request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let epoch = self.epoch()?;
+        if !self.ctx.cluster.primary_lease_holds() {
+            return Err(crate::cluster::leader_changed());
+        }
         Ok(Response::new(pb::ReadIndexResponse {
             epoch,
             revision: self.ctx.store.current_revision(),
