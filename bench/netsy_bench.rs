@@ -77,6 +77,9 @@ enum Cmd {
         value_size: usize,
         #[arg(long, default_value = "/load")]
         prefix: String,
+        /// Keys per Txn (1 = one Put per key; more = one revision with that many records).
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
     },
     /// Kubernetes-shaped workload; prints one JSON line per measured phase.
     K8s {
@@ -220,7 +223,8 @@ async fn main() {
             clients,
             value_size,
             prefix,
-        } => load(&endpoint, keys, clients, value_size, &prefix).await,
+            batch,
+        } => load(&endpoint, keys, clients, value_size, &prefix, batch.clamp(1, 128)).await,
         Cmd::K8s {
             endpoint,
             workload,
@@ -450,6 +454,7 @@ async fn load(
     clients: usize,
     value_size: usize,
     prefix: &str,
+    batch: u64,
 ) -> Result<(), String> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -462,20 +467,36 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
             loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= keys {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= keys {
                     return;
                 }
-                let v = value(&mut rng, value_size);
+                let last = (first + batch).min(keys);
                 let mut tries = 0;
-                while let Err(e) =
-                    write_one(&mut c, Workload::Put, format!("{prefix}/{n:08}"), v.clone()).await
-                {
-                    tries += 1;
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    if tries == 5 {
-                        eprintln!("netsy-bench load: giving up on key {n}: {e}");
-                        break;
+                loop {
+                    let res = if batch == 1 {
+                        let v = value(&mut rng, value_size);
+                        write_one(&mut c, Workload::Put, format!("{prefix}/{first:08}"), v)
+                            .await
+                            .map(|_| ())
+                    } else {
+                        let ops: Vec<TxnOp> = (first..last)
+                            .map(|n| {
+                                TxnOp::put(format!("{prefix}/{n:08}"), value(&mut rng, value_size), None)
+                            })
+                            .collect();
+                        c.txn(Txn::new().and_then(ops)).await.map(|_| ()).map_err(|e| e.to_string())
+                    };
+                    match res {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tries += 1;
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            if tries == 5 {
+                                eprintln!("netsy-bench load: giving up on keys {first}..{last}: {e}");
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -487,7 +508,7 @@ async fn load(
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "{}",
-        serde_json::json!({"keys": keys, "errors": errors.load(Ordering::Relaxed), "seconds": seconds, "keys_per_sec": keys as f64 / seconds})
+        serde_json::json!({"keys": keys, "batch": batch, "errors": errors.load(Ordering::Relaxed), "seconds": seconds, "keys_per_sec": keys as f64 / seconds})
     );
     Ok(())
 }

@@ -200,11 +200,13 @@ def plots(rows, outdir):
 def cold_start_table(cold):
     if not cold:
         return "(not run)"
-    out = ["| keys | load (keys/s, 64 clients) | bucket MB | backfill s | records/s | MB/s (bucket) | process start → /readyz 200 s | peak RSS MiB |",
+    out = ["| keys | load keys/s (clients, keys per txn) | bucket MB | backfill s | records/s | MB/s (bucket) | process start → /readyz 200 s | peak RSS MiB |",
            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cold:
         out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            fmt(c.get("keys")), fmt(c.get("load_keys_per_sec")), fmt(c.get("bytes", 0) / 1e6, 1),
+            fmt(c.get("keys")),
+            "%s (%s, %s)" % (fmt(c.get("load_keys_per_sec")), c.get("load_clients", 64), c.get("load_batch", 1)),
+            fmt(c.get("bytes", 0) / 1e6, 1),
             fmt(c.get("backfill_seconds"), 2), fmt(c.get("records_per_sec")),
             fmt(c.get("mb_per_sec"), 1), fmt(c.get("ready_seconds"), 2), fmt(c.get("hwm_mib"), 0)))
     return "\n".join(out)
