@@ -224,7 +224,17 @@ async fn main() {
             value_size,
             prefix,
             batch,
-        } => load(&endpoint, keys, clients, value_size, &prefix, batch.clamp(1, 128)).await,
+        } => {
+            load(
+                &endpoint,
+                keys,
+                clients,
+                value_size,
+                &prefix,
+                batch.clamp(1, 128),
+            )
+            .await
+        }
         Cmd::K8s {
             endpoint,
             workload,
@@ -482,10 +492,17 @@ async fn load(
                     } else {
                         let ops: Vec<TxnOp> = (first..last)
                             .map(|n| {
-                                TxnOp::put(format!("{prefix}/{n:08}"), value(&mut rng, value_size), None)
+                                TxnOp::put(
+                                    format!("{prefix}/{n:08}"),
+                                    value(&mut rng, value_size),
+                                    None,
+                                )
                             })
                             .collect();
-                        c.txn(Txn::new().and_then(ops)).await.map(|_| ()).map_err(|e| e.to_string())
+                        c.txn(Txn::new().and_then(ops))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
                     };
                     match res {
                         Ok(()) => break,
@@ -493,7 +510,9 @@ async fn load(
                             tries += 1;
                             errors.fetch_add(1, Ordering::Relaxed);
                             if tries == 5 {
-                                eprintln!("netsy-bench load: giving up on keys {first}..{last}: {e}");
+                                eprintln!(
+                                    "netsy-bench load: giving up on keys {first}..{last}: {e}"
+                                );
                                 break;
                             }
                         }

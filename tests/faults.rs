@@ -131,7 +131,8 @@ impl Harness {
         let direct = weed.storage();
         weed.wait_ready(&direct).await;
         let tmp = tempfile::tempdir().expect("tempdir");
-        let base = 41_000 + 10 * (NEXT_GID.fetch_add(1, Ordering::Relaxed) + std::process::id() % 100 * 20);
+        let base = 41_000
+            + 10 * (NEXT_GID.fetch_add(1, Ordering::Relaxed) + std::process::id() % 100 * 20);
         let mut nodes = Vec::new();
         let mut proxies = Vec::new();
         let mut gids = Vec::new();
@@ -253,7 +254,10 @@ impl Harness {
                     i + 1,
                     support::node::tail(&node.log_text(), 40)
                 );
-                log.push(format!("node-{} stopped itself (fenced, exit 75); restarted", i + 1));
+                log.push(format!(
+                    "node-{} stopped itself (fenced, exit 75); restarted",
+                    i + 1
+                ));
             }
             if !node.is_running() {
                 node.restart();
@@ -261,7 +265,11 @@ impl Harness {
             if support::node::http_status(node.health_port, "/health").await == Some(200) {
                 return;
             }
-            assert!(Instant::now() < deadline, "node-{} not healthy within {READY:?}", i + 1);
+            assert!(
+                Instant::now() < deadline,
+                "node-{} not healthy within {READY:?}",
+                i + 1
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -363,7 +371,11 @@ async fn connect_all(endpoints: &[String]) -> Vec<Client> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(OP_TIMEOUT);
-        out.push(Client::connect([e.clone()], Some(opts)).await.expect("connect"));
+        out.push(
+            Client::connect([e.clone()], Some(opts))
+                .await
+                .expect("connect"),
+        );
     }
     out
 }
@@ -607,10 +619,15 @@ async fn head(endpoint: &str) -> Option<i64> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(2));
-    let mut c = Client::connect([endpoint.to_string()], Some(opts)).await.ok()?;
+    let mut c = Client::connect([endpoint.to_string()], Some(opts))
+        .await
+        .ok()?;
     let r = tokio::time::timeout(
         Duration::from_secs(2),
-        c.get(PREFIX, Some(GetOptions::new().with_count_only().with_serializable())),
+        c.get(
+            PREFIX,
+            Some(GetOptions::new().with_count_only().with_serializable()),
+        ),
     )
     .await
     .ok()?
@@ -619,7 +636,13 @@ async fn head(endpoint: &str) -> Option<i64> {
 }
 
 /// Injects `nemesis` again and again until `until`.
-async fn run_nemesis(h: &mut Harness, nemesis: Nemesis, rng: &mut StdRng, until: Instant, log: &mut Vec<String>) {
+async fn run_nemesis(
+    h: &mut Harness,
+    nemesis: Nemesis,
+    rng: &mut StdRng,
+    until: Instant,
+    log: &mut Vec<String>,
+) {
     let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
     while Instant::now() + Duration::from_secs(2) < until {
         sleep(rng.random_range(800..1500)).await;
@@ -655,7 +678,11 @@ async fn run_nemesis(h: &mut Harness, nemesis: Nemesis, rng: &mut StdRng, until:
                 h.nodes[p].restart();
             }
             Nemesis::PausePrimary | Nemesis::PauseReplica => {
-                let n = if nemesis == Nemesis::PausePrimary { p } else { replica };
+                let n = if nemesis == Nemesis::PausePrimary {
+                    p
+                } else {
+                    replica
+                };
                 log.push(format!("SIGSTOP node-{}", n + 1));
                 h.nodes[n].signal("STOP");
                 h.paused[n] = true;
@@ -699,7 +726,11 @@ async fn run_nemesis(h: &mut Harness, nemesis: Nemesis, rng: &mut StdRng, until:
                 h.proxies[p].set(Mode::Pass);
             }
             Nemesis::WipeReplica | Nemesis::WipePrimary => {
-                let n = if nemesis == Nemesis::WipePrimary { p } else { replica };
+                let n = if nemesis == Nemesis::WipePrimary {
+                    p
+                } else {
+                    replica
+                };
                 log.push(format!("kill -9 node-{}, wipe its data dir", n + 1));
                 h.nodes[n].kill9();
                 h.nodes[n].wipe_data_dir();
@@ -745,11 +776,25 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
     for e in &endpoints {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let last = Arc::new(std::sync::atomic::AtomicI64::new(start - 1));
-        let t = tokio::spawn(watcher(e.clone(), start, seen.clone(), last.clone(), stop_watch.clone()));
+        let t = tokio::spawn(watcher(
+            e.clone(),
+            start,
+            seen.clone(),
+            last.clone(),
+            stop_watch.clone(),
+        ));
         watches.push((seen, last, t));
     }
     let workers: Vec<_> = (0..WORKERS)
-        .map(|i| tokio::spawn(worker(i, seed, endpoints.clone(), rec.clone(), stop.clone())))
+        .map(|i| {
+            tokio::spawn(worker(
+                i,
+                seed,
+                endpoints.clone(),
+                rec.clone(),
+                stop.clone(),
+            ))
+        })
         .collect();
 
     let mut log = Vec::new();
@@ -787,16 +832,20 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
     })
     .await;
     for e in &endpoints {
-        support::poll("every node at the head", Duration::from_secs(30), || async {
-            (head(e).await? >= target).then_some(())
-        })
+        support::poll(
+            "every node at the head",
+            Duration::from_secs(30),
+            || async { (head(e).await? >= target).then_some(()) },
+        )
         .await;
     }
     // The watches catch up, then stop.
     for (_, last, _) in &watches {
-        support::poll("every watch at the head", Duration::from_secs(30), || async {
-            (last.load(Ordering::Relaxed) >= target || target < start).then_some(())
-        })
+        support::poll(
+            "every watch at the head",
+            Duration::from_secs(30),
+            || async { (last.load(Ordering::Relaxed) >= target || target < start).then_some(()) },
+        )
         .await;
     }
     stop_watch.store(true, Ordering::Relaxed);
@@ -811,15 +860,25 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
         Vec::new()
     };
     for e in &endpoints[1..] {
-        let other = if target >= start { history(e, start, target).await } else { Vec::new() };
-        assert!(other == events, "{}: the nodes' histories differ ({e})", nemesis.name());
+        let other = if target >= start {
+            history(e, start, target).await
+        } else {
+            Vec::new()
+        };
+        assert!(
+            other == events,
+            "{}: the nodes' histories differ ({e})",
+            nemesis.name()
+        );
     }
 
     let mut report = lincheck::check_revisions(&ops, &BTreeMap::new(), start, &events);
     let (wgl_ops, wgl_bad) = lincheck::check_wgl(&ops, 20_000_000);
     for (key, verdict) in &wgl_bad {
         if *verdict == Wgl::NotLinearizable {
-            report.violations.push(format!("wgl: {key} not linearizable"));
+            report
+                .violations
+                .push(format!("wgl: {key} not linearizable"));
         } else {
             eprintln!("wgl: {key} undecided within the search budget");
         }
@@ -828,37 +887,58 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
     for (i, (seen, _, _)) in watches.iter().enumerate() {
         let seen = seen.lock().unwrap();
         if seen.iter().any(|s| matches!(s, Seen::Progress(i64::MIN))) {
-            report.violations.push(format!("watch on node-{}: canceled", i + 1));
+            report
+                .violations
+                .push(format!("watch on node-{}: canceled", i + 1));
         }
         let seen: Vec<Seen> = seen
             .iter()
             .filter(|s| !matches!(s, Seen::Progress(i64::MIN)))
             .cloned()
             .collect();
-        watch_events += lincheck::check_watch(&format!("watch on node-{}", i + 1), start, &seen, &events, &mut report);
+        watch_events += lincheck::check_watch(
+            &format!("watch on node-{}", i + 1),
+            start,
+            &seen,
+            &events,
+            &mut report,
+        );
     }
 
     // Membership survived (clock skew included): every node lists all three.
     for e in &endpoints {
         let mut c = Client::connect([e.clone()], None).await.expect("connect");
         let members = c.member_list().await.expect("member list");
-        assert_eq!(members.members().len(), 3, "{}: members on {e}", nemesis.name());
+        assert_eq!(
+            members.members().len(),
+            3,
+            "{}: members on {e}",
+            nemesis.name()
+        );
     }
 
     // Compaction, cluster-wide: a watch from below the compacted revision is refused (canceled
     // with the compact revision, no event), one from the compacted revision replays the rest.
     if let Some(mid) = events.get(events.len() / 2).map(|e| e.rev) {
         let p = h.primary(Duration::from_secs(10)).await.expect("a primary");
-        let mut c = Client::connect([endpoints[p].clone()], None).await.expect("connect");
+        let mut c = Client::connect([endpoints[p].clone()], None)
+            .await
+            .expect("connect");
         c.compact(mid, None).await.expect("compact");
         for e in &endpoints {
-            let (n, compacted) = support::poll("compaction on every node", Duration::from_secs(15), || async {
-                let r = watch_once(e, start).await?;
-                (r.1 == mid).then_some(r)
-            })
+            let (n, compacted) = support::poll(
+                "compaction on every node",
+                Duration::from_secs(15),
+                || async {
+                    let r = watch_once(e, start).await?;
+                    (r.1 == mid).then_some(r)
+                },
+            )
             .await;
             if n != 0 {
-                report.violations.push(format!("{e}: {n} events before the compaction refusal"));
+                report
+                    .violations
+                    .push(format!("{e}: {n} events before the compaction refusal"));
             }
             assert_eq!(compacted, mid);
             let replay = history(e, mid, target).await;
@@ -892,7 +972,15 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
     let count = |f: fn(&Output) -> bool| ops.iter().filter(|o| f(&o.output)).count();
     let out = Outcome {
         ops: report.ops_checked,
-        acked: count(|o| matches!(o, Output::Write { succeeded: true, .. })),
+        acked: count(|o| {
+            matches!(
+                o,
+                Output::Write {
+                    succeeded: true,
+                    ..
+                }
+            )
+        }),
         failed: count(|o| matches!(o, Output::Fail)),
         unknown: count(|o| matches!(o, Output::Unknown)),
         events: events.len(),
@@ -1072,7 +1160,11 @@ fn the_checkers_reject_broken_histories() {
     let mut lost = good.clone();
     lost.push(create("z", 60, 70, 4));
     let r = lincheck::check_revisions(&lost, &BTreeMap::new(), 2, &events);
-    assert!(r.violations.iter().any(|v| v.starts_with("LOST")), "{:?}", r.violations);
+    assert!(
+        r.violations.iter().any(|v| v.starts_with("LOST")),
+        "{:?}",
+        r.violations
+    );
 
     // A write that was acknowledged before the create began but ordered after it.
     let reordered = vec![create("a", 40, 50, 2), update("a", 2, "b", 0, 10, 3)];
@@ -1082,11 +1174,21 @@ fn the_checkers_reject_broken_histories() {
 
     // An event nobody wrote.
     let r = lincheck::check_revisions(&good[..1], &BTreeMap::new(), 2, &events);
-    assert!(r.violations.iter().any(|v| v.contains("comes from no operation")));
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("comes from no operation"))
+    );
 
     // Watches: a gap, and a progress notification ahead of an undelivered event.
     let mut report = Report::default();
-    lincheck::check_watch("w", 2, &[Seen::Event(events[1].clone())], &events, &mut report);
+    lincheck::check_watch(
+        "w",
+        2,
+        &[Seen::Event(events[1].clone())],
+        &events,
+        &mut report,
+    );
     assert_eq!(report.violations.len(), 1);
     let mut report = Report::default();
     lincheck::check_watch(
@@ -1101,7 +1203,11 @@ fn the_checkers_reject_broken_histories() {
     lincheck::check_watch(
         "w",
         2,
-        &[Seen::Event(events[0].clone()), Seen::Progress(2), Seen::Event(events[1].clone())],
+        &[
+            Seen::Event(events[0].clone()),
+            Seen::Progress(2),
+            Seen::Event(events[1].clone()),
+        ],
         &events,
         &mut report,
     );
@@ -1137,18 +1243,27 @@ async fn a_primary_woken_after_its_lease_serves_no_stale_read() {
 
         h.nodes[p].signal("STOP");
         h.paused[p] = true;
-        let q = h.primary(Duration::from_secs(20)).await.expect("a new primary");
+        let q = h
+            .primary(Duration::from_secs(20))
+            .await
+            .expect("a new primary");
         assert_ne!(q, p);
         let mut cq = Client::connect([h.nodes[q].endpoint()], Some(opts()))
             .await
             .expect("connect");
-        let new_rev = support::poll("a write on the new primary", Duration::from_secs(20), || {
-            let mut cq = cq.clone();
-            let key = key.clone();
-            async move { Some(cq.put(key, "new", None).await.ok()?.header()?.revision()) }
-        })
+        let new_rev = support::poll(
+            "a write on the new primary",
+            Duration::from_secs(20),
+            || {
+                let mut cq = cq.clone();
+                let key = key.clone();
+                async move { Some(cq.put(key, "new", None).await.ok()?.header()?.revision()) }
+            },
+        )
         .await;
-        cq.get(key.as_str(), None).await.expect("read on the new primary");
+        cq.get(key.as_str(), None)
+            .await
+            .expect("read on the new primary");
 
         let k = key.clone();
         let read = tokio::spawn(async move { reader.get(k, None).await });

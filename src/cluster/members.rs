@@ -203,7 +203,10 @@ impl Membership {
                 // A new term observes afresh.
                 seen.clear();
             } else {
-                if let Err(e) = self.deregister_stale(deregistration_timeout, &mut seen).await {
+                if let Err(e) = self
+                    .deregister_stale(deregistration_timeout, &mut seen)
+                    .await
+                {
                     tracing::warn!(error = %e, "removing stale registrations failed");
                 }
             }
@@ -302,15 +305,18 @@ mod tests {
     #[tokio::test]
     async fn deregistration_ignores_wall_clocks_and_watches_for_change() {
         let s = storage();
-        let a = Membership::register(&s, "c", "node-a", "a:1", "a:2", "http").await.unwrap();
-        let b = Membership::register(&s, "c", "node-b", "b:1", "b:2", "http").await.unwrap();
+        let a = Membership::register(&s, "c", "node-a", "a:1", "a:2", "http")
+            .await
+            .unwrap();
+        let b = Membership::register(&s, "c", "node-b", "b:1", "b:2", "http")
+            .await
+            .unwrap();
         assert_eq!((a.member_id(), b.member_id()), (1, 2));
         let behind = |m: &Membership| {
             let mut me = m.me.write().unwrap();
-            me.last_heartbeat = humantime::format_rfc3339_millis(
-                SystemTime::now() - Duration::from_secs(3600),
-            )
-            .to_string();
+            me.last_heartbeat =
+                humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(3600))
+                    .to_string();
         };
         let write_behind = |m: Membership| async move {
             let rec = m.me.read().unwrap().clone();
@@ -338,6 +344,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 1);
         a.refresh().await.unwrap();
-        assert_eq!(a.list().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["node-a"]);
+        assert_eq!(
+            a.list().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["node-a"]
+        );
     }
 }

@@ -31,7 +31,10 @@ pub struct Kv {
 #[derive(Clone, Debug)]
 pub enum Input {
     /// `create_revision(key) == 0` → put, else get.
-    Create { key: String, value: String },
+    Create {
+        key: String,
+        value: String,
+    },
     /// `mod_revision(key) == expect_rev` → put, else get. `expect_value` was read with it.
     Update {
         key: String,
@@ -45,8 +48,12 @@ pub enum Input {
         expect_rev: i64,
         expect_value: String,
     },
-    Get { key: String },
-    List { prefix: String },
+    Get {
+        key: String,
+    },
+    List {
+        prefix: String,
+    },
 }
 
 impl Input {
@@ -101,8 +108,14 @@ pub enum Output {
         rev: i64,
         current: Option<Kv>,
     },
-    Get { rev: i64, kv: Option<Kv> },
-    List { rev: i64, kvs: Vec<(String, Kv)> },
+    Get {
+        rev: i64,
+        kv: Option<Kv>,
+    },
+    List {
+        rev: i64,
+        kvs: Vec<(String, Kv)>,
+    },
     /// The server said the write was not applied.
     Fail,
     /// No answer (timeout, connection lost): applied or not.
@@ -207,11 +220,7 @@ impl Timeline {
     pub fn at(&self, key: &str, rev: i64) -> Option<&Kv> {
         let line = self.keys.get(key)?;
         let i = line.partition_point(|(r, _)| *r <= rev);
-        if i == 0 {
-            None
-        } else {
-            line[i - 1].1.as_ref()
-        }
+        if i == 0 { None } else { line[i - 1].1.as_ref() }
     }
 
     fn prefix_at(&self, prefix: &str, rev: i64) -> Vec<(String, Kv)> {
@@ -254,10 +263,17 @@ pub fn check_revisions(
     let mut applied_at: HashMap<usize, i64> = HashMap::new();
     for e in events {
         let candidates: Vec<usize> = match &e.kv {
-            Some(kv) => by_value.get(kv.value.as_str()).copied().into_iter().collect(),
+            Some(kv) => by_value
+                .get(kv.value.as_str())
+                .copied()
+                .into_iter()
+                .collect(),
             None => {
                 let prev = e.prev.as_ref().map_or(0, |p| p.mod_rev);
-                deletes.get(&(e.key.as_str(), prev)).cloned().unwrap_or_default()
+                deletes
+                    .get(&(e.key.as_str(), prev))
+                    .cloned()
+                    .unwrap_or_default()
             }
         };
         let pick = candidates
@@ -287,7 +303,12 @@ pub fn check_revisions(
         };
         applied_at.insert(i, e.rev);
         if ops[i].input.key() != e.key {
-            report.fail(format!("rev {}: op on {} wrote {}", e.rev, ops[i].input.key(), e.key));
+            report.fail(format!(
+                "rev {}: op on {} wrote {}",
+                e.rev,
+                ops[i].input.key(),
+                e.key
+            ));
         }
         if !ops[i].input.compare(tl.at(&e.key, e.rev - 1)) {
             report.fail(format!(
@@ -362,7 +383,10 @@ pub fn check_revisions(
             Output::Get { rev, kv } => {
                 report.ops_checked += 1;
                 if *rev > tl.head {
-                    report.fail(format!("read at rev {rev} beyond the history's head {}", tl.head));
+                    report.fail(format!(
+                        "read at rev {rev} beyond the history's head {}",
+                        tl.head
+                    ));
                 }
                 let at = tl.at(o.input.key(), *rev);
                 if kv.as_ref() != at {
@@ -604,7 +628,13 @@ pub enum Seen {
 /// revision after the last one it had): events in revision order, none missing, none twice,
 /// each identical to the history's (prev_kv included), and progress notifications never ahead
 /// of the events delivered. Returns the number of events checked.
-pub fn check_watch(name: &str, start: i64, seen: &[Seen], history: &[Event], report: &mut Report) -> usize {
+pub fn check_watch(
+    name: &str,
+    start: i64,
+    seen: &[Seen],
+    history: &[Event],
+    report: &mut Report,
+) -> usize {
     let by_rev: HashMap<i64, &Event> = history.iter().map(|e| (e.rev, e)).collect();
     let mut last = start - 1;
     let mut checked = 0;
@@ -624,7 +654,9 @@ pub fn check_watch(name: &str, start: i64, seen: &[Seen], history: &[Event], rep
                 }
                 match by_rev.get(&e.rev) {
                     Some(h) if *h == e => {}
-                    Some(h) => report.fail(format!("{name}: rev {} is {e:?}, history has {h:?}", e.rev)),
+                    Some(h) => {
+                        report.fail(format!("{name}: rev {} is {e:?}, history has {h:?}", e.rev))
+                    }
                     None => report.fail(format!("{name}: rev {} is not in the history", e.rev)),
                 }
                 last = e.rev;
