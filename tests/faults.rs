@@ -427,8 +427,8 @@ async fn worker(
         let key = input.key().to_string();
         let (output, ret) = match res {
             Ok(o) => (o, ret),
-            Err(e) if !input.is_write() => {
-                let _ = e;
+            // A failed read has no effect: not recorded.
+            Err(_) if !input.is_write() => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
