@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs, idempotently, every tool the test suites need on a fresh Debian 12 machine.
 # Everything comes from Debian's archive, PyPI, crates.io or the Go module proxy.
+# tests/tools.txt lists each tool with its installer; tests/tools/run.sh checks the two agree.
 set -euo pipefail
 
 "$(dirname "$0")/../scripts/bootstrap.sh"
+# mkosi 24.3 and its host dependencies (bubblewrap, ...), QEMU, OVMF, umoci, skopeo, jq, curl:
+# the image, reproducible and packaging suites.
+"$(dirname "$0")/../mkosi/tools.sh" >/dev/null
 need_apt=()
 [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 [ -x /usr/bin/etcdctl ] || need_apt+=(etcd-client)
