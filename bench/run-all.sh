@@ -21,7 +21,8 @@
 #
 #   bench/run-all.sh            full run (~20 min): prints the tables, writes docs/benchmarks.md
 #                               and docs/benchmarks/*.png
-#   bench/run-all.sh --smoke    about a second per cell (CI, < 3 min); prints the tables and ends
+#   bench/run-all.sh --smoke    about a second per cell (CI, < 5 min with the history phase); prints
+#                               the tables and ends
 #                               with "N passed, M failed" (passed = cells that ran with sane numbers)
 #   BENCH_SYSTEMS="netsy-local etcd-1" bench/run-all.sh --smoke   only some systems
 #   BENCH_HISTORY_SYSTEMS="netsy-local"   systems that also run the history phase (default
