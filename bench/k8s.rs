@@ -16,6 +16,12 @@
 //!   delivered to one watcher.
 //! * `mixed` — 60 % single-key Gets of any seeded key, 40 % updates (as in `update`) of the
 //!   client's own keys.
+//! * `get` — linearizable single-key Gets of one key (Kubernetes' Get of one object), again and
+//!   again; the key must exist. One op = one Get.
+//!
+//! `list` and `get` run against existing keys with `--existing` (a prefix holding `--list-keys`
+//! keys, or one key) instead of seeding their own: the history phase of `bench/run-all.sh`
+//! measures the same keys before and after rewriting them many times.
 //!
 //! Values are `--value-size` bytes. Latencies are recorded in microseconds per operation.
 
@@ -35,6 +41,7 @@ pub enum K8sWorkload {
     List,
     Watch,
     Mixed,
+    Get,
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +57,10 @@ pub struct Params {
     pub watchers: usize,
     pub watch_conns: usize,
     pub write_rate: u32,
+    /// list: an existing prefix to list; get: an existing key to get (no seeding).
+    pub existing: Option<String>,
+    /// Workload name in the JSON line, instead of the workload's own.
+    pub label: Option<String>,
     pub targets: Targets,
 }
 
@@ -334,8 +345,16 @@ pub async fn seed(
 }
 
 async fn list(p: &Params) -> Res<()> {
-    let prefix = format!("{}/list/{}/", p.prefix, run_id());
-    seed(&p.endpoint, &prefix, p.list_keys, 32, p.value_size).await?;
+    let prefix = match &p.existing {
+        Some(prefix) => prefix.clone(),
+        None => {
+            let prefix = format!("{}/list/{}/", p.prefix, run_id());
+            seed(&p.endpoint, &prefix, p.list_keys, 32, p.value_size).await?;
+            prefix
+        }
+    };
+    // With --existing and --list-keys 0, any number of keys is a complete list.
+    let check = p.existing.is_none() || p.list_keys > 0;
     let end = prefix_end(prefix.as_bytes());
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -355,6 +374,11 @@ async fn list(p: &Params) -> Res<()> {
                 let mut rev = 0;
                 let mut seen = 0u64;
                 loop {
+                    // A list cut short by the end of the cell counts neither as a list nor as
+                    // an error (pages can take seconds on a server that reads the history).
+                    if rev != 0 && stop.load(Ordering::Relaxed) {
+                        continue 'lists;
+                    }
                     let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
                     if rev != 0 {
                         opts = opts.with_revision(rev);
@@ -380,7 +404,7 @@ async fn list(p: &Params) -> Res<()> {
                         _ => break,
                     }
                 }
-                if seen == expect {
+                if seen == expect || !check {
                     lists += 1;
                 } else {
                     errors += 1;
@@ -402,7 +426,8 @@ async fn list(p: &Params) -> Res<()> {
         lists += n;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let mut m = line(p, "list", p.clients, &mut lat, errors, seconds);
+    let name = p.label.as_deref().unwrap_or("list");
+    let mut m = line(p, name, p.clients, &mut lat, errors, seconds);
     m.insert("list_keys".into(), p.list_keys.into());
     m.insert("page_size".into(), p.page_size.into());
     m.insert("full_lists_per_sec".into(), (lists as f64 / seconds).into());
@@ -623,11 +648,62 @@ async fn mixed(p: &Params) -> Res<()> {
     Ok(())
 }
 
+async fn get(p: &Params) -> Res<()> {
+    let key = match &p.existing {
+        Some(key) => key.clone(),
+        None => {
+            let prefix = format!("{}/get/{}/", p.prefix, run_id());
+            seed(&p.endpoint, &prefix, 1, 1, p.value_size).await?;
+            format!("{prefix}00000000")
+        }
+    };
+    let mut clients = Vec::new();
+    for _ in 0..p.clients {
+        clients.push(connect(&p.endpoint).await?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = p.targets.start().await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let (stop, key) = (stop.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::new(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match c.get(key.as_bytes(), None).await {
+                    Ok(g) if g.kvs().len() == 1 => lat.push(micros(t.elapsed())),
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    tokio::time::sleep(p.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (l, e) = tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .map_err(|_| "a get client did not finish within 120 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        lat.extend(l);
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let name = p.label.as_deref().unwrap_or("get");
+    let mut m = line(p, name, p.clients, &mut lat, errors, seconds);
+    m.extend(p.targets.finish(&probe, lat.len() as u64).await);
+    print(m);
+    Ok(())
+}
+
 pub async fn run(workload: K8sWorkload, p: Params) -> Res<()> {
     match workload {
         K8sWorkload::Crud => crud(&p).await,
         K8sWorkload::List => list(&p).await,
         K8sWorkload::Watch => watch(&p).await,
         K8sWorkload::Mixed => mixed(&p).await,
+        K8sWorkload::Get => get(&p).await,
     }
 }

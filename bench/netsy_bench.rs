@@ -12,6 +12,8 @@
 //! * `wait-s3` — waits (bounded) until an S3 bucket accepts a PUT and GET (AWS_* environment).
 //! * `table` — the JSON lines of `run` as a markdown table.
 //! * `loading` — the `loading_stage_completed` line of a netsy JSON log: records/s and MB/s.
+//! * `churn` — rewrites a key set many times, then optionally compacts (`history.rs`).
+//! * `sizes` — Maintenance.Status sizes and the live data size, optionally around a Defragment.
 //!
 //! Works against any etcd v3 server (netsy or etcd). Every wait is bounded.
 
@@ -25,6 +27,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod etcd_tool;
+mod history;
 mod k8s;
 mod probe;
 
@@ -112,6 +115,53 @@ enum Cmd {
         /// watch: creates per second by the single writer.
         #[arg(long, default_value_t = 50)]
         write_rate: u32,
+        /// list: list this existing prefix (no seeding; `--list-keys` = keys expected, 0 = any);
+        /// get: get this existing key.
+        #[arg(long)]
+        existing: Option<String>,
+        /// Workload name in the JSON line (default: the workload's own).
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        targets: TargetArgs,
+    },
+    /// Rewrites `keys` keys `<prefix>NNNNNNNN` `rewrites` times each, then optionally compacts;
+    /// prints one JSON line.
+    Churn {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, default_value = "/history/keys/")]
+        prefix: String,
+        #[arg(long, default_value_t = 2000)]
+        keys: u64,
+        #[arg(long, default_value_t = 100)]
+        rewrites: u64,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+        /// Compact at the revision after the writes (physical = true).
+        #[arg(long)]
+        compact: bool,
+        #[arg(long, default_value = "")]
+        system: String,
+        #[arg(long, default_value = "history churn")]
+        label: String,
+        #[command(flatten)]
+        targets: TargetArgs,
+    },
+    /// Maintenance.Status sizes and the live data size, optionally around a Defragment; prints
+    /// one JSON line.
+    Sizes {
+        #[arg(long)]
+        endpoint: String,
+        /// Defragment between the two Status calls.
+        #[arg(long)]
+        defrag: bool,
+        #[arg(long, default_value = "")]
+        system: String,
+        #[arg(long, default_value = "history sizes")]
+        label: String,
         #[command(flatten)]
         targets: TargetArgs,
     },
@@ -248,6 +298,8 @@ async fn main() {
             watchers,
             watch_conns,
             write_rate,
+            existing,
+            label,
             targets,
         } => {
             let params = k8s::Params {
@@ -262,10 +314,45 @@ async fn main() {
                 watchers,
                 watch_conns,
                 write_rate,
+                existing,
+                label,
                 targets: targets.into(),
             };
             k8s::run(workload, params).await
         }
+        Cmd::Churn {
+            endpoint,
+            prefix,
+            keys,
+            rewrites,
+            clients,
+            value_size,
+            compact,
+            system,
+            label,
+            targets,
+        } => {
+            history::churn(history::ChurnParams {
+                endpoint,
+                system,
+                label,
+                prefix,
+                keys,
+                rewrites,
+                clients,
+                value_size,
+                compact,
+                targets: targets.into(),
+            })
+            .await
+        }
+        Cmd::Sizes {
+            endpoint,
+            defrag,
+            system,
+            label,
+            targets,
+        } => history::sizes(&endpoint, &system, &label, defrag, &targets.into()).await,
         Cmd::EtcdTool {
             system,
             workload,
@@ -299,9 +386,14 @@ async fn main() {
 
 /// Connects to `endpoint` (several comma-separated URLs: the client spreads requests over them).
 async fn connect(endpoint: &str) -> Result<Client, String> {
+    connect_with_timeout(endpoint, Duration::from_secs(60)).await
+}
+
+/// `connect` with another per-request timeout (long maintenance calls).
+async fn connect_with_timeout(endpoint: &str, timeout: Duration) -> Result<Client, String> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(60));
+        .with_timeout(timeout);
     Client::connect(endpoint.split(',').collect::<Vec<_>>(), Some(opts))
         .await
         .map_err(|e| format!("connect {endpoint}: {e}"))

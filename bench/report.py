@@ -8,6 +8,8 @@ plus PNG latency plots).
 A cell passes when it ran and its numbers are sane: ops > 0, p50 <= p99 <= p999, errors
 (failed requests, lost watch events) at most 1 % of ops, and the server's CPU was measured.
 A cell the server refuses by design (kine has no plain Put) is listed as unsupported, not failed.
+The history phase's "history sizes" line (Maintenance.Status around a Defragment) has no latency;
+it passes when every size it reports is positive.
 """
 import argparse
 import json
@@ -31,12 +33,20 @@ def load(path):
     return rows
 
 
+def is_history(r):
+    return str(r.get("workload", "")).startswith("history ")
+
+
 def verdict(r):
     """'pass', 'fail: why', 'unsupported: why' or 'skipped: why'."""
     if r.get("skipped"):
         return "skipped: " + r["skipped"]
     if r.get("failed"):
         return "fail: " + r["failed"]
+    if r.get("kind") == "sizes":
+        fields = ("db_size_before_defrag", "db_size_after_defrag", "live_bytes")
+        bad = [f for f in fields if not (r.get(f) or 0) > 0]
+        return "fail: no " + ", ".join(bad) if bad else "pass"
     err = r.get("first_error") or ""
     if r.get("ops", 0) == 0 and any(m in err for m in UNSUPPORTED_MARKERS):
         return "unsupported: " + err
@@ -99,6 +109,7 @@ def systems_of(rows):
 
 
 def comparison_table(rows, field="ops_per_sec", digits=0):
+    rows = [r for r in rows if not is_history(r)]
     systems = [s for s in systems_of(rows) if any(r.get("system") == s and not r.get("skipped") for r in rows)]
     cells = []
     for r in rows:
@@ -128,7 +139,7 @@ def ratios(rows, num, den):
     """Geometric mean and range of num/den throughput over the cells both passed."""
     # Watch throughput is set by the writer's fixed rate, so it is left out (compare its latency).
     by = {(r.get("system"), r.get("workload"), r.get("clients")): r for r in rows
-          if verdict(r) == "pass" and r.get("workload") != "watch"}
+          if verdict(r) == "pass" and r.get("workload") != "watch" and not is_history(r)}
     rs = []
     for (s, w, c), r in by.items():
         if s != num:
@@ -197,14 +208,77 @@ def plots(rows, outdir):
     return made
 
 
+def history_tables(rows):
+    """The history phase (issue #17): reads before/after the churn, then writes and sizes."""
+    hist = [r for r in rows if is_history(r)]
+    if not hist:
+        return "(not run)"
+    by = {(r.get("system"), r.get("workload"), r.get("clients")): r for r in hist}
+    systems = [s for s in systems_of(hist)]
+
+    def ok(s, w, c):
+        r = by.get((s, w, c))
+        return r if r is not None and verdict(r) == "pass" else None
+
+    def val(s, w, c, field):
+        r = ok(s, w, c)
+        return r.get(field) if r else None
+
+    def ratio(a, b, digits=2):
+        return f"{a / b:.{digits}f}×" if a and b else ""
+
+    def mib(v):
+        return fmt(v / 1048576, 2) if v else ""
+
+    reads = ["| system | list page p50 ms ×1: fresh | churned | churned ÷ fresh | pages/s ×16: fresh | churned "
+             "| churned ÷ fresh | server CPU µs/page ×16: fresh | churned | hot-key get p50 ms: fresh | churned "
+             "| churned ÷ fresh | churned list p50 ÷ etcd-1 | churned get p50 ÷ etcd-1 |",
+             "|---|" + "---:|" * 13]
+    for s in systems:
+        lf, lc = val(s, "history list fresh", 1, "p50_ms"), val(s, "history list churned", 1, "p50_ms")
+        pf, pc = val(s, "history list fresh", 16, "ops_per_sec"), val(s, "history list churned", 16, "ops_per_sec")
+        cf, cc = val(s, "history list fresh", 16, "cpu_us_per_op"), val(s, "history list churned", 16, "cpu_us_per_op")
+        gf, gc = val(s, "history get fresh", 1, "p50_ms"), val(s, "history get churned", 1, "p50_ms")
+        le, ge = val("etcd-1", "history list churned", 1, "p50_ms"), val("etcd-1", "history get churned", 1, "p50_ms")
+        reads.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            s, fmt(lf, 2), fmt(lc, 2), ratio(lc, lf), fmt(pf, 1), fmt(pc, 1), ratio(pc, pf),
+            fmt(cf, 0), fmt(cc, 0), fmt(gf, 3), fmt(gc, 3), ratio(gc, gf),
+            ratio(lc, le) if s != "etcd-1" else "", ratio(gc, ge) if s != "etcd-1" else ""))
+    sizes = ["| system | revisions written | churn writes/s ×16 | CPU µs/write | compact s | DB MiB after churn "
+             "| after compaction (in use) | after Defragment | live data MiB | file ÷ live | file ÷ etcd-1 | peak RSS MiB |",
+             "|---|" + "---:|" * 11]
+    etcd_file = val("etcd-1", "history sizes", 1, "db_size_after_defrag")
+    for s in systems:
+        ck, ch, sz = ok(s, "history churn", 16), ok(s, "history churn hot", 16), ok(s, "history sizes", 1)
+        revs = sum((r or {}).get("revisions_written", 0) for r in (ck, ch)) or None
+        ops = sum((r or {}).get("ops", 0) for r in (ck, ch))
+        secs = sum((r or {}).get("seconds", 0) for r in (ck, ch))
+        cpu = sum((r or {}).get("server_cpu_s", 0) for r in (ck, ch))
+        file = (sz or {}).get("db_size_after_defrag")
+        live = (sz or {}).get("live_bytes")
+        after_compact = ""
+        if ch and ch.get("db_size_after_compact"):
+            after_compact = "%s (%s)" % (mib(ch["db_size_after_compact"]), mib(ch.get("db_size_in_use_after_compact")))
+        peak = max((r.get("hwm_mib") or 0 for r in hist if r.get("system") == s), default=0)
+        sizes.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            s, fmt(revs), fmt(ops / secs if secs else None), fmt(cpu * 1e6 / ops if ops and cpu else None),
+            fmt((ch or {}).get("compact_seconds"), 2), mib((ch or {}).get("db_size_after_churn")),
+            after_compact, mib(file), mib(live), ratio(file, live, 1),
+            ratio(file, etcd_file) if s != "etcd-1" else "", fmt(peak or None)))
+    return "\n".join(reads) + "\n\n" + "\n".join(sizes)
+
+
 def cold_start_table(cold):
     if not cold:
         return "(not run)"
-    out = ["| keys | load keys/s (clients, keys per txn) | bucket MB | backfill s | records/s | MB/s (bucket) | process start → /readyz 200 s | peak RSS MiB |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| keys | writes | load writes/s (clients, keys per txn) | bucket MB | backfill s | records/s | MB/s (bucket) | process start → /readyz 200 s | peak RSS MiB |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cold:
-        out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            fmt(c.get("keys")),
+        writes = fmt(c.get("writes", c.get("keys")))
+        if c.get("compacted"):
+            writes += " (compacted)"
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            fmt(c.get("keys")), writes,
             "%s (%s, %s)" % (fmt(c.get("load_keys_per_sec")), c.get("load_clients", 64), c.get("load_batch", 1)),
             fmt(c.get("bytes", 0) / 1e6, 1),
             fmt(c.get("backfill_seconds"), 2), fmt(c.get("records_per_sec")),
@@ -237,6 +311,8 @@ def main():
     print(detail_table(rows))
     print("\n### Throughput (ops/s) side by side\n")
     print(comparison_table(rows))
+    print("\n### History: churn + compaction\n")
+    print(history_tables(rows))
     print("\n### Cold start (netsy on seaweedfs S3, empty data dir)\n")
     print(cold_start_table(cold))
     print()
@@ -255,6 +331,48 @@ def main():
     print(f"{passed} passed, {failed} failed")
     if a.strict and failed:
         sys.exit(1)
+
+
+HISTORY_PROSE = """Issue #17: storage whose cost follows the live data, not the history. On a fresh server
+(netsy-local, netsy-s3, etcd-1; its own data directory and bucket prefix), `bench/run-all.sh`:
+
+1. loads 2,000 keys of 1 KiB under `/history/keys/` and one hot key `/history/hot/00000000`
+   (Kubernetes' create Txn);
+2. measures **fresh**: the keys listed in pages of 500 (`limit` 500, range_end = end of the
+   prefix, later pages at the first page's revision; each list checked to return all 2,000 keys)
+   with 1 and 16 clients, and linearizable Gets of the hot key (1 client);
+3. **churns**: rewrites the 2,000 keys 100 times each (200,000 revisions) and the hot key
+   50,000 times (plain Puts, 16 clients), then compacts at the current revision with
+   `physical = true`;
+4. measures **churned**: the same lists and Gets, now over a compacted history;
+5. calls Defragment and reads Maintenance.Status (dbSize, dbSizeInUse) and the live data (key +
+   value bytes of every live key, read with a range over the whole keyspace).
+
+The target of issue #17: churned within 1.2× of fresh, and the file after compaction and
+Defragment at most 2× the live data plus the retained history (none is retained here: the
+compaction is at the last revision). `--smoke` shrinks the phase to 200 keys × 10 rewrites and the
+hot key × 500. DB sizes are Maintenance.Status's (netsy: the SQLite file's pages; etcd: bbolt's).
+
+Exact commands:
+
+    bench/run-all.sh                                        # full run; rewrites this page
+    BENCH_SYSTEMS="netsy-local etcd-1" bench/run-all.sh --smoke
+    BENCH_PHASES=history BENCH_SYSTEMS="netsy-local netsy-s3 etcd-1" bench/run-all.sh   # only this phase
+    BENCH_HISTORY_SYSTEMS="" bench/run-all.sh               # everything but this phase
+
+and by hand against any etcd v3 endpoint:
+
+    netsy-bench seed  --endpoint URL --prefix /history/keys/ --keys 2000 --clients 16
+    netsy-bench seed  --endpoint URL --prefix /history/hot/ --keys 1
+    netsy-bench k8s   --endpoint URL --workload list --clients 16 --existing /history/keys/ --list-keys 2000 --page-size 500
+    netsy-bench k8s   --endpoint URL --workload get --clients 1 --existing /history/hot/00000000
+    netsy-bench churn --endpoint URL --prefix /history/keys/ --keys 2000 --rewrites 100 --clients 16
+    netsy-bench churn --endpoint URL --prefix /history/hot/ --keys 1 --rewrites 50000 --clients 16 --compact
+    netsy-bench sizes --endpoint URL --defrag
+
+(add `--pid PID` for the server's CPU and memory). The first table is the reads, the second the
+writes and the file sizes; ratios to etcd-1 compare the churned figures.
+"""
 
 
 def render_doc(meta, rows, cold, made, rel):
@@ -307,10 +425,15 @@ def render_doc(meta, rows, cold, made, rel):
              "members for etcd-3). Server cores = server CPU seconds ÷ wall seconds. Object-store req/s = "
              "netsy's `netsy_object_storage_writes_total` + `netsy_object_storage_reads_total` per second.\n")
     p.append(detail_table(rows))
+    p.append("\n## History: churn + compaction\n")
+    p.append(HISTORY_PROSE)
+    p.append(history_tables(rows))
     p.append("\n## Cold start\n")
     p.append("netsy on seaweedfs: load N keys of 1 KiB, stop netsy, delete its data directory, start it again, "
              "and time from process start until `/readyz` answers 200; backfill figures come from netsy's "
-             "`loading_stage_completed` log line.\n")
+             "`loading_stage_completed` log line. The row marked *compacted* wrote every key many times "
+             "(one Put, one revision per write) and compacted at the last revision before the restart: "
+             "a bucket that saw 1M writes to 10k keys.\n")
     p.append(cold_start_table(cold))
     for c in meta.get("cold_skipped", []):
         p.append(f"\nNot run: {c.get('keys'):,} keys ({c.get('skipped')}).")

