@@ -50,7 +50,7 @@ async fn load(
             let opts = StoreOptions {
                 data_dir: cfg.data_dir.clone(),
                 node_id: cfg.node_id.clone(),
-                readers: 4,
+                readers: 8,
             };
             let hub = hub.clone();
             tokio::task::spawn_blocking(move || Store::open(opts, hub, Box::new(hook)))

@@ -1,8 +1,9 @@
 //! A Replica's follower loop: applies the Primary's committed records to the local copy.
 //!
 //! Catch-up needs no restart: every (re)connection asks for everything after the local head,
-//! and the Primary sends its history first (from its own local copy, which holds every
-//! revision), then live commits. A stream from an older epoch than the one this node knows is
+//! and the Primary sends its history first (from its own local copy), then live commits. A
+//! Replica behind the Primary's compaction revision gets the Primary's whole copy instead,
+//! which replaces its own in one transaction (readers see the old copy until it commits). A stream from an older epoch than the one this node knows is
 //! dropped.
 
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bo
             Role::Replica { primary } => {
                 tokio::select! {
                     res = follow_once(&cluster, &store, &primary) => {
+                        // A whole-copy transfer cut off midway leaves the old copy.
+                        let _ = store.replace_abort().await;
                         if let Err(e) = res {
                             if e != last_error {
                                 tracing::warn!(primary = %primary.node_id, error = %e, "follow stream ended; reconnecting");
@@ -38,8 +41,8 @@ pub async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bo
                             _ = stop.changed() => return,
                         }
                     }
-                    _ = roles.changed() => {}
-                    _ = stop.changed() => return,
+                    _ = roles.changed() => { let _ = store.replace_abort().await; }
+                    _ = stop.changed() => { let _ = store.replace_abort().await; return }
                 }
             }
             Role::Primary { .. } | Role::Transition => {
@@ -70,6 +73,7 @@ async fn follow_once(
         .map_err(|e| e.message().to_string())?
         .into_inner();
     tracing::info!(primary = %primary.node_id, from, "following");
+    let mut replacing = false;
     loop {
         let msg = match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
             Err(_) => return Err("no message for 10 s".into()),
@@ -82,6 +86,34 @@ async fn follow_once(
                 "stream of epoch {} is older than the known epoch {}",
                 msg.epoch, primary.epoch
             ));
+        }
+        if msg.replace_through > 0 {
+            // The whole copy of the Primary (this node was behind its compaction revision).
+            if !replacing {
+                tracing::info!(
+                    through = msg.replace_through,
+                    "replacing the local copy with the primary's"
+                );
+                store.replace_begin().await.map_err(|e| e.to_string())?;
+                replacing = true;
+            }
+            if !msg.records.is_empty() {
+                store
+                    .import(msg.records.into_iter().map(from_proto).collect())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            if msg.committed_revision == msg.replace_through {
+                store
+                    .replace_commit(msg.compaction_revision)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                replacing = false;
+            }
+            continue;
+        }
+        if replacing {
+            return Err("the primary's whole copy ended before it was complete".into());
         }
         if !msg.records.is_empty() {
             let head = store.current_revision();

@@ -96,16 +96,53 @@ impl pb::peer_server::Peer for PeerService {
         let out = async_stream::try_stream! {
             let mut tick = tokio::time::interval(IDLE_TICK);
             loop {
-                // Whatever the local copy has beyond what was sent: history.
+                // Whatever the local copy has beyond what was sent: history, or the whole copy
+                // when compaction has freed part of the history the Replica needs.
                 let head = store.current_revision();
                 while next <= head {
+                    if next < store.compact_revision() {
+                        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+                        let export = tokio::spawn({
+                            let store = store.clone();
+                            async move { store.stream_all(HISTORY_BATCH as usize, tx).await }
+                        });
+                        tracing::info!(replica = %req.node_id, from = next, compaction = store.compact_revision(), "replica_behind_compaction: sending the whole copy");
+                        while let Some((through, compaction, batch)) = rx.recv().await {
+                            yield pb::FollowMessage {
+                                epoch,
+                                records: batch.iter().map(to_proto).collect(),
+                                committed_revision: 0,
+                                compaction_revision: compaction,
+                                replace_through: through,
+                            };
+                        }
+                        let (through, compaction) = export
+                            .await
+                            .map_err(|e| Status::internal(format!("export task: {e}")))?
+                            .map_err(Status::from)?;
+                        yield pb::FollowMessage {
+                            epoch,
+                            records: Vec::new(),
+                            committed_revision: through,
+                            compaction_revision: compaction,
+                            replace_through: through,
+                        };
+                        next = through + 1;
+                        continue;
+                    }
                     let to = (next + HISTORY_BATCH - 1).min(head);
                     let records = history(&store, next, to).await?;
+                    if next < store.compact_revision() {
+                        // Compaction moved past this batch while it was read: rows of it may
+                        // be missing. Send the whole copy instead.
+                        continue;
+                    }
                     yield pb::FollowMessage {
                         epoch,
                         records,
                         committed_revision: to,
                         compaction_revision: store.compact_revision(),
+                        replace_through: 0,
                     };
                     next = to + 1;
                 }
@@ -119,6 +156,7 @@ impl pb::peer_server::Peer for PeerService {
                                     records: Vec::new(),
                                     committed_revision: next - 1,
                                     compaction_revision: msg.compaction_revision,
+                                    replace_through: 0,
                                 };
                             } else if first == next {
                                 next = msg.committed_revision + 1;
@@ -136,6 +174,7 @@ impl pb::peer_server::Peer for PeerService {
                                 records: Vec::new(),
                                 committed_revision: next - 1,
                                 compaction_revision: store.compact_revision(),
+                                replace_through: 0,
                             };
                         }
                     }
@@ -235,6 +274,7 @@ pub fn publish_records(cluster: &Cluster, records: &[crate::store::Record], revi
         records: records.iter().map(to_proto).collect(),
         committed_revision: revision,
         compaction_revision: 0,
+        replace_through: 0,
     };
     let _ = cluster.feed().send(Arc::new(msg));
 }
@@ -246,6 +286,7 @@ pub fn publish_compaction(cluster: &Cluster, revision: i64) {
         records: Vec::new(),
         committed_revision: 0,
         compaction_revision: revision,
+        replace_through: 0,
     };
     let _ = cluster.feed().send(Arc::new(msg));
 }

@@ -39,8 +39,14 @@ pub enum BackfillError {
     },
     #[error("local database: {0}")]
     Store(#[from] crate::store::Error),
-    #[error("history incomplete after backfill: {distinct} revisions present, latest is {latest}")]
-    Gap { distinct: i64, latest: i64 },
+    #[error(
+        "history incomplete after backfill: {present} of the {expected} revisions from the compaction revision {floor} on are present"
+    )]
+    Gap {
+        present: i64,
+        expected: i64,
+        floor: i64,
+    },
 }
 
 /// Brings `store` up to date with the bucket. Only the `writer` (the Primary) writes the genesis
@@ -55,8 +61,21 @@ pub async fn backfill(
 ) -> Result<BackfillStats, BackfillError> {
     let started = Instant::now();
     let mut stats = BackfillStats::default();
-    let local = store.current_revision();
+    let (compaction, leases) = bucket_state(storage).await?;
+    let mut local = store.current_revision();
     let snapshot = storage.latest_snapshot().await?;
+    if let Some(snap) = &snapshot
+        && snap.revision > local
+        && local < compaction
+    {
+        // The snapshot holds the state at its compaction revision, not the deletions before
+        // it: merged into this older copy, keys deleted since would stay. Load it whole.
+        progress(&format!(
+            "loading: the local copy (revision {local}) is older than the compaction revision {compaction}; replacing it"
+        ));
+        store.wipe().await?;
+        local = 0;
+    }
     let mut after = local;
     if let Some(snap) = &snapshot {
         if snap.revision > local {
@@ -113,11 +132,16 @@ pub async fn backfill(
         storage.upload_chunk(&[to_proto(&genesis)], node_id).await?;
         tracing::info!("empty bucket: wrote the genesis chunk");
     }
-    let (distinct, latest) = store.integrity().await?;
-    if distinct != latest {
-        return Err(BackfillError::Gap { distinct, latest });
+    let floor = compaction.max(store.compact_revision());
+    let (present, expected) = store.integrity(floor).await?;
+    let latest = store.current_revision();
+    if present != expected || latest < floor {
+        return Err(BackfillError::Gap {
+            present,
+            expected,
+            floor,
+        });
     }
-    let (compaction, leases) = bucket_state(storage).await?;
     stats.leases = leases.len();
     stats.compaction_revision = compaction;
     store.restore(compaction, leases).await?;
@@ -140,8 +164,9 @@ async fn genesis_record(store: &Store) -> Result<Record, BackfillError> {
         )
         .await?;
     found.ok_or(BackfillError::Gap {
-        distinct: 0,
-        latest: 1,
+        present: 0,
+        expected: 1,
+        floor: 1,
     })
 }
 

@@ -34,8 +34,8 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     /// Loads granted leases (every lease restarts with its full TTL, as etcd does after a
-    /// restart) and the keys attached to them at revision `current`.
-    pub fn load(conn: &Connection, current: i64) -> Result<LeaseTable> {
+    /// restart) and the keys attached to them (the live keys of `kv_current`).
+    pub fn load(conn: &Connection) -> Result<LeaseTable> {
         let now = Instant::now();
         let mut map = HashMap::new();
         let mut stmt = conn.prepare("SELECT id, ttl FROM leases")?;
@@ -52,14 +52,11 @@ impl LeaseTable {
             );
         }
         let mut stmt = conn.prepare(
-            "SELECT key, lease FROM (
-                SELECT key, MAX(revision) AS rev, lease, deleted FROM records
-                WHERE revision <= ?1 AND revision > 1 GROUP BY key)
-             WHERE deleted = 0 AND lease != 0",
+            "SELECT r.key, r.lease FROM kv_current c
+             CROSS JOIN records r ON r.revision = c.revision AND r.sub = c.sub
+             WHERE r.lease != 0",
         )?;
-        for row in stmt.query_map([current], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
-        })? {
+        for row in stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))? {
             let (key, lease) = row?;
             if let Some(l) = map.get_mut(&lease) {
                 l.keys.insert(key);

@@ -129,7 +129,7 @@ impl Store {
         revs.set_current(current);
         revs.set_compacted(compacted);
         hub.reset(current);
-        let leases = Arc::new(LeaseTable::load(&conn, current)?);
+        let leases = Arc::new(LeaseTable::load(&conn)?);
         let pool = pool::ReaderPool::open(&db_path, opts.readers.max(1))?;
         let (tx, rx) = mpsc::channel(1024);
         let writer_thread = writer::spawn(writer::Writer::new(
@@ -203,6 +203,20 @@ impl Store {
             .await?
     }
 
+    /// [`Store::range`] plus the SQLite VM steps it took: the work of a read, which must not
+    /// grow with the history of the keys it returns (regression tests and benchmarks).
+    pub async fn range_counted(&self, req: PbRangeRequest) -> Result<(PbRangeResponse, u64)> {
+        let revs = self.inner.revs.clone();
+        self.inner
+            .pool
+            .run(move |conn| {
+                let before = read::vm_steps();
+                let resp = read::range(conn, &revs, &req)?;
+                Ok((resp, read::vm_steps() - before))
+            })
+            .await?
+    }
+
     /// Reads live key-values in `range` at `rev`, at most `limit` (0 = all), keys strictly after
     /// `after` when given. Used by RangeStream's keyset pagination.
     pub async fn range_page(
@@ -217,7 +231,11 @@ impl Store {
         self.inner
             .pool
             .run(move |conn| {
-                let kvs = read::live_page(conn, &range, rev, after.as_deref(), limit, keys_only)?;
+                let tx = conn.unchecked_transaction()?;
+                let head = read::latest_revision(&tx)?;
+                let kvs =
+                    read::live_page(&tx, &range, rev, head, after.as_deref(), limit, keys_only)?;
+                drop(tx);
                 read::check_not_compacted(&revs, rev)?;
                 Ok(kvs)
             })
@@ -270,8 +288,9 @@ impl Store {
         self.inner
             .pool
             .run(move |conn| {
-                let rev = revs.current();
-                let mut ctx = txn::TxnCtx::new(conn, &leases, rev, "", "");
+                let tx = conn.unchecked_transaction()?;
+                let head = read::latest_revision(&tx)?;
+                let mut ctx = txn::TxnCtx::new(&tx, &leases, head, "", "");
                 let resp = ctx.apply(&req, revs.compacted())?;
                 Ok(resp)
             })
@@ -356,9 +375,81 @@ impl Store {
             .await?
     }
 
-    /// (distinct revisions, latest revision): complete when they are equal.
-    pub async fn integrity(&self) -> Result<(i64, i64)> {
-        self.inner.pool.run(|conn| read::integrity(conn)).await?
+    /// (revisions present from `floor` on, revisions expected from `floor` to the latest):
+    /// the history is complete when they are equal. Below the compaction revision (`floor`)
+    /// only the rows compaction keeps are present, so gaps there are expected.
+    pub async fn integrity(&self, floor: i64) -> Result<(i64, i64)> {
+        self.inner
+            .pool
+            .run(move |conn| read::integrity(conn, floor))
+            .await?
+    }
+
+    /// Empties the local copy (records, live keys, compactions, leases), before loading a
+    /// snapshot that cannot be merged into it: the snapshot has no rows for the deletions
+    /// its compaction freed, so keys this copy still has could not be told deleted.
+    pub async fn wipe(&self) -> Result<()> {
+        self.call(|reply| writer::Command::Wipe { reply }).await
+    }
+
+    /// Starts replacing the local copy with a complete transfer from the Primary: everything
+    /// is deleted and the following [`Store::import`]s go into one SQLite transaction, which
+    /// [`Store::replace_commit`] commits; until then readers keep seeing the old copy.
+    pub async fn replace_begin(&self) -> Result<()> {
+        self.call(|reply| writer::Command::ReplaceBegin { reply })
+            .await
+    }
+
+    /// Commits a replacement started by [`Store::replace_begin`]; returns the latest revision.
+    pub async fn replace_commit(&self, compaction: i64) -> Result<i64> {
+        self.call(|reply| writer::Command::ReplaceEnd {
+            commit: true,
+            compaction,
+            reply,
+        })
+        .await
+    }
+
+    /// Abandons a replacement, if one is open: the old copy stays as it was.
+    pub async fn replace_abort(&self) -> Result<i64> {
+        self.call(|reply| writer::Command::ReplaceEnd {
+            commit: false,
+            compaction: 0,
+            reply,
+        })
+        .await
+    }
+
+    /// Every row of the local copy in (revision, sub) order, read in ONE read transaction (a
+    /// consistent state even while compaction frees rows), sent to `tx` in batches of `batch`,
+    /// each with the (latest revision, compaction revision) of that state, which it returns.
+    pub async fn stream_all(
+        &self,
+        batch: usize,
+        tx: mpsc::Sender<(i64, i64, Vec<Record>)>,
+    ) -> Result<(i64, i64)> {
+        self.inner
+            .pool
+            .run(move |conn| {
+                let rtx = conn.unchecked_transaction()?;
+                let head = read::latest_revision(&rtx)?;
+                let compaction = read::compaction_revision(&rtx)?;
+                let mut buf = Vec::with_capacity(batch);
+                read::for_each_record(&rtx, 1, head, &mut |r| {
+                    buf.push(r);
+                    if buf.len() >= batch {
+                        tx.blocking_send((head, compaction, std::mem::take(&mut buf)))
+                            .map_err(|_| "receiver gone".to_string())?;
+                    }
+                    Ok(())
+                })?;
+                if !buf.is_empty() {
+                    tx.blocking_send((head, compaction, buf))
+                        .map_err(|_| Error::Shutdown)?;
+                }
+                Ok((head, compaction))
+            })
+            .await?
     }
 
     /// Rebuilds the database file to reclaim free pages.

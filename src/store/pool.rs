@@ -1,9 +1,11 @@
-//! A small pool of read-only connections used from `spawn_blocking`.
+//! A fixed pool of read-only connections used from `spawn_blocking`. A read waits for a free
+//! connection (a semaphore) instead of opening a new one: opening a connection costs more than
+//! most reads, and more concurrent SQLite readers than cores only adds contention.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+use tokio::sync::Semaphore;
 
 use super::{Error, Result, schema};
 
@@ -13,46 +15,52 @@ pub struct ReaderPool {
 }
 
 struct PoolInner {
-    path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    max_idle: usize,
+    permits: Semaphore,
 }
 
 impl ReaderPool {
-    pub fn open(path: &Path, size: usize) -> Result<ReaderPool> {
+    pub fn open(path: &std::path::Path, size: usize) -> Result<ReaderPool> {
         let mut idle = Vec::with_capacity(size);
         for _ in 0..size {
             idle.push(schema::open_read(path)?);
         }
         Ok(ReaderPool {
             inner: Arc::new(PoolInner {
-                path: path.to_path_buf(),
                 idle: Mutex::new(idle),
-                max_idle: size,
+                permits: Semaphore::new(size),
             }),
         })
     }
 
-    /// Runs `f` with a reader connection on the blocking thread pool.
+    /// Runs `f` with a reader connection on the blocking thread pool, waiting for one to be
+    /// free.
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> T + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = match inner.idle.lock().ok().and_then(|mut v| v.pop()) {
-                Some(c) => c,
-                None => schema::open_read(&inner.path)?,
-            };
-            let out = f(&conn);
-            if let Ok(mut idle) = inner.idle.lock()
-                && idle.len() < inner.max_idle
-            {
-                idle.push(conn);
-            }
-            Ok(out)
+        let permit = inner.permits.acquire().await.map_err(|_| Error::Shutdown)?;
+        let task_inner = self.inner.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            // A permit guarantees an idle connection.
+            let conn = task_inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()
+                .ok_or(Error::Shutdown)?;
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
+            task_inner
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+            out.map_err(|_| Error::Shutdown)
         })
         .await
-        .map_err(|e| Error::Corrupt(format!("reader task failed: {e}")))?
+        .map_err(|_| Error::Shutdown)?;
+        drop(permit);
+        out
     }
 }

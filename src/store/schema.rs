@@ -7,14 +7,32 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use super::{Error, GENESIS_KEY, Result};
 
-/// `PRAGMA user_version` of our schema. The original's is 1 (one row per revision); ours adds
-/// the sub-revision column so a multi-key transaction keeps etcd's one-revision semantics.
-pub const SCHEMA_VERSION: i64 = 2;
+/// `PRAGMA user_version` of our schema. The original's is 1 (one row per revision). Version 2
+/// added the sub-revision column so a multi-key transaction keeps etcd's one-revision semantics;
+/// version 3 adds `kv_current` (the live keys and their newest row, maintained with each write)
+/// and `meta` (how far compaction has freed history).
+pub const SCHEMA_VERSION: i64 = 3;
 
+/// The `kv_current` and `meta` tables (version 3).
+const V3_TABLES: &str = "
+    CREATE TABLE IF NOT EXISTS kv_current (
+        key BLOB PRIMARY KEY NOT NULL,
+        revision INTEGER NOT NULL,
+        sub INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS meta (
+        name TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;";
+
+/// The write connection. `synchronous = NORMAL`: in WAL mode a commit is not fsynced, only
+/// checkpoints are. The local file is a cache of the bucket, which holds every acknowledged
+/// write before SQLite commits (the commit hook), so a commit lost to a power cut is loaded
+/// again from the bucket at startup; WAL mode keeps the file consistent whatever is lost.
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(())
 }
@@ -33,7 +51,6 @@ pub fn open_read(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 
@@ -47,6 +64,7 @@ pub fn migrate(conn: &mut Connection, node_id: &str) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     match version {
         0 => {}
+        2 => return migrate_v2_to_v3(conn),
         SCHEMA_VERSION => return Ok(()),
         other => {
             return Err(Error::Corrupt(format!(
@@ -85,6 +103,7 @@ pub fn migrate(conn: &mut Connection, node_id: &str) -> Result<()> {
             granted_at TEXT NOT NULL
         );",
     )?;
+    tx.execute_batch(V3_TABLES)?;
     let empty: bool = tx.query_row("SELECT NOT EXISTS (SELECT 1 FROM records)", [], |r| {
         r.get(0)
     })?;
@@ -98,5 +117,24 @@ pub fn migrate(conn: &mut Connection, node_id: &str) -> Result<()> {
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Version 2 → 3: builds `kv_current` from the history once (the newest row of each key,
+/// tombstones left out). Freed history starts at 0: the next compaction frees everything below
+/// its revision, including what value-clearing compactions of version 2 kept.
+fn migrate_v2_to_v3(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(V3_TABLES)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO kv_current (key, revision, sub)
+         SELECT r.key, r.revision, r.sub FROM records r
+         WHERE r.revision > 1 AND r.deleted = 0
+           AND r.revision = (SELECT MAX(n.revision) FROM records n WHERE n.key = r.key)",
+        [],
+    )?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    tracing::info!("local database migrated to schema version {SCHEMA_VERSION}");
     Ok(())
 }

@@ -141,7 +141,7 @@ impl<'a> TxnCtx<'a> {
 
     fn compare(&self, c: &PbCompare) -> Result<bool> {
         let range = KeyRange::new(&c.key, &c.range_end);
-        let kvs = read::live_in_range(self.conn, &range, self.read_rev())?;
+        let kvs = read::live_in_range(self.conn, &range, self.read_rev(), self.read_rev())?;
         if kvs.is_empty() {
             if c.target == cmp::VALUE {
                 return Ok(false);
@@ -178,7 +178,8 @@ impl<'a> TxnCtx<'a> {
                 }
                 Some(PbTxnOpRequest::RequestPut(p)) => {
                     if (p.ignore_value || p.ignore_lease)
-                        && read::get_live(self.conn, &p.key, self.read_rev())?.is_none()
+                        && read::get_live(self.conn, &p.key, self.read_rev(), self.read_rev())?
+                            .is_none()
                     {
                         return Err(Error::KeyNotFound);
                     }
@@ -246,7 +247,7 @@ impl<'a> TxnCtx<'a> {
         } else {
             self.read_rev()
         };
-        let mut res = read::range_at(self.conn, r, rev)?;
+        let mut res = read::range_at(self.conn, r, rev, self.read_rev())?;
         let mut more = false;
         if r.limit > 0 && res.kvs.len() > r.limit as usize {
             res.kvs.truncate(r.limit as usize);
@@ -279,7 +280,7 @@ impl<'a> TxnCtx<'a> {
         ignore_value: bool,
         ignore_lease: bool,
     ) -> Result<PbPutResponse> {
-        let prev = read::get_live(self.conn, key, self.read_rev())?;
+        let prev = read::get_live(self.conn, key, self.read_rev(), self.read_rev())?;
         if (ignore_value || ignore_lease) && prev.is_none() {
             return Err(Error::KeyNotFound);
         }
@@ -354,7 +355,7 @@ impl<'a> TxnCtx<'a> {
         want_prev: bool,
     ) -> Result<PbDeleteResponse> {
         let range = KeyRange::new(key, range_end);
-        let victims = read::live_in_range(self.conn, &range, self.read_rev())?;
+        let victims = read::live_in_range(self.conn, &range, self.read_rev(), self.read_rev())?;
         let deleted = victims.len() as i64;
         for kv in &victims {
             let (rev, sub) = self.next_sub();
@@ -400,8 +401,10 @@ impl<'a> TxnCtx<'a> {
         })
     }
 
+    /// Inserts a new record, always the newest of its key, and moves `kv_current` with it.
     fn insert(&self, r: &Record) -> Result<()> {
-        insert_record(self.conn, r, None)
+        insert_record(self.conn, r, None)?;
+        set_current(self.conn, r)
     }
 }
 
@@ -466,6 +469,24 @@ pub fn insert_record(conn: &Connection, r: &Record, replicated_at: Option<&str>)
     Ok(())
 }
 
+/// Points `kv_current` at `r`, the newest record of its key (a tombstone removes the key).
+fn set_current(conn: &Connection, r: &Record) -> Result<()> {
+    if r.revision <= 1 {
+        return Ok(());
+    }
+    if r.deleted {
+        conn.prepare_cached("DELETE FROM kv_current WHERE key = ?1")?
+            .execute([&r.key])?;
+    } else {
+        conn.prepare_cached(
+            "INSERT INTO kv_current (key, revision, sub) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET revision = excluded.revision, sub = excluded.sub",
+        )?
+        .execute(params![r.key, r.revision, r.sub])?;
+    }
+    Ok(())
+}
+
 /// Imports a record from a data file: a new row, or an identical existing one (idempotent
 /// backfill); a different row at the same (revision, sub) is corruption.
 pub fn import_record(conn: &Connection, r: &Record, now: &str) -> Result<bool> {
@@ -476,6 +497,14 @@ pub fn import_record(conn: &Connection, r: &Record, now: &str) -> Result<bool> {
     match existing {
         None => {
             insert_record(conn, r, Some(now))?;
+            // Imports come in revision order, but a snapshot may bring back rows this copy's
+            // compaction freed: only the newest row of a key decides whether it is live.
+            let newest: i64 = conn
+                .prepare_cached("SELECT MAX(revision) FROM records WHERE key = ?1")?
+                .query_row([&r.key], |row| row.get(0))?;
+            if newest == r.revision {
+                set_current(conn, r)?;
+            }
             Ok(true)
         }
         Some((key, deleted, value, version, create_revision)) => {

@@ -98,6 +98,20 @@ pub enum Command {
         hook: Box<dyn CommitHook>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Empties the local copy (see `Store::wipe`).
+    Wipe {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Opens a replacement transaction (see `Store::replace_begin`).
+    ReplaceBegin {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Commits or rolls back the replacement transaction.
+    ReplaceEnd {
+        commit: bool,
+        compaction: i64,
+        reply: oneshot::Sender<Result<i64>>,
+    },
     /// State restored from the bucket: the compaction revision and granted leases.
     Restore {
         compaction: i64,
@@ -108,8 +122,10 @@ pub enum Command {
 
 /// Largest number of requests applied in one SQLite transaction.
 const MAX_GROUP: usize = 512;
-/// Revisions whose values one compaction step clears per SQLite transaction.
-const COMPACTION_WINDOW: i64 = 5000;
+/// Revisions one compaction step frees per SQLite transaction.
+const COMPACTION_WINDOW: i64 = 2000;
+/// Under a steady load, a compaction step runs at most this often between write groups.
+const COMPACTION_PACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub struct Writer {
     conn: Connection,
@@ -120,12 +136,28 @@ pub struct Writer {
     node_id: String,
     hook: Box<dyn CommitHook>,
     compaction: Option<CompactionJob>,
+    last_step: std::time::Instant,
+    /// A replacement transaction is open: imports go into it, nothing is published.
+    replacing: bool,
 }
 
 struct CompactionJob {
     target: i64,
     next: i64,
     waiters: Vec<oneshot::Sender<Result<i64>>>,
+}
+
+/// How far compaction has freed the history (`meta.freed_through`).
+fn freed_through(conn: &Connection) -> Result<i64> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'freed_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
 }
 
 /// A reply to send once the group commits.
@@ -163,10 +195,36 @@ impl Writer {
             node_id,
             hook,
             compaction: None,
+            last_step: std::time::Instant::now(),
+            replacing: false,
+        }
+    }
+
+    /// Resumes freeing history after a restart or a restored compaction revision.
+    fn resume_compaction(&mut self) {
+        let target = self.revs.compacted();
+        let freed = match freed_through(&self.conn) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read how far compaction freed the history");
+                return;
+            }
+        };
+        if target > freed {
+            let job = self.compaction.get_or_insert(CompactionJob {
+                target,
+                next: freed.max(2),
+                waiters: Vec::new(),
+            });
+            if target > job.target {
+                job.next = job.next.min(job.target);
+                job.target = target;
+            }
         }
     }
 
     fn run(mut self) {
+        self.resume_compaction();
         loop {
             let first = if self.compaction.is_some() {
                 match self.rx.try_recv() {
@@ -192,6 +250,11 @@ impl Writer {
                 }
             }
             self.process(queue);
+            // Under a steady load the queue is never empty: free history between groups, at
+            // a pace that keeps the added write latency to one small step now and then.
+            if self.compaction.is_some() && self.last_step.elapsed() >= COMPACTION_PACE {
+                self.compaction_step();
+            }
         }
     }
 
@@ -225,6 +288,22 @@ impl Writer {
                 } => {
                     self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.restore(compaction, leases));
+                }
+                Command::Wipe { reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.wipe());
+                }
+                Command::ReplaceBegin { reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.replace_begin());
+                }
+                Command::ReplaceEnd {
+                    commit,
+                    compaction,
+                    reply,
+                } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let _ = reply.send(self.replace_end(commit, compaction));
                 }
                 Command::SetHook { hook, reply } => {
                     self.commit_group(std::mem::take(&mut group));
@@ -409,6 +488,15 @@ impl Writer {
 
     fn import(&mut self, records: Vec<Record>) -> Result<i64> {
         let now = schema::now_rfc3339();
+        if self.replacing {
+            // Inside the replacement transaction: published when it commits.
+            let mut max = 0;
+            for r in &records {
+                super::txn::import_record(&self.conn, r, &now)?;
+                max = max.max(r.revision);
+            }
+            return Ok(max);
+        }
         let tx = self.conn.unchecked_transaction()?;
         let mut max = self.revs.current();
         for r in &records {
@@ -419,6 +507,68 @@ impl Writer {
         self.revs.set_current(max);
         self.hub.reset(max);
         Ok(max)
+    }
+
+    fn wipe(&mut self) -> Result<()> {
+        if self.replacing {
+            return Err(Error::Commit("a replacement is in progress".into()));
+        }
+        self.conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             DELETE FROM records; DELETE FROM kv_current; DELETE FROM compactions;
+             DELETE FROM leases; DELETE FROM meta;
+             COMMIT;",
+        )?;
+        self.compaction = None;
+        self.revs.set_current(0);
+        self.revs.set_compacted(0);
+        self.hub.reset(0);
+        self.leases.replace_with(LeaseTable::default());
+        Ok(())
+    }
+
+    fn replace_begin(&mut self) -> Result<()> {
+        if self.replacing {
+            self.conn.execute_batch("ROLLBACK")?;
+            self.replacing = false;
+        }
+        self.conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             DELETE FROM records; DELETE FROM kv_current; DELETE FROM meta;",
+        )?;
+        self.replacing = true;
+        Ok(())
+    }
+
+    fn replace_end(&mut self, commit: bool, compaction: i64) -> Result<i64> {
+        if !self.replacing {
+            return Err(Error::Commit("no replacement in progress".into()));
+        }
+        self.replacing = false;
+        if !commit {
+            self.conn.execute_batch("ROLLBACK")?;
+            return Ok(self.revs.current());
+        }
+        if compaction > 0 {
+            self.conn.execute(
+                "INSERT OR IGNORE INTO compactions (compaction_revision, created_at) VALUES (?1, ?2)",
+                params![compaction, schema::now_rfc3339()],
+            )?;
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        let latest = super::read::latest_revision(&self.conn)?;
+        let compacted = super::read::compaction_revision(&self.conn)?;
+        self.compaction = None;
+        self.revs.set_current(latest);
+        self.revs.set_compacted(compacted);
+        self.hub.reset(latest);
+        let table = LeaseTable::load(&self.conn)?;
+        self.leases.replace_with(table);
+        self.resume_compaction();
+        Ok(latest)
     }
 
     fn restore(&mut self, compaction: i64, leases: Vec<(i64, i64)>) -> Result<()> {
@@ -440,9 +590,9 @@ impl Writer {
         if compaction > self.revs.compacted() {
             self.revs.set_compacted(compaction);
         }
-        let current = self.revs.current();
-        let table = super::LeaseTable::load(&self.conn, current)?;
+        let table = super::LeaseTable::load(&self.conn)?;
         self.leases.replace_with(table);
+        self.resume_compaction();
         Ok(())
     }
 
@@ -476,12 +626,11 @@ impl Writer {
         }
         self.revs.set_compacted(rev);
         self.hook.compaction_published(rev);
-        let job = self.compaction.get_or_insert(CompactionJob {
-            target: rev,
-            next: 2,
-            waiters: Vec::new(),
-        });
-        job.target = job.target.max(rev);
+        self.resume_compaction();
+        let Some(job) = self.compaction.as_mut() else {
+            let _ = reply.send(Ok(current));
+            return;
+        };
         if physical {
             job.waiters.push(reply);
         } else {
@@ -489,30 +638,60 @@ impl Writer {
         }
     }
 
-    /// Clears superseded values of one window of revisions (the original's value-clearing
-    /// compaction: rows stay, so history files keep every revision).
+    /// Frees one window of history below the compaction target C: every row that a row at or
+    /// below C supersedes (found through that row's `prev_revision`, so the work follows the
+    /// history written since the last compaction, not all of it), and every tombstone below C.
+    /// The rows of revision C itself stay, as etcd keeps them: a watch from C replays them.
     fn compaction_step(&mut self) {
+        self.last_step = std::time::Instant::now();
+        if self.replacing {
+            return;
+        }
         let Some(job) = self.compaction.as_mut() else {
             return;
         };
         let lo = job.next;
         let hi = (lo + COMPACTION_WINDOW - 1).min(job.target);
-        let res = self.conn.execute(
-            "UPDATE records SET value = NULL, compacted_at = ?1
-             WHERE revision >= ?2 AND revision <= ?3 AND compacted_at IS NULL
-               AND (deleted = 1 OR EXISTS (
-                   SELECT 1 FROM records n WHERE n.key = records.key
-                     AND n.revision > records.revision AND n.revision <= ?4))",
-            params![schema::now_rfc3339(), lo, hi, job.target],
-        );
-        if let Err(e) = res {
-            tracing::error!(error = %e, "compaction step failed; will retry");
+        let target = job.target;
+        let done = hi >= target;
+        let res = (|| -> Result<usize> {
+            let tx = self.conn.unchecked_transaction()?;
+            let superseded = tx.execute(
+                "DELETE FROM records WHERE rowid IN (
+                    SELECT p.rowid FROM records n
+                    JOIN records p ON p.key = n.key AND p.revision = n.prev_revision
+                    WHERE n.revision >= ?1 AND n.revision <= ?2
+                      AND n.prev_revision > 1 AND n.prev_revision < ?3)",
+                params![lo, hi, target],
+            )?;
+            let tombstones = tx.execute(
+                "DELETE FROM records
+                 WHERE revision >= ?1 AND revision <= ?2 AND revision < ?3 AND deleted = 1",
+                params![lo, hi, target],
+            )?;
+            if done {
+                tx.execute(
+                    "INSERT INTO meta (name, value) VALUES ('freed_through', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    [target],
+                )?;
+            }
+            tx.commit()?;
+            Ok(superseded + tombstones)
+        })();
+        let freed = match res {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "compaction step failed; will retry");
+                return;
+            }
+        };
+        let Some(job) = self.compaction.as_mut() else {
             return;
-        }
+        };
         job.next = hi + 1;
-        if job.next > job.target
-            && let Some(job) = self.compaction.take()
-        {
+        tracing::debug!(from = lo, to = hi, freed, "compaction_step");
+        if done && let Some(job) = self.compaction.take() {
             let current = self.revs.current();
             tracing::info!(revision = job.target, "compaction_completed");
             for w in job.waiters {
@@ -560,10 +739,12 @@ fn reply_err(cmd: Command, e: Error) {
         }
         Command::Defragment { reply }
         | Command::Restore { reply, .. }
+        | Command::Wipe { reply }
+        | Command::ReplaceBegin { reply }
         | Command::SetHook { reply, .. } => {
             let _ = reply.send(Err(e));
         }
-        Command::Import { reply, .. } => {
+        Command::Import { reply, .. } | Command::ReplaceEnd { reply, .. } => {
             let _ = reply.send(Err(e));
         }
     }
