@@ -90,19 +90,6 @@ async fn current_revision(c: &mut Client) -> i64 {
         .revision()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let dst = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).expect("copy");
-        }
-    }
-}
-
 fn spawn_workers(
     node: &Node,
     n: usize,
@@ -404,7 +391,7 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     drop(c);
     node.kill9();
     let stale_copy = tmp.path().join("stale-data");
-    copy_dir(&node.spec.data_dir, &stale_copy);
+    support::fs::copy_dir(&node.spec.data_dir, &stale_copy);
     node.restart();
     node.wait_ready(READY).await;
     let stats = node.loading_stats();

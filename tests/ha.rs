@@ -591,6 +591,93 @@ async fn a_paused_replica_catches_up_without_restart() {
     let _ = &mut c;
 }
 
+/// Compaction frees the tombstones of deletions below its revision, so a Replica that slept
+/// through deletions and a compaction cannot catch up from history: it gets the Primary's whole
+/// copy, and the deleted keys are gone from it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_compaction_revision_gets_the_whole_copy() {
+    let mut c = cluster("ha-behind-compaction").await;
+    let p = primary(&c).await;
+    let r = (p + 1) % 3;
+    let mut pc = connect(&c.nodes[p]).await;
+    for i in 0..30 {
+        pc.put(format!("/behind/{i:02}"), "v1", None)
+            .await
+            .expect("put");
+    }
+    let mut rc = connect(&c.nodes[r]).await;
+    let head = revision(&mut pc).await;
+    support::poll("the replica to follow", Duration::from_secs(20), || {
+        let mut rc = rc.clone();
+        async move { (revision(&mut rc).await >= head).then_some(()) }
+    })
+    .await;
+    c.nodes[r].signal("STOP");
+    for i in 0..15 {
+        pc.delete(format!("/behind/{i:02}"), None)
+            .await
+            .expect("delete while a replica is paused");
+    }
+    for i in 15..30 {
+        pc.put(format!("/behind/{i:02}"), "v2", None)
+            .await
+            .expect("put while a replica is paused");
+    }
+    // More commits than the Primary's feed holds for a Replica that does not read: its stream
+    // falls back to history, which compaction has freed below its revision.
+    let filler = "f".repeat(4096);
+    for i in 0..3000 {
+        pc.put(format!("/filler/{i}"), filler.as_str(), None)
+            .await
+            .expect("put while a replica is paused");
+    }
+    let compact_at = revision(&mut pc).await;
+    pc.put("/behind/after", "x", None).await.expect("put");
+    pc.compact(
+        compact_at,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .expect("compact");
+    c.nodes[r].signal("CONT");
+    let head = revision(&mut pc).await;
+    support::poll(
+        "the replica behind the compaction revision to catch up",
+        Duration::from_secs(30),
+        || {
+            let mut rc = rc.clone();
+            async move { (revision(&mut rc).await >= head).then_some(()) }
+        },
+    )
+    .await;
+    let want = state(&mut pc, "/behind/", false).await;
+    let got = state(&mut rc, "/behind/", true).await;
+    assert_eq!(want.len(), 16);
+    assert_eq!(got, want, "the replica's copy equals the primary's");
+    assert!(
+        c.nodes[r].log_text().contains("replacing the local copy"),
+        "the replica caught up through the whole copy"
+    );
+    // It keeps following live writes afterwards.
+    pc.put("/behind/later", "y", None).await.expect("put");
+    let head = revision(&mut pc).await;
+    support::poll(
+        "the replica to follow again",
+        Duration::from_secs(20),
+        || {
+            let mut rc = rc.clone();
+            async move { (revision(&mut rc).await >= head).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        state(&mut rc, "/behind/later", true).await.len(),
+        1,
+        "a live write after the whole copy"
+    );
+    let _ = &mut c;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_fails_no_write() {
     let seed = seed();

@@ -6,6 +6,8 @@
 //! Seeded from `NETSY_TEST_SEED` (printed). `NETSY_TEST_TARGET=etcd34` runs it against etcd 3.4.
 //! Run: `cargo test --release --test restart`
 mod common;
+#[path = "support/fs.rs"]
+mod fs;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -247,7 +249,7 @@ async fn crash_and_restart(name: &str, wal_keep: Option<f64>) {
     //    that loads the bucket into an empty data dir
     if wal_keep.is_some() {
         let fresh = tmp.path().join("fresh");
-        copy_dir(
+        fs::copy_dir(
             &netsy::config::default_bucket_dir(&data),
             &netsy::config::default_bucket_dir(&fresh),
         );
@@ -375,17 +377,4 @@ async fn crash_and_restart(name: &str, wal_keep: Option<f64>) {
         .await
         .expect("keep-alive");
     assert_eq!(ka.ttl, 3600, "{ka:?}");
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read bucket dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }

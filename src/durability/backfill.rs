@@ -64,20 +64,77 @@ pub async fn backfill(
     let (compaction, leases) = bucket_state(storage).await?;
     let mut local = store.current_revision();
     let snapshot = storage.latest_snapshot().await?;
-    if let Some(snap) = &snapshot
-        && snap.revision > local
-        && local < compaction
-    {
-        // The snapshot holds the state at its compaction revision, not the deletions before
-        // it: merged into this older copy, keys deleted since would stay. Load it whole.
+    // The snapshot holds the state at its compaction revision, not the deletions before it:
+    // merged into an older copy, keys deleted since would stay. Such a copy is replaced whole,
+    // in one transaction (a promoted Replica keeps serving its old copy until it commits).
+    let replace = matches!(&snapshot, Some(snap) if snap.revision > local && local < compaction);
+    if replace {
         progress(&format!(
             "loading: the local copy (revision {local}) is older than the compaction revision {compaction}; replacing it"
         ));
-        store.wipe().await?;
+        store.replace_begin().await?;
         local = 0;
     }
+    let loaded = load_files(
+        store,
+        storage,
+        snapshot.as_ref(),
+        local,
+        epochs,
+        &mut stats,
+        started,
+        progress,
+    )
+    .await;
+    if let Err(e) = loaded {
+        if replace {
+            let _ = store.replace_abort().await;
+        }
+        return Err(e);
+    }
+    if replace {
+        store.replace_commit(compaction).await?;
+    }
+    let total = stats.chunks + stats.orphans;
+    if writer && snapshot.is_none() && total == 0 && local <= 1 {
+        // An empty bucket: make the genesis record the first chunk, like the original's
+        // preflight, so a rebuilt node finds a complete history.
+        let genesis = genesis_record(store).await?;
+        storage.upload_chunk(&[to_proto(&genesis)], node_id).await?;
+        tracing::info!("empty bucket: wrote the genesis chunk");
+    }
+    let floor = compaction.max(store.compact_revision());
+    let (present, expected) = store.integrity(floor).await?;
+    let latest = store.current_revision();
+    if present != expected || latest < floor {
+        return Err(BackfillError::Gap {
+            present,
+            expected,
+            floor,
+        });
+    }
+    stats.leases = leases.len();
+    stats.compaction_revision = compaction;
+    store.restore(compaction, leases).await?;
+    stats.latest_revision = latest;
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// Loads the snapshot (when newer than `local`) and the chunks after it; returns the head.
+#[allow(clippy::too_many_arguments)]
+async fn load_files(
+    store: &Store,
+    storage: &ObjectStorage,
+    snapshot: Option<&FileRef>,
+    local: i64,
+    epochs: &EpochLog,
+    stats: &mut BackfillStats,
+    started: Instant,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<i64, BackfillError> {
     let mut after = local;
-    if let Some(snap) = &snapshot {
+    if let Some(snap) = snapshot {
         if snap.revision > local {
             progress(&format!(
                 "loading: importing snapshot at revision {}",
@@ -88,7 +145,7 @@ pub async fn backfill(
                 storage,
                 snap,
                 FileKind::KindSnapshot,
-                &mut stats,
+                stats,
                 started,
                 progress,
             )
@@ -125,29 +182,7 @@ pub async fn backfill(
             ));
         }
     }
-    if writer && snapshot.is_none() && total == 0 && local <= 1 {
-        // An empty bucket: make the genesis record the first chunk, like the original's
-        // preflight, so a rebuilt node finds a complete history.
-        let genesis = genesis_record(store).await?;
-        storage.upload_chunk(&[to_proto(&genesis)], node_id).await?;
-        tracing::info!("empty bucket: wrote the genesis chunk");
-    }
-    let floor = compaction.max(store.compact_revision());
-    let (present, expected) = store.integrity(floor).await?;
-    let latest = store.current_revision();
-    if present != expected || latest < floor {
-        return Err(BackfillError::Gap {
-            present,
-            expected,
-            floor,
-        });
-    }
-    stats.leases = leases.len();
-    stats.compaction_revision = compaction;
-    store.restore(compaction, leases).await?;
-    stats.latest_revision = latest;
-    stats.seconds = started.elapsed().as_secs_f64();
-    Ok(stats)
+    Ok(head)
 }
 
 async fn genesis_record(store: &Store) -> Result<Record, BackfillError> {

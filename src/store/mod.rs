@@ -231,13 +231,29 @@ impl Store {
         self.inner
             .pool
             .run(move |conn| {
-                let tx = conn.unchecked_transaction()?;
-                let head = read::latest_revision(&tx)?;
-                let kvs =
-                    read::live_page(&tx, &range, rev, head, after.as_deref(), limit, keys_only)?;
-                drop(tx);
-                read::check_not_compacted(&revs, rev)?;
-                Ok(kvs)
+                loop {
+                    if rev > revs.current() {
+                        return Err(Error::FutureRevision);
+                    }
+                    let tx = conn.unchecked_transaction()?;
+                    let head = read::latest_revision(&tx)?;
+                    if rev > head {
+                        // `rev` was published after this snapshot began: take a newer one.
+                        continue;
+                    }
+                    let kvs = read::live_page(
+                        &tx,
+                        &range,
+                        rev,
+                        head,
+                        after.as_deref(),
+                        limit,
+                        keys_only,
+                    )?;
+                    drop(tx);
+                    read::check_not_compacted(&revs, rev)?;
+                    return Ok(kvs);
+                }
             })
             .await?
     }
@@ -288,9 +304,10 @@ impl Store {
         self.inner
             .pool
             .run(move |conn| {
+                let rev = revs.current();
                 let tx = conn.unchecked_transaction()?;
                 let head = read::latest_revision(&tx)?;
-                let mut ctx = txn::TxnCtx::new(&tx, &leases, head, "", "");
+                let mut ctx = txn::TxnCtx::new(&tx, &leases, rev, "", "").with_head(head);
                 let resp = ctx.apply(&req, revs.compacted())?;
                 Ok(resp)
             })
@@ -383,13 +400,6 @@ impl Store {
             .pool
             .run(move |conn| read::integrity(conn, floor))
             .await?
-    }
-
-    /// Empties the local copy (records, live keys, compactions, leases), before loading a
-    /// snapshot that cannot be merged into it: the snapshot has no rows for the deletions
-    /// its compaction freed, so keys this copy still has could not be told deleted.
-    pub async fn wipe(&self) -> Result<()> {
-        self.call(|reply| writer::Command::Wipe { reply }).await
     }
 
     /// Starts replacing the local copy with a complete transfer from the Primary: everything

@@ -376,19 +376,26 @@ pub fn range_at(
 }
 
 /// The unary Range RPC: resolves the revision, reads, truncates to the limit.
-/// Runs in one read transaction: `kv_current` and the history agree, and a request for the
-/// current revision is answered at the newest committed one (`head`, never older than the
-/// published revision read before the transaction began).
+/// Runs in one read transaction, so `kv_current` and the history agree. A request for the
+/// current revision is answered at the published revision, read before the transaction
+/// began: its snapshot (`head`) may hold one newer commit whose callers are not answered yet,
+/// and answering from it could let a later read elsewhere (a Replica's read index is the
+/// published revision) see an older state. In that moment the answer comes from the history.
 pub fn range(conn: &Connection, revs: &Revisions, req: &PbRangeRequest) -> Result<PbRangeResponse> {
-    let published = revs.current();
+    let current = revs.current();
     let tx = conn.unchecked_transaction()?;
     let head = latest_revision(&tx)?;
-    let current = published.max(head);
     let rev = if req.revision <= 0 {
-        head
+        check_not_compacted(revs, current)?;
+        current
     } else {
         resolve_revision(revs, req.revision)?
     };
+    if rev > head {
+        // Published after this snapshot began: read again in a newer one.
+        drop(tx);
+        return range(conn, revs, req);
+    }
     let mut res = range_at(&tx, req, rev, head)?;
     drop(tx);
     check_not_compacted(revs, rev)?;

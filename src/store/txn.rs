@@ -58,6 +58,9 @@ pub struct TxnCtx<'a> {
     conn: &'a Connection,
     leases: &'a LeaseTable,
     base_rev: i64,
+    /// The revision `kv_current` reflects on `conn` when it is not the transaction's own (a
+    /// read-only transaction on a reader whose snapshot is newer than the published revision).
+    head: Option<i64>,
     changed: bool,
     sub: i64,
     now: &'a str,
@@ -79,6 +82,7 @@ impl<'a> TxnCtx<'a> {
             conn,
             leases,
             base_rev,
+            head: None,
             changed: false,
             sub: 0,
             now,
@@ -87,6 +91,17 @@ impl<'a> TxnCtx<'a> {
             events: Vec::new(),
             lease_changes: Vec::new(),
         }
+    }
+
+    /// A read-only transaction on a connection whose `kv_current` reflects `head`.
+    pub fn with_head(mut self, head: i64) -> Self {
+        self.head = Some(head);
+        self
+    }
+
+    /// The revision `kv_current` reflects.
+    fn head(&self) -> i64 {
+        self.head.unwrap_or_else(|| self.read_rev())
     }
 
     /// The revision reads see: the transaction's own revision once it has written.
@@ -141,7 +156,7 @@ impl<'a> TxnCtx<'a> {
 
     fn compare(&self, c: &PbCompare) -> Result<bool> {
         let range = KeyRange::new(&c.key, &c.range_end);
-        let kvs = read::live_in_range(self.conn, &range, self.read_rev(), self.read_rev())?;
+        let kvs = read::live_in_range(self.conn, &range, self.read_rev(), self.head())?;
         if kvs.is_empty() {
             if c.target == cmp::VALUE {
                 return Ok(false);
@@ -178,7 +193,7 @@ impl<'a> TxnCtx<'a> {
                 }
                 Some(PbTxnOpRequest::RequestPut(p)) => {
                     if (p.ignore_value || p.ignore_lease)
-                        && read::get_live(self.conn, &p.key, self.read_rev(), self.read_rev())?
+                        && read::get_live(self.conn, &p.key, self.read_rev(), self.head())?
                             .is_none()
                     {
                         return Err(Error::KeyNotFound);
@@ -247,7 +262,7 @@ impl<'a> TxnCtx<'a> {
         } else {
             self.read_rev()
         };
-        let mut res = read::range_at(self.conn, r, rev, self.read_rev())?;
+        let mut res = read::range_at(self.conn, r, rev, self.head())?;
         let mut more = false;
         if r.limit > 0 && res.kvs.len() > r.limit as usize {
             res.kvs.truncate(r.limit as usize);
@@ -280,7 +295,7 @@ impl<'a> TxnCtx<'a> {
         ignore_value: bool,
         ignore_lease: bool,
     ) -> Result<PbPutResponse> {
-        let prev = read::get_live(self.conn, key, self.read_rev(), self.read_rev())?;
+        let prev = read::get_live(self.conn, key, self.read_rev(), self.head())?;
         if (ignore_value || ignore_lease) && prev.is_none() {
             return Err(Error::KeyNotFound);
         }
@@ -355,7 +370,7 @@ impl<'a> TxnCtx<'a> {
         want_prev: bool,
     ) -> Result<PbDeleteResponse> {
         let range = KeyRange::new(key, range_end);
-        let victims = read::live_in_range(self.conn, &range, self.read_rev(), self.read_rev())?;
+        let victims = read::live_in_range(self.conn, &range, self.read_rev(), self.head())?;
         let deleted = victims.len() as i64;
         for kv in &victims {
             let (rev, sub) = self.next_sub();

@@ -98,10 +98,6 @@ pub enum Command {
         hook: Box<dyn CommitHook>,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// Empties the local copy (see `Store::wipe`).
-    Wipe {
-        reply: oneshot::Sender<Result<()>>,
-    },
     /// Opens a replacement transaction (see `Store::replace_begin`).
     ReplaceBegin {
         reply: oneshot::Sender<Result<()>>,
@@ -288,10 +284,6 @@ impl Writer {
                 } => {
                     self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.restore(compaction, leases));
-                }
-                Command::Wipe { reply } => {
-                    self.commit_group(std::mem::take(&mut group));
-                    let _ = reply.send(self.wipe());
                 }
                 Command::ReplaceBegin { reply } => {
                     self.commit_group(std::mem::take(&mut group));
@@ -509,24 +501,6 @@ impl Writer {
         Ok(max)
     }
 
-    fn wipe(&mut self) -> Result<()> {
-        if self.replacing {
-            return Err(Error::Commit("a replacement is in progress".into()));
-        }
-        self.conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             DELETE FROM records; DELETE FROM kv_current; DELETE FROM compactions;
-             DELETE FROM leases; DELETE FROM meta;
-             COMMIT;",
-        )?;
-        self.compaction = None;
-        self.revs.set_current(0);
-        self.revs.set_compacted(0);
-        self.hub.reset(0);
-        self.leases.replace_with(LeaseTable::default());
-        Ok(())
-    }
-
     fn replace_begin(&mut self) -> Result<()> {
         if self.replacing {
             self.conn.execute_batch("ROLLBACK")?;
@@ -739,7 +713,6 @@ fn reply_err(cmd: Command, e: Error) {
         }
         Command::Defragment { reply }
         | Command::Restore { reply, .. }
-        | Command::Wipe { reply }
         | Command::ReplaceBegin { reply }
         | Command::SetHook { reply, .. } => {
             let _ = reply.send(Err(e));

@@ -3,6 +3,7 @@
 //! Every wait here is bounded by a deadline.
 #![allow(dead_code)]
 
+pub mod fs;
 pub mod lincheck;
 pub mod net;
 pub mod node;
