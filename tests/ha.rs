@@ -102,6 +102,15 @@ async fn revision(c: &mut Client) -> i64 {
     .revision()
 }
 
+/// Waits (bounded) until the node behind `c` serves revision `head` locally.
+async fn wait_for_revision(c: &Client, head: i64, what: &str, within: Duration) {
+    support::poll(what, within, || {
+        let mut c = c.clone();
+        async move { (revision(&mut c).await >= head).then_some(()) }
+    })
+    .await;
+}
+
 /// Every key under `prefix` with (mod revision, value), read on one node.
 async fn state(
     c: &mut Client,
@@ -560,13 +569,11 @@ async fn a_paused_replica_catches_up_without_restart() {
     let head = revision(&mut pc).await;
     let mut rc = connect(&c.nodes[r]).await;
     let caught_up = Instant::now();
-    support::poll(
+    wait_for_revision(
+        &rc,
+        head,
         "the paused replica to catch up",
         Duration::from_secs(20),
-        || {
-            let mut rc = rc.clone();
-            async move { (revision(&mut rc).await >= head).then_some(()) }
-        },
     )
     .await;
     eprintln!(
@@ -607,11 +614,7 @@ async fn a_replica_behind_the_compaction_revision_gets_the_whole_copy() {
     }
     let mut rc = connect(&c.nodes[r]).await;
     let head = revision(&mut pc).await;
-    support::poll("the replica to follow", Duration::from_secs(20), || {
-        let mut rc = rc.clone();
-        async move { (revision(&mut rc).await >= head).then_some(()) }
-    })
-    .await;
+    wait_for_revision(&rc, head, "the replica to follow", Duration::from_secs(20)).await;
     c.nodes[r].signal("STOP");
     for i in 0..15 {
         pc.delete(format!("/behind/{i:02}"), None)
@@ -641,13 +644,11 @@ async fn a_replica_behind_the_compaction_revision_gets_the_whole_copy() {
     .expect("compact");
     c.nodes[r].signal("CONT");
     let head = revision(&mut pc).await;
-    support::poll(
+    wait_for_revision(
+        &rc,
+        head,
         "the replica behind the compaction revision to catch up",
         Duration::from_secs(30),
-        || {
-            let mut rc = rc.clone();
-            async move { (revision(&mut rc).await >= head).then_some(()) }
-        },
     )
     .await;
     let want = state(&mut pc, "/behind/", false).await;
@@ -661,13 +662,11 @@ async fn a_replica_behind_the_compaction_revision_gets_the_whole_copy() {
     // It keeps following live writes afterwards.
     pc.put("/behind/later", "y", None).await.expect("put");
     let head = revision(&mut pc).await;
-    support::poll(
+    wait_for_revision(
+        &rc,
+        head,
         "the replica to follow again",
         Duration::from_secs(20),
-        || {
-            let mut rc = rc.clone();
-            async move { (revision(&mut rc).await >= head).then_some(()) }
-        },
     )
     .await;
     assert_eq!(

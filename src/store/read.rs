@@ -160,7 +160,6 @@ fn live_query(
     keys_only: bool,
 ) -> Result<Vec<PbKeyValue>> {
     let mut params = Vec::new();
-    let value_col = if keys_only { "NULL" } else { "value" };
     let limit_sql = if limit > 0 {
         format!(" LIMIT {limit}")
     } else {
@@ -180,6 +179,7 @@ fn live_query(
              WHERE {pred}{extra} ORDER BY c.key {order}{limit_sql}"
         )
     } else {
+        let value_col = if keys_only { "NULL" } else { "value" };
         let pred = range.predicate("key", &mut params);
         params.push(Value::Integer(rev));
         let rev_param = params.len();
@@ -209,11 +209,10 @@ fn live_query(
 /// Number of live keys in `range` at `rev` (`head` as in [`live_query`]).
 pub fn count_live(conn: &Connection, range: &KeyRange, rev: i64, head: i64) -> Result<i64> {
     let mut params = Vec::new();
+    let pred = range.predicate("key", &mut params);
     let sql = if rev >= head {
-        let pred = range.predicate("key", &mut params);
         format!("SELECT COUNT(*) FROM kv_current WHERE {pred}")
     } else {
-        let pred = range.predicate("key", &mut params);
         params.push(Value::Integer(rev));
         format!(
             "SELECT COUNT(*) FROM (

@@ -48,7 +48,8 @@ pub trait CommitHook: Send + 'static {
     fn compaction_published(&mut self, _rev: i64) {}
 }
 
-/// The local-only hook: SQLite's own fsync is the durability point (unit tests).
+/// The local-only hook, for tests of the store alone: nothing is made durable elsewhere, and
+/// SQLite does not fsync commits (`synchronous = NORMAL`), so a power cut may lose the last ones.
 pub struct NoopCommitHook;
 
 impl CommitHook for NoopCommitHook {
