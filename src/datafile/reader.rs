@@ -35,7 +35,7 @@ enum State {
 pub struct Reader<R: Read> {
     source: Source<R>,
     header: FileHeader,
-    digest: Digest<'static, u64>,
+    digest: Digest<'static, u64, crc::Table<16>>,
     read: i64,
     first_revision: i64,
     prev: Option<(i64, i64)>,

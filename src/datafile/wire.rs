@@ -3,14 +3,14 @@
 
 use std::io::{self, Read, Write};
 
-use crc::{CRC_64_XZ, Crc};
+use crc::{CRC_64_XZ, Crc, Table};
 use prost::Message;
 
 use super::{Error, MAX_MESSAGE_LEN};
 
 /// CRC-64/XZ (Go's `hash/crc64` with the ECMA table): check value for "123456789" is
 /// 0x995DC9BBDF1939FA.
-pub static CRC64: Crc<u64> = Crc::<u64>::new(&CRC_64_XZ);
+pub static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_XZ);
 
 /// Field number of `crc` in `FileHeader` and `Record`.
 pub const HEADER_CRC_FIELD: u32 = 1;

@@ -48,7 +48,7 @@ impl<W: Write> Sink<W> {
 pub struct Writer<W: Write> {
     sink: Sink<W>,
     header: FileHeader,
-    digest: Digest<'static, u64>,
+    digest: Digest<'static, u64, crc::Table<16>>,
     written: i64,
     first_revision: i64,
     prev: Option<(i64, i64)>,

@@ -41,11 +41,11 @@ impl SnapshotWorker {
         mut committed: mpsc::Receiver<Committed>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut last_rev = match self.storage.latest_snapshot().await {
-            Ok(s) => s.map(|s| s.revision).unwrap_or(0),
+        let (mut last_rev, mut last_size) = match self.storage.latest_snapshot().await {
+            Ok(s) => s.map(|s| (s.revision, s.size)).unwrap_or((0, 0)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list snapshots; assuming none");
-                0
+                (0, 0)
             }
         };
         let mut last_time = Instant::now();
@@ -57,7 +57,12 @@ impl SnapshotWorker {
             };
             bytes += c.bytes;
             let p = &self.policy;
-            let due = c.revision - last_rev >= p.threshold_records
+            // A snapshot costs as much as the state it holds: after the records threshold, also
+            // wait until the data written since the last one is half its size, so snapshots
+            // cost O(1) per write however large the state grows (and a cold start replays at
+            // most about half a snapshot of chunks).
+            let due = (c.revision - last_rev >= p.threshold_records
+                && bytes.saturating_mul(2) >= last_size)
                 || bytes >= p.threshold_bytes
                 || (!p.threshold_age.is_zero() && last_time.elapsed() >= p.threshold_age);
             if !due || c.revision <= last_rev {
@@ -65,8 +70,9 @@ impl SnapshotWorker {
             }
             let rev = self.store.current_revision();
             match self.take(rev).await {
-                Ok(()) => {
+                Ok(size) => {
                     last_rev = rev;
+                    last_size = size;
                     last_time = Instant::now();
                     bytes = 0;
                 }
@@ -77,8 +83,8 @@ impl SnapshotWorker {
         }
     }
 
-    /// Writes, uploads and cleans up after a snapshot at `rev`.
-    pub async fn take(&self, rev: i64) -> Result<(), String> {
+    /// Writes, uploads and cleans up after a snapshot at `rev`; returns the snapshot's size.
+    pub async fn take(&self, rev: i64) -> Result<u64, String> {
         let started = Instant::now();
         let (file, path) =
             ObjectStorage::create_snapshot_temp(&self.temp_dir, rev).map_err(|e| e.to_string())?;
@@ -119,15 +125,16 @@ impl SnapshotWorker {
             let (buf, summary) = writer.finish().map_err(|e| e.to_string())?;
             let file = buf.into_inner().map_err(|e| e.to_string())?;
             file.sync_all().map_err(|e| e.to_string())?;
+            let size = file.metadata().map_err(|e| e.to_string())?.len();
             self.storage
                 .upload_snapshot_file(rev, &path)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>(summary)
+            Ok::<_, String>((summary, size))
         }
         .await;
         let _ = std::fs::remove_file(&path);
-        let summary = outcome?;
+        let (summary, size) = outcome?;
         tracing::info!(
             revision = rev,
             records = summary.records_count(),
@@ -145,7 +152,7 @@ impl SnapshotWorker {
             }
         }
         self.apply_retention().await;
-        Ok(())
+        Ok(size)
     }
 
     /// Deletes the oldest snapshots beyond the retention count (the newest are always kept).

@@ -14,7 +14,11 @@
 //!   renamed into place while the old one still exists) and, if equal, overwrites with
 //!   temp file + fsync + rename + fsync dir. A missing object fails the precondition, as on S3.
 //! * `Create` is `link(2)` of a fully written and fsynced temporary file, which fails if the
-//!   name exists (atomic on its own; done under the lock too so it serialises with `Update`).
+//!   name exists. It takes no lock: it can only succeed while the name is absent, and every
+//!   change that removes a name (delete, rename away) holds the lock, while `Update` replaces
+//!   an existing name atomically — so a `Create` is ordered before or after any locked
+//!   mutation. (Chunks are written this way, once per write group: a lock would add a file
+//!   open, an `flock` and a thread hop to every write.)
 //!
 //! Readers take no lock: rename is atomic, so a reader sees the old or the new version.
 //! Listing hides `.netsy-locks/`; writing under it is refused.
@@ -142,6 +146,9 @@ impl ObjectStore for LocalDirStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         Self::check_writable(location)?;
+        if matches!(opts.mode, PutMode::Create) {
+            return self.inner.put_opts(location, payload, opts).await;
+        }
         let _guard = self.lock(&[location]).await?;
         match &opts.mode {
             PutMode::Update(version) => {

@@ -132,15 +132,19 @@ impl Store {
         let leases = Arc::new(LeaseTable::load(&conn)?);
         let pool = pool::ReaderPool::open(&db_path, opts.readers.max(1))?;
         let (tx, rx) = mpsc::channel(1024);
-        let writer_thread = writer::spawn(writer::Writer::new(
-            conn,
-            rx,
-            revs.clone(),
-            hub,
-            leases.clone(),
-            opts.node_id.clone(),
-            hook,
-        ))?;
+        let checkpointer = writer::spawn_checkpointer(&db_path)?;
+        let writer_thread = writer::spawn(
+            writer::Writer::new(
+                conn,
+                rx,
+                revs.clone(),
+                hub,
+                leases.clone(),
+                opts.node_id.clone(),
+                hook,
+            )
+            .with_checkpointer(checkpointer)?,
+        )?;
         Ok(Store {
             inner: Arc::new(Inner {
                 revs,
@@ -197,10 +201,14 @@ impl Store {
     /// etcd Range at the request's revision (0 = current), on a reader connection.
     pub async fn range(&self, req: PbRangeRequest) -> Result<PbRangeResponse> {
         let revs = self.inner.revs.clone();
-        self.inner
-            .pool
-            .run(move |conn| read::range(conn, &revs, &req))
-            .await?
+        let pool = &self.inner.pool;
+        if req.range_end.is_empty() {
+            // One key: an index lookup, answered on this thread.
+            pool.run_short(move |conn| read::range(conn, &revs, &req))
+                .await?
+        } else {
+            pool.run(move |conn| read::range(conn, &revs, &req)).await?
+        }
     }
 
     /// [`Store::range`] plus the SQLite VM steps it took: the work of a read, which must not
@@ -235,7 +243,7 @@ impl Store {
                     if rev > revs.current() {
                         return Err(Error::FutureRevision);
                     }
-                    let tx = conn.unchecked_transaction()?;
+                    let tx = read::ReadTx::begin(conn)?;
                     let head = read::latest_revision(&tx)?;
                     if rev > head {
                         // `rev` was published after this snapshot began: take a newer one.
@@ -305,7 +313,7 @@ impl Store {
             .pool
             .run(move |conn| {
                 let rev = revs.current();
-                let tx = conn.unchecked_transaction()?;
+                let tx = read::ReadTx::begin(conn)?;
                 let head = read::latest_revision(&tx)?;
                 let mut ctx = txn::TxnCtx::new(&tx, &leases, rev, "", "").with_head(head);
                 let resp = ctx.apply(&req, revs.compacted())?;
@@ -378,7 +386,7 @@ impl Store {
             .pool
             .run(move |conn| {
                 let mut state = state;
-                let tx = conn.unchecked_transaction()?;
+                let tx = read::ReadTx::begin(conn)?;
                 let n: i64 = tx.query_row(
                     "SELECT COUNT(*) FROM records WHERE revision >= ?1 AND revision <= ?2",
                     [from, to],
@@ -441,7 +449,7 @@ impl Store {
         self.inner
             .pool
             .run(move |conn| {
-                let rtx = conn.unchecked_transaction()?;
+                let rtx = read::ReadTx::begin(conn)?;
                 let head = read::latest_revision(&rtx)?;
                 let compaction = read::compaction_revision(&rtx)?;
                 let mut buf = Vec::with_capacity(batch);

@@ -33,6 +33,27 @@ impl ReaderPool {
         })
     }
 
+    /// Runs a short `f` (a point read: an index lookup or two) on the calling thread when a
+    /// connection is free at once, otherwise like [`ReaderPool::run`]. Moving a point read to
+    /// the blocking pool and back costs more than the read itself.
+    pub async fn run_short<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> T + Send + 'static,
+    ) -> Result<T> {
+        let Ok(permit) = self.inner.permits.try_acquire() else {
+            return self.run(f).await;
+        };
+        let conn = self.lock_idle().pop().ok_or(Error::Shutdown)?;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&conn)));
+        self.lock_idle().push(conn);
+        drop(permit);
+        out.map_err(|_| Error::Shutdown)
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `f` with a reader connection on the blocking thread pool, waiting for one to be
     /// free.
     pub async fn run<T: Send + 'static>(

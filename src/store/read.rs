@@ -88,19 +88,48 @@ pub struct RangeResult {
 /// the revision `kv_current` reflects (its "head"). Compaction never frees the rows of its own
 /// revision, so this is the latest revision even after a compaction at the head.
 pub fn latest_revision(conn: &Connection) -> Result<i64> {
-    Ok(
-        conn.query_row("SELECT COALESCE(MAX(revision), 0) FROM records", [], |r| {
-            r.get(0)
-        })?,
-    )
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(revision), 0) FROM records")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// A read transaction (one consistent snapshot) begun and ended through cached statements:
+/// rusqlite's `Transaction` parses `BEGIN` and `ROLLBACK` on every call, which costs as much
+/// as the point read inside it.
+pub struct ReadTx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> ReadTx<'c> {
+    pub fn begin(conn: &'c Connection) -> Result<ReadTx<'c>> {
+        if !conn.is_autocommit() {
+            // A snapshot left open by a failed end: end it rather than read inside it.
+            conn.prepare_cached("ROLLBACK")?.execute([])?;
+        }
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(ReadTx { conn })
+    }
+}
+
+impl std::ops::Deref for ReadTx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for ReadTx<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut stmt) = self.conn.prepare_cached("ROLLBACK") {
+            let _ = stmt.execute([]);
+        }
+    }
 }
 
 pub fn compaction_revision(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row(
-        "SELECT COALESCE(MAX(compaction_revision), 0) FROM compactions",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(MAX(compaction_revision), 0) FROM compactions")?
+        .query_row([], |r| r.get(0))?)
 }
 
 pub fn db_size(conn: &Connection) -> Result<DbSize> {
@@ -382,7 +411,7 @@ pub fn range_at(
 /// published revision) see an older state. In that moment the answer comes from the history.
 pub fn range(conn: &Connection, revs: &Revisions, req: &PbRangeRequest) -> Result<PbRangeResponse> {
     let current = revs.current();
-    let tx = conn.unchecked_transaction()?;
+    let tx = ReadTx::begin(conn)?;
     let head = latest_revision(&tx)?;
     let rev = if req.revision <= 0 {
         check_not_compacted(revs, current)?;

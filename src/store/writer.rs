@@ -58,6 +58,12 @@ impl CommitHook for NoopCommitHook {
     }
 }
 
+/// Runs a parameterless statement through the statement cache (savepoints run once per
+/// request: parsing them each time costs more than the request's own statements).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Stops the process after an indeterminate write (see [`HookError::Indeterminate`]).
 fn fatal(what: &str, reason: &str) -> ! {
     tracing::error!(%reason, "{what}: outcome unknown; stopping so that startup backfill resolves it");
@@ -117,6 +123,61 @@ pub enum Command {
     },
 }
 
+/// Rows changed (`sqlite3_total_changes`: about two per written record) between two requests
+/// to the checkpointer — roughly SQLite's own automatic interval of a thousand pages.
+const CHECKPOINT_EVERY: u64 = 2000;
+
+/// Copies the WAL back into the database file on its own thread and connection, so that the
+/// writer does not copy pages inside a commit. Asked by the writer after every
+/// [`CHECKPOINT_EVERY`] changed rows; a request that finds one running is merged into it.
+/// Under a steady load, frames keep arriving while it runs, so it never completes on its own:
+/// after each pass it raises `backfilled`, and the writer finishes with a checkpoint of the
+/// few frames written since, between two groups — which lets the next commit start the WAL
+/// over instead of growing it. Ends when the writer does.
+pub struct Checkpointer {
+    ask: Option<std::sync::mpsc::SyncSender<()>>,
+    backfilled: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    /// Stops the thread and waits for it: its connection must be closed before the writer's
+    /// (a rebuild deletes the files right after).
+    fn drop(&mut self) {
+        self.ask.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer> {
+    use std::sync::atomic::Ordering;
+    let conn = schema::open_write(path)?;
+    let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+    let backfilled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = backfilled.clone();
+    let thread = std::thread::Builder::new()
+        .name("netsy-checkpoint".into())
+        .spawn(move || {
+            while asked.recv().is_ok() {
+                // PASSIVE: copies what no reader still needs, never blocks the writer.
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Ok(()) => done.store(true, Ordering::Release),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retried after more writes")
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Corrupt(format!("cannot start checkpoint thread: {e}")))?;
+    Ok(Checkpointer {
+        ask: Some(ask),
+        backfilled,
+        thread: Some(thread),
+    })
+}
+
 /// Largest number of requests applied in one SQLite transaction.
 const MAX_GROUP: usize = 512;
 /// Revisions one compaction step frees per SQLite transaction.
@@ -136,6 +197,10 @@ pub struct Writer {
     last_step: std::time::Instant,
     /// A replacement transaction is open: imports go into it, nothing is published.
     replacing: bool,
+    /// The checkpointer, when the WAL is checkpointed off this thread.
+    checkpointer: Option<Checkpointer>,
+    /// `total_changes` when the checkpointer was last asked.
+    changes_at_checkpoint: u64,
 }
 
 struct CompactionJob {
@@ -194,6 +259,44 @@ impl Writer {
             compaction: None,
             last_step: std::time::Instant::now(),
             replacing: false,
+            checkpointer: None,
+            changes_at_checkpoint: 0,
+        }
+    }
+
+    /// Hands WAL checkpoints to `checkpointer` (see [`spawn_checkpointer`]) and turns off
+    /// SQLite's automatic ones on the write connection.
+    pub fn with_checkpointer(mut self, checkpointer: Checkpointer) -> Result<Writer> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        self.checkpointer = Some(checkpointer);
+        Ok(self)
+    }
+
+    /// Asks for a checkpoint once [`CHECKPOINT_EVERY`] rows changed since the last request
+    /// (writes, imports, compaction: everything this connection commits).
+    fn maybe_checkpoint(&mut self) {
+        let Some(ckpt) = &self.checkpointer else {
+            return;
+        };
+        if ckpt
+            .backfilled
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            // The rest since the background pass: a few pages.
+            if let Err(e) = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(error = %e, "WAL checkpoint failed; retried after more writes");
+            }
+        }
+        let total = self.conn.total_changes();
+        if total.saturating_sub(self.changes_at_checkpoint) >= CHECKPOINT_EVERY {
+            self.changes_at_checkpoint = total;
+            // Full: one is running and will copy these pages too.
+            if let Some(ask) = &ckpt.ask {
+                let _ = ask.try_send(());
+            }
         }
     }
 
@@ -237,6 +340,7 @@ impl Writer {
             };
             let Some(first) = first else {
                 self.compaction_step();
+                self.maybe_checkpoint();
                 continue;
             };
             let mut queue = VecDeque::from([first]);
@@ -247,6 +351,7 @@ impl Writer {
                 }
             }
             self.process(queue);
+            self.maybe_checkpoint();
             // Under a steady load the queue is never empty: free history between groups, at
             // a pace that keeps the added write latency to one small step now and then.
             if self.compaction.is_some() && self.last_step.elapsed() >= COMPACTION_PACE {
@@ -340,7 +445,7 @@ impl Writer {
             }
         };
         for cmd in group {
-            if let Err(e) = tx.execute_batch("SAVEPOINT op") {
+            if let Err(e) = exec_cached(&tx, "SAVEPOINT op") {
                 reply_err(cmd, Error::from(e));
                 continue;
             }
@@ -390,7 +495,7 @@ impl Writer {
                     }
                 }
                 other => {
-                    let _ = tx.execute_batch("RELEASE op");
+                    let _ = exec_cached(&tx, "RELEASE op");
                     reply_err(
                         other,
                         Error::Corrupt("command routed to a write group".into()),
@@ -400,7 +505,7 @@ impl Writer {
             };
             match outcome {
                 (Ok(()), pending) => {
-                    if let Err(e) = tx.execute_batch("RELEASE op") {
+                    if let Err(e) = exec_cached(&tx, "RELEASE op") {
                         replies.push(fail_pending(pending, Error::from(e)));
                         continue;
                     }
@@ -416,7 +521,8 @@ impl Writer {
                     replies.push(pending);
                 }
                 (Err(e), pending) => {
-                    let _ = tx.execute_batch("ROLLBACK TO op; RELEASE op");
+                    let _ = exec_cached(&tx, "ROLLBACK TO op")
+                        .and_then(|()| exec_cached(&tx, "RELEASE op"));
                     replies.push(fail_pending(pending, e));
                 }
             }
