@@ -185,6 +185,13 @@ impl Promotion {
                 self.store.clone(),
                 self.stop.clone(),
             ));
+            if let Some(interval) = cfg.cluster.compaction_interval.filter(|d| !d.is_zero()) {
+                tokio::spawn(crate::store::retention::run(
+                    self.store.clone(),
+                    interval,
+                    self.stop.clone(),
+                ));
+            }
             tracing::info!(
                 chunks = stats.chunks,
                 records = stats.records,

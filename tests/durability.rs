@@ -1199,3 +1199,57 @@ async fn a_slow_lock_renewal_does_not_stop_a_single_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Periodic compaction (`compaction_interval`)
+// ------------------------------------------------------------------------------------------
+
+/// With `compaction_interval` set, the Primary compacts on its own, keeping one interval of
+/// history: after two intervals with no writes, everything before the last write's revision is
+/// unreadable with etcd's error, that revision and the latest values stay readable, and the
+/// compaction revision survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_interval_compacts_on_the_primary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::Local(tmp.path().join("bucket")),
+    );
+    spec.compaction_interval = Some("1s".into());
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let first = wl::put_ok(&mut c, "/periodic/a", "v1", None).await;
+    let second = wl::put_ok(&mut c, "/periodic/a", "v2", None).await;
+    // Polled, bounded: the tick after the one that sees `second` compacts at it (~2 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c
+            .get("/periodic/a", Some(GetOptions::new().with_revision(first)))
+            .await
+        {
+            Err(e) if e.to_string().contains(COMPACTED) => break,
+            Ok(_) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+        assert!(Instant::now() < deadline, "no periodic compaction within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at_second = c
+        .get("/periodic/a", Some(GetOptions::new().with_revision(second)))
+        .await
+        .expect("the compaction revision stays readable");
+    assert_eq!(at_second.kvs()[0].value(), b"v2");
+    assert!(node.log_text().contains("periodic compaction"));
+    drop(c);
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let err = c
+        .get("/periodic/a", Some(GetOptions::new().with_revision(first)))
+        .await
+        .expect_err("still compacted after a restart");
+    assert!(err.to_string().contains(COMPACTED), "{err}");
+    let latest = c.get("/periodic/a", None).await.expect("get");
+    assert_eq!(latest.kvs()[0].value(), b"v2");
+}

@@ -9,6 +9,7 @@
 mod leases;
 mod pool;
 mod read;
+pub mod retention;
 mod schema;
 mod txn;
 mod writer;

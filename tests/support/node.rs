@@ -31,6 +31,8 @@ pub struct NodeSpec {
     pub node_id: Option<String>,
     /// `heartbeat_interval` in the cluster config (e.g. "300ms").
     pub heartbeat: Option<String>,
+    /// `compaction_interval` in the cluster config (e.g. "1s").
+    pub compaction_interval: Option<String>,
     /// Group id the process runs with (the fault harness's network rules match on it).
     pub gid: Option<u32>,
     /// Extra environment (e.g. libfaketime's).
@@ -48,6 +50,7 @@ impl NodeSpec {
             snapshot_threshold_records: 10_000,
             node_id: None,
             heartbeat: None,
+            compaction_interval: None,
             gid: None,
             env: Vec::new(),
             advertise_peer: None,
@@ -132,6 +135,9 @@ impl Node {
         });
         if let Some(hb) = &self.spec.heartbeat {
             cfg["heartbeat_interval"] = serde_json::json!(hb);
+        }
+        if let Some(every) = &self.spec.compaction_interval {
+            cfg["compaction_interval"] = serde_json::json!(every);
         }
         Some(cfg.to_string())
     }
