@@ -63,7 +63,10 @@ impl LocalDirStore {
         let inner = LocalFileSystem::new_with_prefix(&root)
             .map_err(std::io::Error::other)?
             .with_fsync(true)
-            .with_automatic_cleanup(true);
+            // Empty directories stay: a chunk goes to `chunks/{rev % 10000}/`, and once a
+            // snapshot's cleanup had removed those directories, nearly every write would create
+            // one again (mkdir and two more fsyncs per write). At most 10,000 of them (~40 MB).
+            .with_automatic_cleanup(false);
         Ok(LocalDirStore {
             inner: Arc::new(inner),
             root,
