@@ -202,13 +202,13 @@ impl Store {
     /// etcd Range at the request's revision (0 = current), on a reader connection.
     pub async fn range(&self, req: PbRangeRequest) -> Result<PbRangeResponse> {
         let revs = self.inner.revs.clone();
-        let pool = &self.inner.pool;
-        if req.range_end.is_empty() {
-            // One key: an index lookup, answered on this thread.
-            pool.run_short(move |conn| read::range(conn, &revs, &req))
-                .await?
+        let one_key = req.range_end.is_empty();
+        let f = move |conn: &rusqlite::Connection| read::range(conn, &revs, &req);
+        if one_key {
+            // An index lookup: answered on this thread.
+            self.inner.pool.run_short(f).await?
         } else {
-            pool.run(move |conn| read::range(conn, &revs, &req)).await?
+            self.inner.pool.run(f).await?
         }
     }
 

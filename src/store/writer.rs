@@ -151,6 +151,18 @@ impl Drop for Checkpointer {
     }
 }
 
+/// A PASSIVE checkpoint (copies what no reader still needs, never waits for the writer);
+/// false, logged, if it failed.
+fn checkpoint(conn: &Connection) -> bool {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retried after more writes");
+            false
+        }
+    }
+}
+
 pub fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer> {
     use std::sync::atomic::Ordering;
     let conn = schema::open_write(path)?;
@@ -161,12 +173,8 @@ pub fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer> {
         .name("netsy-checkpoint".into())
         .spawn(move || {
             while asked.recv().is_ok() {
-                // PASSIVE: copies what no reader still needs, never blocks the writer.
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    Ok(()) => done.store(true, Ordering::Release),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; retried after more writes")
-                    }
+                if checkpoint(&conn) {
+                    done.store(true, Ordering::Release);
                 }
             }
         })
@@ -283,12 +291,7 @@ impl Writer {
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
             // The rest since the background pass: a few pages.
-            if let Err(e) = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(error = %e, "WAL checkpoint failed; retried after more writes");
-            }
+            checkpoint(&self.conn);
         }
         let total = self.conn.total_changes();
         if total.saturating_sub(self.changes_at_checkpoint) >= CHECKPOINT_EVERY {
