@@ -9,13 +9,15 @@ A heuristic, deliberately simple (tests/tools/run.sh compares its output with te
     bodies are usually Python or config), case patterns and the wrappers timeout/env/exec/
     xargs/sudo/nohup/nice/command. A word in command position counts when it looks like a
     command name; words with a $ in them (a variable: "$HELM", "${E[@]}"), relative paths
-    (the repository's own scripts) and functions defined in the same file do not.
+    (the repository's own scripts) and functions defined in the same file, or in a file it
+    sources as `. "$(dirname "${BASH_SOURCE[0]}")/REL"` (scripts/lib.sh), do not.
   - Python: a string literal that starts the argument list of subprocess.run/Popen/call/
     check_call/check_output, or shutil.which("...").
   - Rust: Command::new("...").
 Shell builtins and keywords are dropped here; everything else is reported, and the caller
 decides what is allowed.
 """
+import os
 import re
 import sys
 
@@ -186,10 +188,25 @@ def strip_heredocs(text):
     return "\n".join(out)
 
 
+FUNCTION = re.compile(r"^\s*(?:function\s+)?([A-Za-z_][A-Za-z0-9_-]*)\s*\(\)", re.M)
+SOURCED = re.compile(r'^\s*(?:\.|source)\s+"\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)(/[^"]+)"', re.M)
+
+
+def sourced_functions(path, text):
+    """The functions defined in the files that the script at path sources by a path relative to itself."""
+    found = set()
+    for rel in SOURCED.findall(text):
+        try:
+            found |= set(FUNCTION.findall(open(os.path.dirname(path) + rel, encoding="utf-8").read()))
+        except OSError:
+            pass
+    return found
+
+
 def shell_commands(text, base=0, functions=None):
     """Yields (command, offset) for every word in command position."""
     if functions is None:
-        functions = set(re.findall(r"^\s*(?:function\s+)?([A-Za-z_][A-Za-z0-9_-]*)\s*\(\)", text, re.M))
+        functions = set(FUNCTION.findall(text))
     subs = []
     toks = lex(text, subs)
     expect, wrapper, case_depth, in_pattern, skip_words = True, None, 0, False, 0
@@ -295,7 +312,8 @@ def main(paths):
         elif path.endswith(".rs"):
             found = rust_commands(text)
         else:
-            found = shell_commands(strip_heredocs(text))
+            body = strip_heredocs(text)
+            found = shell_commands(body, functions=set(FUNCTION.findall(body)) | sourced_functions(path, text))
         for cmd, off in found:
             # (A builtin is only a builtin to the shell: Python and Rust exec the program.)
             if NAME.match(cmd) and not (shell and cmd in BUILTINS):
