@@ -15,16 +15,13 @@
 # Prints "N passed, N failed" and the timings. Nothing here needs network access beyond the
 # package registries used by the tool install.
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, skip, summary, free_ports
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 T0=$(date +%s)
-pass=0 fail=0 skipped=0
-ok() { pass=$((pass + 1)); echo "ok   - $*"; }
-ko() { fail=$((fail + 1)); echo "FAIL - $*"; }
 finish() {
   echo "timings: build ${T_BUILD:-?} s, boot to READY ${T_READY:-?} s, whole run $(( $(date +%s) - T0 )) s"
-  echo "$pass passed, $fail failed, $skipped skipped"
-  [ "$fail" -eq 0 ]
+  summary --skipped
   exit
 }
 VMCTL="python3 $ROOT/tests/image/vmctl.py"
@@ -113,8 +110,7 @@ ENV
 [ "$TLS" = yes ] || echo "NETSY_INSECURE_PLAINTEXT=true" >> "$work/netsy.env"
 
 # --- 3. boot -----------------------------------------------------------------------------------
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-CPORT=$(free_port) HPORT=$(free_port)
+read -r CPORT HPORT <<<"$(free_ports 2)"
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/vars.fd"
 cred() { echo "-fw_cfg name=opt/io.systemd.credentials/$1,file=$2"; }
 echo "== boot (QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), client port $CPORT, health port $HPORT)"
@@ -198,7 +194,7 @@ if [ "$TLS" = yes ]; then
     --dial-timeout=5s --command-timeout=10s get /test/greeting 2>&1) \
     && ko "a client without a certificate was served: $bad" || ok "a client without a certificate is refused"
 else
-  skipped=$((skipped + 1)); echo "skip - client without a certificate refused (no TLS in this binary)"
+  skip "client without a certificate refused (no TLS in this binary)"
 fi
 
 # --- 6. kill and restart ----------------------------------------------------------------------

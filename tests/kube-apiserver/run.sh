@@ -10,6 +10,7 @@
 #   KUBE_COMPACTION        --etcd-compaction-interval (default 10s)
 # Prints PASS/FAIL per assertion and ends with `N passed, M failed`; exits 1 on any failure.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # free_ports, wait_http, stop_pids
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -31,29 +32,8 @@ finish() {
 }
 
 # Stops what this script started: SIGTERM, then SIGKILL after 15 s.
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
-    timeout 15 tail --pid="$pid" -f /dev/null 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  done
-}
+cleanup() { stop_pids -t 15 "${pids[@]}"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# wait_http URL SECONDS [curl args...]: polls until URL answers 200 or the deadline passes.
-wait_http() {
-  local url=$1 secs=$2; shift 2
-  local deadline=$((SECONDS + secs))
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" "$url" || true)" = 200 ]; then
-      return 0
-    fi
-    sleep 0.5   # polling interval: the loop checks a condition with a deadline
-  done
-  return 1
-}
 
 command -v go >/dev/null || { echo "go is not installed (Go >= 1.26 needed)" >&2; exit 2; }
 command -v openssl >/dev/null || { echo "openssl is not installed" >&2; exit 2; }
@@ -79,7 +59,7 @@ timeout 1200 go build -o "$work/bin/check" ./cmd/check
 step "$("$apiserver" --version) on $("$NETSY_BIN" --version)"
 
 # 2. netsy: single node, no config, plaintext on loopback.
-nport=$(free_port); npeer=$(free_port); nhealth=$(free_port)
+read -r nport npeer nhealth <<<"$(free_ports 3)"
 NETSY_DATA_DIR="$run/netsy-data" NETSY_BIND_CLIENT="127.0.0.1:$nport" NETSY_BIND_PEER="127.0.0.1:$npeer" \
   NETSY_BIND_HEALTH="127.0.0.1:$nhealth" "$NETSY_BIN" > "$run/netsy.log" 2>&1 &
 pids+=($!)

@@ -8,12 +8,9 @@
 #     which runs inside the unpacked root filesystem (so the C runtime in the layer is complete).
 # NETSY_BINARY=path skips the cargo build. Prints "N passed, N failed".
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, check, summary
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   - $*"; }
-ko() { fail=$((fail + 1)); echo "FAIL - $*"; }
-check() { local msg=$1; shift; if "$@" >/dev/null 2>&1; then ok "$msg"; else ko "$msg"; fi; }
 
 "$ROOT/mkosi/tools.sh" >/dev/null || { echo "tool install failed"; echo "0 passed, 1 failed"; exit 1; }
 BIN=${NETSY_BINARY:-}
@@ -26,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "== release artefacts, version $VERSION"
 if ! timeout 900 packaging/release.sh > "$work/first.txt" 2> "$work/first.log"; then
-  cat "$work/first.log"; ko "packaging/release.sh"; echo "$pass passed, $fail failed"; exit 1
+  cat "$work/first.log"; ko "packaging/release.sh"; summary; exit 1
 fi
 cp -a dist/oci "$work/oci-first"
 timeout 900 packaging/release.sh > "$work/second.txt" 2>/dev/null
@@ -83,5 +80,4 @@ if timeout 300 umoci raw unpack --rootless --image "dist/oci:$VERSION" "$rootfs"
   else ko "OCI: netsy does not run inside the image root: $out"; fi
 else ko "OCI: umoci unpack"; fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+summary

@@ -6,12 +6,10 @@
 #   - every path and variable the unit sets is the one docs/design/interfaces.md names.
 # Prints "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, summary
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 S=$ROOT/systemd
 MAX_EXPOSURE=2.0
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   - $*"; }
-ko() { fail=$((fail + 1)); echo "FAIL - $*"; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -104,5 +102,4 @@ else
   echo "skip - no netsy binary with \`config defaults\` at $bin"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+summary

@@ -11,16 +11,11 @@
 #      or in BASE below (Debian's Essential set, which every Debian system has).
 # Prints "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, skip, summary
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 LIST=tests/tools.txt
-pass=0 fail=0 skipped=0
-ok() { pass=$((pass + 1)); echo "ok   - $*"; }
-ko() { fail=$((fail + 1)); echo "FAIL - $*"; }
-finish() {
-  echo "$pass passed, $fail failed$([ "$skipped" -gt 0 ] && echo ", $skipped skipped")"
-  [ "$fail" -eq 0 ]; exit
-}
+finish() { summary; exit; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -57,8 +52,7 @@ while read -r name pkg installer used probe; do
   if [ -z "$used" ]; then ko "$LIST: line for '$name' has fewer than 4 columns"; continue; fi
   case $installer in
     suite:*)
-      skipped=$((skipped + 1))
-      echo "skip - $name ($pkg): ${installer#suite:} installs it when it runs"
+      skip "$name ($pkg): ${installer#suite:} installs it when it runs"
       continue;;
     image) ;;
     *)
