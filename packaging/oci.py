@@ -9,7 +9,7 @@ bundle (from ca-certificates, for HTTPS to object storage), /etc/passwd and /etc
 the unprivileged user 65532 ("nonroot"), and the binary at /usr/bin/netsy. No shell.
 
 Config: User 65532:65532, Entrypoint ["/usr/bin/netsy"], exposed ports 2378 (client), 2381
-(peer), 8080 (health), as docs/design/interfaces.md specifies.
+(peer), 8080 (health), as docs/design/0001-interfaces.md specifies.
 
 Deterministic: entries sorted, every mtime = SOURCE_DATE_EPOCH, numeric owners, gzip without
 name or time, JSON with sorted keys. The same inputs give the same digests.

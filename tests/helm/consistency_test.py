@@ -1,10 +1,10 @@
 """The chart uses exactly the ports, paths and environment variables of
-docs/design/interfaces.md (parsed from its tables), so a change in one place fails here. The
+docs/design/0001-interfaces.md (parsed from its tables), so a change in one place fails here. The
 certificate paths are the Paths rows marked "Helm chart:" (one directory per CSI volume), the
 others the binary's defaults.
 
 When a built binary exists (NETSY_BIN, target/release/netsy or target/debug/netsy), the chart and
-interfaces.md are also compared with `netsy config defaults`; without one those tests skip."""
+0001-interfaces.md are also compared with `netsy config defaults`; without one those tests skip."""
 
 import functools
 import json
@@ -19,7 +19,7 @@ import yaml
 
 from conftest import CHART, ROOT, container, env, find, mount_of, render
 
-INTERFACES = ROOT / "docs" / "design" / "interfaces.md"
+INTERFACES = ROOT / "docs" / "design" / "0001-interfaces.md"
 
 
 def sections():
@@ -101,7 +101,7 @@ TLS_VARS = ("NETSY_TLS_CA_CERT", "NETSY_TLS_SERVER_CERT", "NETSY_TLS_SERVER_KEY"
 
 
 def test_interfaces_md_parses():
-    assert doc_ports() == {"client": 2378, "peer": 2381, "health": 8080}, "update the chart with interfaces.md"
+    assert doc_ports() == {"client": 2378, "peer": 2381, "health": 8080}, "update the chart with 0001-interfaces.md"
     assert {"NETSY_CONFIG", "NETSY_DATA_DIR", *TLS_VARS} <= set(doc_paths())
     assert "NETSY_NODE_ID" in doc_env_names()
 
@@ -114,7 +114,7 @@ def test_interfaces_md_default_paths_are_the_flat_layout():
 
 
 def test_interfaces_md_documents_the_chart_cert_directories():
-    """interfaces.md names the chart's per-volume directories, for all five TLS variables, and says
+    """0001-interfaces.md names the chart's per-volume directories, for all five TLS variables, and says
     why (renewals reach the process)."""
     assert set(doc_helm_paths()) == set(TLS_VARS)
     assert [doc_helm_paths()[n] for n in TLS_VARS] == [
@@ -146,7 +146,7 @@ def test_bind_and_advertise_ports_equal_interfaces():
 
 
 def test_no_election_port():
-    """interfaces.md: there is no election port (the original's 8443)."""
+    """0001-interfaces.md: there is no election port (the original's 8443)."""
     assert "election" not in doc_ports()
     assert "no election port" in INTERFACES.read_text().lower()
     objs = objects()
@@ -277,7 +277,7 @@ def test_binary_env_names_equal_chart():
 
 
 def test_binary_paths_equal_interfaces_and_chart():
-    """Every paths.* default of the binary is the interfaces.md default; the chart sets each
+    """Every paths.* default of the binary is the 0001-interfaces.md default; the chart sets each
     variable to that default, or (the certificates) to its documented Helm chart path."""
     paths = binary_defaults()["paths"]
     assert set(paths) == set(BINARY_PATH_VARS) | {"binary"}, set(paths) ^ (set(BINARY_PATH_VARS) | {"binary"})

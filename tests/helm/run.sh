@@ -2,7 +2,7 @@
 # Tests of the Helm chart in deploy/helm: helm lint, helm template with several value sets (and
 # value sets that must be refused), offline validation of every rendered object against the
 # Kubernetes OpenAPI schemas and the cert-manager / Prometheus Operator CRD schemas, assertions
-# on the rendered objects, the chart-vs-docs/design/interfaces.md consistency test and the
+# on the rendered objects, the chart-vs-docs/design/0001-interfaces.md consistency test and the
 # generated README check.
 #
 # Works on a fresh Debian 12 machine: it installs what it needs, pinned, into a cache folder

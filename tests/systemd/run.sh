@@ -3,7 +3,7 @@
 #   - `systemd-analyze verify` is silent for netsy.service alone and with the credentials drop-in;
 #   - `systemd-analyze security --offline=true` exposure <= 2.0 for both;
 #   - netsy.sysusers and netsy.tmpfiles apply cleanly to an empty root;
-#   - every path and variable the unit sets is the one docs/design/interfaces.md names.
+#   - every path and variable the unit sets is the one docs/design/0001-interfaces.md names.
 # Prints "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, summary
@@ -63,7 +63,7 @@ then ok "tmpfiles creates /etc/netsy/certs/client 0750 root:netsy"
 else ko "tmpfiles: $out $(stat -c '%a %u %g' "$r/etc/netsy/certs/client" 2>&1) (netsy gid ${gid:-?})"; fi
 
 # The unit agrees with the interface document.
-doc=$ROOT/docs/design/interfaces.md
+doc=$ROOT/docs/design/0001-interfaces.md
 bad=
 for line in $(grep -ho '^Environment=NETSY_[A-Z_]*=/[^ ]*' "$S/netsy.service"); do
   kv=${line#Environment=}; var=${kv%%=*}; val=${kv#*=}
@@ -72,8 +72,8 @@ for line in $(grep -ho '^Environment=NETSY_[A-Z_]*=/[^ ]*' "$S/netsy.service"); 
 done
 grep -q '^ExecStart=/usr/bin/netsy$' "$S/netsy.service" && grep -q '`/usr/bin/netsy`' "$doc" || bad+=" ExecStart"
 grep -q '^StateDirectory=netsy$' "$S/netsy.service" && grep -q '`/var/lib/netsy`' "$doc" || bad+=" StateDirectory"
-if [ -z "$bad" ]; then ok "unit paths and variables match docs/design/interfaces.md"
-else ko "unit disagrees with interfaces.md:$bad"; fi
+if [ -z "$bad" ]; then ok "unit paths and variables match docs/design/0001-interfaces.md"
+else ko "unit disagrees with 0001-interfaces.md:$bad"; fi
 
 # ... and with the binary's own defaults (`netsy config defaults`), when a binary is at hand.
 bin=${NETSY_BINARY:-$ROOT/dist/netsy}
