@@ -2,8 +2,8 @@
 // protobuf runtime (generated code for the original schema, which lacks our sub_revision field)
 // and klauspost/compress zstd — and can rewrite a file with a Go writer.
 //
-// Written for Netsy in Rust from the documented format (spec §4.2); it is a test tool, not a copy
-// of the original. Usage:
+// Written for Netsy in Rust from the documented format (docs/design/0004-storage.md#data-file-format);
+// it is a test tool, not a copy of the original. Usage:
 //
 //	go-reader check FILE...         validate; print each record as protobuf JSON
 //	go-reader rewrite IN OUT        validate IN, write the same header fields and records to OUT
