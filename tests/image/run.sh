@@ -15,6 +15,7 @@
 # Prints "N passed, N failed" and the timings. Nothing here needs network access beyond the
 # package registries used by the tool install.
 set -uo pipefail
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, skip, summary, free_ports
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"

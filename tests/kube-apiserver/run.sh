@@ -10,6 +10,7 @@
 #   KUBE_COMPACTION        --etcd-compaction-interval (default 10s)
 # Prints PASS/FAIL per assertion and ends with `N passed, M failed`; exits 1 on any failure.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # free_ports, wait_http, stop_pids
 
 here="$(cd "$(dirname "$0")" && pwd)"

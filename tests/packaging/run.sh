@@ -8,6 +8,7 @@
 #     which runs inside the unpacked root filesystem (so the C runtime in the layer is complete).
 # NETSY_BINARY=path skips the cargo build. Prints "N passed, N failed".
 set -uo pipefail
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, check, summary
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"

@@ -6,6 +6,7 @@
 #   - every path and variable the unit sets is the one docs/design/0001-interfaces.md names.
 # Prints "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, summary
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 S=$ROOT/systemd

@@ -11,6 +11,7 @@
 #      or in BASE below (Debian's Essential set, which every Debian system has).
 # Prints "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok, ko, skip, summary
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
