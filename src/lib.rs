@@ -1,36 +1,42 @@
 //! Netsy: an etcd-v3-compatible key-value server for Kubernetes whose permanent store is object
 //! storage, with a full local SQLite copy on every node.
 //!
-//! # Layout
-//! - [`config`]: node settings from flags, `NETSY_*` variables and the embedded default; the
-//!   JSONC cluster config file.
-//! - [`server`]: wiring of one node: listeners, store, services, background tasks, shutdown.
-//! - [`api`]: the etcd v3 gRPC services (kv, watch, lease, cluster, maintenance); `api::status`
-//!   is the only map from errors to etcd's gRPC codes and messages.
-//! - [`store`]: the SQLite MVCC store: schema, byte-exact ranges, txns, compaction, leases, the
-//!   single writer thread with group commit and its durability hook.
+//! # Layout (top-level modules, from the wire down)
+//! - [`server`]: wiring of one node (listeners, store, roles, background tasks, shutdown);
+//!   [`grpc`] builds its two gRPC servers. [`cli`]: the tool commands (`netsy certs`,
+//!   `netsy datafile inspect`). [`config`]: node settings from flags, `NETSY_*` variables and the
+//!   embedded default; the JSONC cluster config file.
+//! - [`api`]: the etcd v3 gRPC services. `api::status` is the only map from errors to etcd's
+//!   gRPC codes and messages; `api::Router` is its one interface to replication; `api::local`
+//!   is what the Primary runs itself (the same functions serve forwarded requests).
+//! - [`ha`]: several nodes on one bucket: `ha::Supervisor` owns the role (writer lock, election,
+//!   promotion, handover); `ha::Cluster` implements `api::Router` (forwarding, read barriers);
+//!   the peer service, the replication feed and follower, membership.
+//! - [`durability`]: object storage as the system of record: the commit hook that uploads each
+//!   group before it commits, snapshots, startup backfill, the writer epochs, the fence.
+//! - [`store`]: the SQLite MVCC store: schema, ranges, txns, compaction, leases, the single
+//!   writer thread with group commit and its commit hook.
 //! - [`watch`]: the watch hub: recent-event ring and revision notifications.
-//! - [`cluster`]: several nodes on one bucket: Primary/Replica roles, the replication feed and
-//!   follower on the peer port, write forwarding, read barriers, membership.
-//! - [`durability`]: object storage as the system of record: the chunk commit hook, snapshots,
-//!   startup backfill, lease and compaction state in the bucket.
 //! - [`objstore`]: object storage: construction, the object-key layout, compare-and-swap,
 //!   retry/metrics/fault wrappers, and snapshot/chunk upload, listing and streaming.
 //! - [`datafile`]: the `.netsy` file codec: delimited protobuf, CRC-64/XZ, optional zstd.
 //! - [`proto`]: generated types of our own protos (`proto/netsy/*.proto`).
-//! - [`health`]: the plain-HTTP health port (`/livez`, `/health`, `/readyz`, `/version`, `/metrics`).
-//! - [`metrics`]: the Prometheus registry.
-//! - [`systemd`]: sd-notify READY/STATUS/STOPPING/WATCHDOG (no-ops outside systemd).
-//! - [`telemetry`]: logging to journald, JSON or a terminal.
-//! - [`tls`]: mTLS with URI-SAN identities, certificate checks, live reload, `netsy certs`.
+//! - [`fatal`]: the fatal-error channel to `main`, which alone picks the exit code.
+//! - [`health`] (the plain-HTTP health port), [`metrics`] (the Prometheus registry),
+//!   [`systemd`] (sd-notify), [`telemetry`] (logging), [`tls`] (mTLS with URI-SAN identities,
+//!   certificate checks, live reload).
 //!
-//! Data flows one way: request → api → store → (commit hook) → objstore.
+//! Data flows one way: request → api → (router: here, or forwarded to the Primary) → store →
+//! commit hook → objstore. No module cycles: `tests/layering.rs` checks it.
 
 pub mod api;
-pub mod cluster;
+pub mod cli;
 pub mod config;
 pub mod datafile;
 pub mod durability;
+pub mod fatal;
+pub mod grpc;
+pub mod ha;
 pub mod health;
 pub mod metrics;
 pub mod objstore;

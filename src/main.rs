@@ -31,7 +31,7 @@ enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Creates a test CA and node/client certificates with the right URI SANs.
-    Certs(netsy::tls::CertsArgs),
+    Certs(netsy::cli::CertsArgs),
     /// Data-file tools.
     #[command(subcommand)]
     Datafile(DatafileCommand),
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Config(ConfigCommand::Check { file })) => check_config(&file),
-        Some(Command::Certs(args)) => match netsy::tls::run_certs(args) {
+        Some(Command::Certs(args)) => match netsy::cli::run_certs(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("netsy certs: {e:#}");
@@ -94,10 +94,10 @@ fn inspect(file: &str, values: bool) -> ExitCode {
         },
         ..Default::default()
     };
-    match netsy::datafile::inspect::inspect_with(file, &opts, &mut out) {
+    match netsy::cli::inspect_datafile(file, &opts, &mut out) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("netsy datafile inspect: {e}");
+            eprintln!("netsy datafile inspect: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -137,10 +137,16 @@ fn run(args: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(netsy::server::run(cfg, shutdown_signal())) {
+    let result = rt.block_on(netsy::server::run(cfg, shutdown_signal()));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("netsy: {e:#}");
+            if e.downcast_ref::<netsy::fatal::Fatal>().is_some() {
+                // Stop now: a stalled upload or a blocked thread must not hold the exit up.
+                rt.shutdown_background();
+                std::process::exit(i32::from(netsy::fatal::EXIT_CODE));
+            }
             ExitCode::FAILURE
         }
     }

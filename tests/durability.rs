@@ -6,7 +6,7 @@
 //!   compaction revision, continuing revisions, a watch replaying the history in order; then
 //!   snapshots (covered chunks deleted, rebuild from snapshot + chunks) and a kept (stale) data
 //!   dir that fetches only the newer chunks;
-//! * the bucket layout (spec §4.1) and `netsy datafile inspect` on the chunks;
+//! * the bucket layout (docs/design/0004-storage.md#bucket-layout) and `netsy datafile inspect` on the chunks;
 //! * upload faults through a TCP proxy (refused connections, latency, lost responses) with the
 //!   server's deliberate exit 75 on an unresolvable upload treated as a crash: nothing
 //!   acknowledged is lost, nothing that failed cleanly appears, the history has no gap and no
@@ -449,7 +449,7 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
 }
 
 // ------------------------------------------------------------------------------------------
-// 2. Bucket layout (spec §4.1) and `netsy datafile inspect`
+// 2. Bucket layout (docs/design/0004-storage.md#bucket-layout) and `netsy datafile inspect`
 // ------------------------------------------------------------------------------------------
 
 /// Every file under `dir` (relative, `/`-separated), skipping hidden entries.
@@ -491,7 +491,7 @@ enum Shape {
     Members,
 }
 
-/// The §4.1 shape of a key relative to the prefix, or `None`.
+/// The bucket-layout shape of a key relative to the prefix, or `None`.
 fn shape(rel: &str) -> Option<Shape> {
     let digits19 = |s: &str| -> Option<i64> {
         let d = s.strip_suffix(".netsy")?;
@@ -668,7 +668,7 @@ async fn bucket_layout_matches_the_spec_and_chunks_inspect() {
     );
 }
 
-/// Every file has a §4.1 shape; chunks and the newest snapshot together hold each revision
+/// Every file has a bucket-layout shape; chunks and the newest snapshot together hold each revision
 /// 1..=head exactly once; `netsy datafile inspect` reads them all.
 fn check_layout(root: &Path, prefix: &str, head: i64, leases: &[i64], want_snapshot: bool) {
     let files = walk(root);
@@ -691,7 +691,7 @@ fn check_layout(root: &Path, prefix: &str, head: i64, leases: &[i64], want_snaps
             Some(Shape::Epoch(e)) => epochs.push(e),
             Some(Shape::Node) => registrations += 1,
             Some(Shape::Members) => members += 1,
-            None => panic!("object {prefix}{f} has no §4.1 shape"),
+            None => panic!("object {prefix}{f} has no bucket-layout shape"),
         }
     }
     assert_eq!(compaction, 1, "state/compaction.json");

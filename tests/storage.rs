@@ -18,6 +18,7 @@ fn open(dir: &std::path::Path) -> Store {
             data_dir: dir.to_path_buf(),
             node_id: "test".into(),
             readers: 2,
+            fatal: Default::default(),
         },
         WatchHub::new(RingLimits::default()),
         Box::new(NoopCommitHook),

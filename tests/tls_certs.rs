@@ -6,9 +6,9 @@ mod tls_support;
 use std::path::Path;
 
 use clap::Parser;
+use netsy::cli::{CertsArgs, run_certs};
 use netsy::tls::{
-    CertsArgs, LeafSpec, NodeCertPolicy, TlsMetrics, TlsPaths, TlsReloader, check_node_files,
-    run_certs,
+    LeafSpec, NodeCertPolicy, TlsMetrics, TlsPaths, TlsReloader, check_node_files,
 };
 use tls_support::*;
 

@@ -11,8 +11,6 @@ use tonic::{Request, Response, Status};
 use super::Context;
 use super::status::unimplemented;
 
-/// How long MemberList waits for a fresh read of the registrations.
-const MEMBER_LIST_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct ClusterService {
     ctx: Context,
@@ -53,30 +51,7 @@ impl PbClusterService for ClusterService {
     ) -> Result<Response<PbMemberListResponse>, Status> {
         let _t = self.ctx.metrics.rpc("MemberList");
         let m = &self.ctx.member;
-        // The list is read from the bucket for each call (registrations change rarely, the call
-        // is rare); when the bucket is slow or unreachable the last list read is served.
-        if let Some(ms) = &self.ctx.membership {
-            match tokio::time::timeout(MEMBER_LIST_REFRESH, ms.refresh()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "member list served from the last read"),
-                Err(_) => tracing::warn!("member list served from the last read: bucket slow"),
-            }
-        }
-        let mut members: Vec<PbMember> = self
-            .ctx
-            .membership
-            .as_ref()
-            .map(|ms| ms.list())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|info| PbMember {
-                id: info.id,
-                name: info.name,
-                peer_ur_ls: info.peer_urls,
-                client_ur_ls: info.client_urls,
-                is_learner: false,
-            })
-            .collect();
+        let mut members = self.ctx.router.members().await;
         if !members.iter().any(|x| x.id == m.member_id) {
             members.push(PbMember {
                 id: m.member_id,

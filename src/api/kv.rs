@@ -57,20 +57,15 @@ impl KvService {
     }
 
     async fn write(&self, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
-        if let Some(mut resp) = self
-            .ctx
-            .cluster
-            .route::<PbTxnResponse>(ForwardMethod::ForwardTxn, &req)
-            .await?
-        {
-            let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
-            // Read-your-writes on this node.
-            self.ctx.cluster.wait_applied(rev).await?;
-            resp.header = Some(self.ctx.header(rev));
-            return Ok(resp);
-        }
-        let mut resp = self.ctx.store.txn(req).await?;
-        let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
+        let routed =
+            super::router::route::<PbTxnResponse>(&self.ctx.router, ForwardMethod::ForwardTxn, &req)
+                .await?;
+        let Some(mut resp) = routed else {
+            return super::local::txn(&self.ctx, req).await;
+        };
+        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        // Read-your-writes on this node.
+        self.ctx.router.wait_applied(rev).await?;
         resp.header = Some(self.ctx.header(rev));
         Ok(resp)
     }
@@ -87,7 +82,7 @@ impl PbKvService for KvService {
         let req = request.into_inner();
         validate::range(&req)?;
         if !req.serializable {
-            self.ctx.cluster.read_barrier().await?;
+            self.ctx.router.read_barrier().await?;
         }
         let mut resp = self.ctx.store.range(req).await?;
         let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
@@ -107,7 +102,7 @@ impl PbKvService for KvService {
         let req = request.into_inner();
         validate::range(&req)?;
         if !req.serializable {
-            self.ctx.cluster.read_barrier().await?;
+            self.ctx.router.read_barrier().await?;
         }
         let ctx = self.ctx.clone();
         let plain = req.sort_order == 0 || (req.sort_order == 1 && req.sort_target == 0);
@@ -232,7 +227,7 @@ impl PbKvService for KvService {
         let req = request.into_inner();
         validate::txn(&req)?;
         if is_read_only(&req) {
-            self.ctx.cluster.read_barrier().await?;
+            self.ctx.router.read_barrier().await?;
             let mut resp = self.ctx.store.read_txn(req).await?;
             let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
             resp.header = Some(self.ctx.header(rev));
@@ -249,20 +244,18 @@ impl PbKvService for KvService {
         let _t = self.ctx.metrics.rpc("Compact");
         self.ready()?;
         let req = request.into_inner();
-        if let Some(mut resp) = self
-            .ctx
-            .cluster
-            .route::<PbCompactionResponse>(ForwardMethod::ForwardCompact, &req)
-            .await?
-        {
-            let rev = resp.header.as_ref().map(|h| h.revision).unwrap_or_default();
-            resp.header = Some(self.ctx.header(rev));
-            return Ok(Response::new(resp));
-        }
-        let rev = self.ctx.store.compact(req.revision, req.physical).await?;
-        Ok(Response::new(PbCompactionResponse {
-            header: Some(self.ctx.header(rev)),
-        }))
+        let routed = super::router::route::<PbCompactionResponse>(
+            &self.ctx.router,
+            ForwardMethod::ForwardCompact,
+            &req,
+        )
+        .await?;
+        let Some(mut resp) = routed else {
+            return Ok(Response::new(super::local::compact(&self.ctx, req).await?));
+        };
+        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = Some(self.ctx.header(rev));
+        Ok(Response::new(resp))
     }
 }
 

@@ -56,7 +56,7 @@ impl PbMaintenanceService for MaintenanceService {
             db_size: size.total,
             leader: self.ctx.leader_id(),
             raft_index: u64::try_from(rev).unwrap_or(0),
-            raft_term: self.ctx.cluster.role().term().max(1),
+            raft_term: self.ctx.router.term().max(1),
             raft_applied_index: u64::try_from(rev).unwrap_or(0),
             errors,
             db_size_in_use: size.in_use,

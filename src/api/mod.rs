@@ -7,7 +7,9 @@
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod local;
 pub mod maintenance;
+pub mod router;
 pub mod status;
 pub mod validate;
 pub mod watch;
@@ -18,8 +20,8 @@ use std::time::Duration;
 
 use etcd_client::proto::PbResponseHeader;
 
-use crate::cluster::Cluster;
-use crate::cluster::members::Membership;
+pub use router::{Leader, Router, Standalone};
+
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::watch::WatchHub;
@@ -67,10 +69,8 @@ pub struct Context {
     pub options: Arc<ApiOptions>,
     pub metrics: Metrics,
     pub serving: Arc<AtomicBool>,
-    /// This node's role; a Replica forwards writes to the Primary.
-    pub cluster: Cluster,
-    /// Registered nodes (MemberList); None in unit tests.
-    pub membership: Option<Membership>,
+    /// Where requests run (a Replica forwards writes to the Primary).
+    pub router: Arc<dyn Router>,
 }
 
 impl Context {
@@ -79,20 +79,16 @@ impl Context {
             cluster_id: self.member.cluster_id,
             member_id: self.member.member_id,
             revision,
-            raft_term: self.cluster.role().term().max(1),
+            raft_term: self.router.term().max(1),
         }
     }
 
     /// The member id of the current Primary (0 while there is none).
     pub fn leader_id(&self) -> u64 {
-        match self.cluster.role() {
-            crate::cluster::Role::Primary { .. } => self.member.member_id,
-            crate::cluster::Role::Replica { primary } => self
-                .membership
-                .as_ref()
-                .and_then(|m| m.member_id_of(&primary.node_id))
-                .unwrap_or(0),
-            crate::cluster::Role::Transition => 0,
+        match self.router.leader() {
+            Leader::ThisNode => self.member.member_id,
+            Leader::Member(id) => id,
+            Leader::Unknown => 0,
         }
     }
 

@@ -81,6 +81,16 @@ impl From<store::Error> for Status {
                 tracing::error!(error = %err, "local database error");
                 Status::new(Code::Internal, "netsy: local database error")
             }
+            store::Error::Indeterminate(reason) => {
+                tracing::warn!(%reason, "write outcome unknown");
+                Status::new(Code::Unavailable, "etcdserver: request timed out")
+            }
+            store::Error::Unavailable(reason)
+            | store::Error::Export(reason)
+            | store::Error::Internal(reason) => {
+                tracing::error!(%reason, "store error");
+                Status::new(Code::Internal, format!("netsy: {reason}"))
+            }
             store::Error::Corrupt(reason) => {
                 tracing::error!(%reason, "local database corrupt");
                 Status::new(Code::DataLoss, "etcdserver: corrupt cluster")

@@ -177,6 +177,54 @@ const KNOWN_KEYS: &[&str] = &[
     "compaction_interval",
 ];
 
+/// Keys accepted for compatibility with the original's config files but not acted on, and why.
+/// Setting one gives a one-line warning (and `netsy config check` prints it).
+const IGNORED_KEYS: &[(&str, &str)] = &[
+    (
+        "elector.primary_prior_timeout",
+        "a takeover waits for the lock's own TTL (elector.degradation_count × heartbeat_interval)",
+    ),
+    (
+        "replication.quorum",
+        "every write is durable in object storage before it is acknowledged (quorum 0)",
+    ),
+    (
+        "replication.degradation_count",
+        "writes do not wait for Replicas, so none is degraded",
+    ),
+    (
+        "replication.chunk_buffer",
+        "every write group is uploaded before it is acknowledged; nothing is buffered",
+    ),
+    (
+        "snapshot.cleanup_batch_size",
+        "chunks below a snapshot are deleted as one listing pass",
+    ),
+    (
+        "snapshot.cleanup_batch_interval",
+        "chunks below a snapshot are deleted as one listing pass",
+    ),
+    (
+        "snapshot.cleanup_strategy",
+        "chunks below a snapshot are deleted as one listing pass",
+    ),
+];
+
+/// Warnings for the keys of `value` that are in [`IGNORED_KEYS`] (a non-default `quorum` only).
+fn ignored_keys(value: &serde_json::Value, out: &mut Vec<String>) {
+    for (key, why) in IGNORED_KEYS {
+        let mut v = Some(value);
+        for part in key.split('.') {
+            v = v.and_then(|v| v.get(part));
+        }
+        let Some(v) = v else { continue };
+        if *key == "replication.quorum" && v.as_i64() == Some(0) {
+            continue;
+        }
+        out.push(format!("{key}: accepted and ignored ({why})"));
+    }
+}
+
 /// The embedded default used when no config file is given: one node, the `local` provider in
 /// `bucket_dir`, synchronous object-storage writes.
 pub fn embedded_default(bucket_dir: &Path) -> ClusterConfig {
@@ -190,7 +238,8 @@ pub fn embedded_default(bucket_dir: &Path) -> ClusterConfig {
     c
 }
 
-/// Loads and validates a config file. Returns the config and warnings (unknown keys).
+/// Loads and validates a config file. Returns the config and warnings (unknown keys, and keys
+/// accepted only for compatibility).
 pub fn load(path: &Path) -> Result<(ClusterConfig, Vec<String>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         err(
@@ -228,6 +277,7 @@ pub fn parse(text: &str) -> Result<(ClusterConfig, Vec<String>), ConfigError> {
     }
     let mut warnings = Vec::new();
     unknown_keys(&value, "", &mut warnings);
+    ignored_keys(&value, &mut warnings);
     let cfg: ClusterConfig = Figment::from(Serialized::defaults(ClusterConfig::default()))
         .merge(Serialized::globals(value))
         .extract()
@@ -473,7 +523,26 @@ mod tests {
     #[test]
     fn parses_the_originals_example() {
         let (c, warnings) = parse(EXAMPLE).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
+        // Every key is known; the compatibility-only ones say so, one line each.
+        let keys: Vec<&str> = warnings
+            .iter()
+            .map(|w| {
+                assert!(w.contains(": accepted and ignored ("), "{w}");
+                w.split(':').next().unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "elector.primary_prior_timeout",
+                "replication.quorum",
+                "replication.degradation_count",
+                "replication.chunk_buffer",
+                "snapshot.cleanup_batch_size",
+                "snapshot.cleanup_batch_interval",
+                "snapshot.cleanup_strategy",
+            ]
+        );
         assert_eq!(c.cluster_id, "dev-cluster");
         assert_eq!(
             c.elector.primary_prior_timeout,

@@ -1,13 +1,12 @@
-//! `netsy datafile inspect FILE|URL`: validates a `.netsy` file and prints its header, every
-//! record and its checksums in a human-readable, injection-safe form.
+//! The report of `netsy datafile inspect`: validates a `.netsy` file and prints its header,
+//! every record and its checksums in a human-readable, injection-safe form.
 //!
 //! Keys are printed escaped (printable ASCII as is, everything else as `\xNN`). Values are
 //! truncated by default, and values under `/registry/secrets/` are redacted unless
 //! [`ValueMode::Full`] is asked for, because Kubernetes stores Secrets in etcd.
 //!
-//! URLs (`s3://bucket/key`, `gs://…`, `az://…`, `file:///…`) are opened through
-//! [`crate::objstore::config::open_url`] and streamed (never downloaded whole); plain paths are
-//! read from the local file system.
+//! Local paths are read here; objects are streamed (never downloaded whole) from a store the
+//! caller opened ([`inspect_object`]; the command line opens URLs in `cli`).
 
 use std::io::{self, BufReader, Read, Write};
 
@@ -56,15 +55,6 @@ pub enum InspectError {
         #[source]
         source: io::Error,
     },
-    /// The URL could not be turned into an object-store location.
-    #[error("cannot open {url}: {source}")]
-    Url {
-        /// The URL.
-        url: String,
-        /// Underlying error.
-        #[source]
-        source: crate::objstore::Error,
-    },
     /// The file is invalid (corrupt, truncated, wrong kind) or could not be read.
     #[error("invalid data file: {0}")]
     Invalid(#[from] Error),
@@ -74,33 +64,29 @@ pub enum InspectError {
 }
 
 /// [`inspect_with`] with default options.
-pub fn inspect(path_or_url: &str, out: &mut impl Write) -> Result<FileSummary, InspectError> {
-    inspect_with(path_or_url, &InspectOptions::default(), out)
+pub fn inspect(path: &str, out: &mut impl Write) -> Result<FileSummary, InspectError> {
+    inspect_with(path, &InspectOptions::default(), out)
 }
 
-/// Validates the file at `path_or_url`, printing it to `out` as it goes. On a validation error
-/// the report ends with an `INVALID:` line and the error is returned.
+/// Validates the local file at `path` (or a `file://` URL), printing it to `out` as it goes. On
+/// a validation error the report ends with an `INVALID:` line and the error is returned.
 pub fn inspect_with(
-    path_or_url: &str,
+    path: &str,
     opts: &InspectOptions,
     out: &mut impl Write,
 ) -> Result<FileSummary, InspectError> {
-    writeln!(out, "file: {}", escape(path_or_url.as_bytes())).map_err(InspectError::Output)?;
-    if path_or_url.contains("://") && !path_or_url.starts_with("file://") {
-        let (store, location) =
-            crate::objstore::config::open_url(path_or_url).map_err(|source| InspectError::Url {
-                url: path_or_url.to_string(),
-                source,
-            })?;
-        inspect_object(store, location, opts, out)
-    } else {
-        let path = path_or_url.strip_prefix("file://").unwrap_or(path_or_url);
-        let file = std::fs::File::open(path).map_err(|source| InspectError::Open {
-            path: path.to_string(),
-            source,
-        })?;
-        inspect_reader(BufReader::new(file), opts, out)
-    }
+    print_name(path, out)?;
+    let path = path.strip_prefix("file://").unwrap_or(path);
+    let file = std::fs::File::open(path).map_err(|source| InspectError::Open {
+        path: path.to_string(),
+        source,
+    })?;
+    inspect_reader(BufReader::new(file), opts, out)
+}
+
+/// The report's first line: which file or object it is about.
+pub fn print_name(name: &str, out: &mut impl Write) -> Result<(), InspectError> {
+    writeln!(out, "file: {}", escape(name.as_bytes())).map_err(InspectError::Output)
 }
 
 /// Validates and prints the data file at `location` in `store`, streaming it (a helper thread

@@ -6,7 +6,7 @@
 //! store and a key), talk to SQLite, log record values, panic on input, or buffer a whole file
 //! in memory (only [`encode_file`], meant for small chunks, builds bytes in memory).
 //!
-//! # Format (spec §4.2)
+//! # Format (docs/design/0004-storage.md#data-file-format)
 //! A sequence of protobuf messages, each preceded by its length as an unsigned LEB128 varint:
 //! `FileHeader` (never compressed); then, raw or as one zstd stream according to
 //! `header.compression`, `header.records_count` × `Record` and one `FileFooter`. No magic
@@ -52,7 +52,8 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// zstd window limit for the reader: 2^27 = 128 MiB (zstd's own default decoder limit).
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
-/// Batch chunks whose summed key+value bytes exceed this are zstd-compressed (spec §4.2).
+/// Batch chunks whose summed key+value bytes exceed this are zstd-compressed
+/// (docs/design/0004-storage.md#data-file-format).
 pub const CHUNK_COMPRESSION_THRESHOLD: usize = 4096;
 
 /// Errors from writing or reading a data file. Every corrupt or truncated input maps to one of
@@ -233,8 +234,9 @@ impl FileSummary {
     }
 }
 
-/// Compression for a chunk of `records` (spec §4.2): zstd when the summed key+value bytes
-/// exceed [`CHUNK_COMPRESSION_THRESHOLD`], else none. (Snapshots are always zstd.)
+/// Compression for a chunk of `records` (docs/design/0004-storage.md#data-file-format): zstd when
+/// the summed key+value bytes exceed [`CHUNK_COMPRESSION_THRESHOLD`], else none. (Snapshots are
+/// always zstd.)
 pub fn choose_chunk_compression(records: &[Record]) -> FileCompression {
     let total: usize = records.iter().map(|r| r.key.len() + r.value.len()).sum();
     if total > CHUNK_COMPRESSION_THRESHOLD {

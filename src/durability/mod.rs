@@ -8,7 +8,7 @@
 
 pub mod backfill;
 pub mod epochs;
-pub mod lock;
+mod fence;
 mod snapshot;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 pub use backfill::{BackfillStats, backfill};
 pub use epochs::EpochLog;
+pub use fence::Fence;
 pub use snapshot::{SnapshotPolicy, SnapshotWorker};
 
 use crate::objstore::{self, EncodedChunk, ErrorKind, ObjectStorage, UploadOutcome};
@@ -69,8 +70,17 @@ pub struct BucketHook {
     epoch: u64,
     epochs: Arc<RwLock<EpochLog>>,
     stopping: Arc<AtomicBool>,
-    fence: Option<lock::Fence>,
-    cluster: Option<crate::cluster::Cluster>,
+    fence: Option<Fence>,
+    fanout: Option<Box<dyn Fanout>>,
+}
+
+/// Where a Primary's locally committed changes go next (the replication feed, `ha::feed`).
+/// Called on the writer thread before callers are answered: it must not block.
+pub trait Fanout: Send + 'static {
+    /// The records of one commit group; `revision` is the group's last.
+    fn records(&self, records: &[Record], revision: i64);
+    /// The compaction revision moved to `revision`.
+    fn compaction(&self, revision: i64);
 }
 
 /// How a chunk key that already held something was settled.
@@ -102,19 +112,19 @@ impl BucketHook {
             epochs,
             stopping,
             fence: None,
-            cluster: None,
+            fanout: None,
         }
     }
 
     /// Acknowledges nothing once the writer lock's lease may have run out.
-    pub fn with_fence(mut self, fence: lock::Fence) -> Self {
+    pub fn with_fence(mut self, fence: Fence) -> Self {
         self.fence = Some(fence);
         self
     }
 
-    /// Publishes every commit to the cluster's followers.
-    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Self {
-        self.cluster = Some(cluster);
+    /// Hands every local commit to `fanout` (the Replicas' feed).
+    pub fn with_fanout(mut self, fanout: impl Fanout) -> Self {
+        self.fanout = Some(Box::new(fanout));
         self
     }
 
@@ -293,14 +303,14 @@ impl CommitHook for BucketHook {
     }
 
     fn published(&mut self, records: &[Record], revision: i64) {
-        if let Some(c) = &self.cluster {
-            crate::cluster::peer::publish_records(c, records, revision);
+        if let Some(f) = &self.fanout {
+            f.records(records, revision);
         }
     }
 
     fn compaction_published(&mut self, rev: i64) {
-        if let Some(c) = &self.cluster {
-            crate::cluster::peer::publish_compaction(c, rev);
+        if let Some(f) = &self.fanout {
+            f.compaction(rev);
         }
     }
 }

@@ -6,8 +6,9 @@
 //! hold a whole snapshot in memory.
 //!
 //! # Write path
-//! [`ObjectStorage::upload_chunk`] encodes the records once (compression per spec §4.2, the
-//! header's `created_at` fixed at encoding time) and create-only uploads them to
+//! [`ObjectStorage::upload_chunk`] encodes the records once (compression per
+//! docs/design/0004-storage.md#data-file-format, the header's `created_at` fixed at encoding time)
+//! and create-only uploads them to
 //! `chunks/…/{last revision}.netsy`. If the object already exists — typically our own earlier
 //! attempt whose response was lost, or a retry of the same batch re-encoded with a new
 //! timestamp — it is read back and the upload counts as done iff it holds the same records
@@ -151,8 +152,9 @@ impl ObjectStorage {
 
     // ---------------------------------------------------------------- write path
 
-    /// Encodes `records` as a chunk (spec compression rule; `created_at` = now).
-    /// Records must be non-empty and in order (see [`crate::datafile`]).
+    /// Encodes `records` as a chunk (the compression rule of
+    /// docs/design/0004-storage.md#data-file-format; `created_at` = now). Records must be non-empty
+    /// and in order (see [`crate::datafile`]).
     pub fn encode_chunk(
         &self,
         records: &[Record],

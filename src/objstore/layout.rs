@@ -1,4 +1,4 @@
-//! The ONLY place that builds object keys (spec §4.1), and the parser of listed keys.
+//! The ONLY place that builds object keys (docs/design/0004-storage.md#bucket-layout), and the parser of listed keys.
 //!
 //! Every key lives under the optional `storage.key_prefix` (a trailing `/` is implied):
 //!

@@ -1,7 +1,7 @@
 //! `MetricsStore`: counts and times every call that reaches the store below it (below the
 //! retry layer, so each attempt is counted).
 //!
-//! Metrics (spec §11 names):
+//! Metrics (the original's names; docs/design/0004-storage.md#object-storage-metrics):
 //! * `netsy_object_storage_writes_total{kind,mode,result}` — kind from [`super::layout`]
 //!   (`chunk`, `snapshot`, `members`, `node`, `elector`, `bootstrap`, `other`); mode `create`,
 //!   `update`, `overwrite`, `multipart`, `delete`, `copy`; result `success`, `already_exists`,

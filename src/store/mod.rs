@@ -54,8 +54,55 @@ pub enum Error {
     Commit(String),
     #[error("the store is shutting down")]
     Shutdown,
+    /// The local database holds something it cannot hold (a history that disagrees with the
+    /// bucket's, an unknown schema): the local copy must be rebuilt from the bucket.
     #[error("corrupt local database: {0}")]
     Corrupt(String),
+    /// The local database cannot be opened or worked on (disk, permissions, threads): not a
+    /// reason to rebuild; fix the environment and retry.
+    #[error("local database unavailable: {0}")]
+    Unavailable(String),
+    /// The consumer of an export gave up (its own reason).
+    #[error("export stopped: {0}")]
+    Export(String),
+    /// A write may or may not be durable; the writer has stopped (see `fatal`).
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
+    /// A broken invariant inside the store: a bug.
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+/// What a caller should do about an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The request is wrong, or refers to what is gone or not there: answer it, change nothing.
+    Refuse,
+    /// Transient (shutting down, busy, the bucket unreachable): try again later.
+    Retry,
+    /// The local copy cannot serve the bucket's history: rebuild it from the bucket.
+    Rebuild,
+    /// The node cannot go on safely: it stops, and a restart resolves it.
+    Stop,
+}
+
+impl Error {
+    /// What the caller should do; only [`Error::Corrupt`] asks for a rebuild.
+    pub fn action(&self) -> Action {
+        match self {
+            Error::FutureRevision
+            | Error::Compacted
+            | Error::KeyNotFound
+            | Error::LeaseNotFound
+            | Error::LeaseExists => Action::Refuse,
+            Error::Commit(_) | Error::Shutdown | Error::Unavailable(_) | Error::Export(_) => {
+                Action::Retry
+            }
+            Error::Sqlite(_) | Error::Internal(_) => Action::Retry,
+            Error::Corrupt(_) => Action::Rebuild,
+            Error::Indeterminate(_) => Action::Stop,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -66,6 +113,8 @@ pub struct StoreOptions {
     pub data_dir: PathBuf,
     pub node_id: String,
     pub readers: usize,
+    /// Where the writer reports a write whose outcome is unknown.
+    pub fatal: crate::fatal::FatalChannel,
 }
 
 /// Shared revision counters, readable without locks.
@@ -116,7 +165,7 @@ impl Store {
     /// Opens (creating if needed) the database in `opts.data_dir` and starts the writer thread.
     pub fn open(opts: StoreOptions, hub: WatchHub, hook: Box<dyn CommitHook>) -> Result<Store> {
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
-            Error::Corrupt(format!(
+            Error::Unavailable(format!(
                 "cannot create data dir {}: {e}",
                 opts.data_dir.display()
             ))
@@ -144,7 +193,8 @@ impl Store {
                 opts.node_id.clone(),
                 hook,
             )
-            .with_checkpointer(checkpointer)?,
+            .with_checkpointer(checkpointer)?
+            .with_fatal(opts.fatal.clone()),
         )?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -393,7 +443,7 @@ impl Store {
                     [from, to],
                     |r| r.get(0),
                 )?;
-                init(&mut state, n).map_err(Error::Corrupt)?;
+                init(&mut state, n).map_err(Error::Export)?;
                 read::for_each_record(&tx, from, to, &mut |r| f(&mut state, r))?;
                 drop(tx);
                 Ok(state)

@@ -571,7 +571,7 @@ pub fn for_each_record(
             compacted_at: r.get(12)?,
             leader_id: r.get(13)?,
         };
-        f(rec).map_err(Error::Corrupt)?;
+        f(rec).map_err(Error::Export)?;
     }
     Ok(())
 }

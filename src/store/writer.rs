@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::txn::{LeaseChange, Record, TxnCtx};
 use super::{Error, LeaseTable, Result, Revisions, schema};
+use crate::fatal::{Fatal, FatalChannel};
 use crate::watch::{EventBatch, WatchHub};
 
 /// Why the commit hook could not make a change durable.
@@ -21,7 +22,8 @@ pub enum HookError {
     /// Definitely not stored: the change is rolled back and callers get an error.
     Rejected(String),
     /// Maybe stored, and it cannot be told which. Continuing could reuse a revision that
-    /// already exists elsewhere, so the process stops; startup backfill resolves it.
+    /// already exists elsewhere, so the writer stops and records a fatal error (the node
+    /// exits; startup backfill resolves it).
     Indeterminate(String),
 }
 
@@ -64,14 +66,6 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-/// Stops the process after an indeterminate write (see [`HookError::Indeterminate`]).
-fn fatal(what: &str, reason: &str) -> ! {
-    tracing::error!(%reason, "{what}: outcome unknown; stopping so that startup backfill resolves it");
-    eprintln!(
-        "netsy: {what}: outcome unknown ({reason}); stopping so that startup backfill resolves it"
-    );
-    std::process::exit(75)
-}
 
 pub enum Command {
     Txn {
@@ -178,7 +172,7 @@ pub fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer> {
                 }
             }
         })
-        .map_err(|e| Error::Corrupt(format!("cannot start checkpoint thread: {e}")))?;
+        .map_err(|e| Error::Unavailable(format!("cannot start checkpoint thread: {e}")))?;
     Ok(Checkpointer {
         ask: Some(ask),
         backfilled,
@@ -209,6 +203,10 @@ pub struct Writer {
     checkpointer: Option<Checkpointer>,
     /// `total_changes` when the checkpointer was last asked.
     changes_at_checkpoint: u64,
+    /// Where an indeterminate write is reported (see [`HookError::Indeterminate`]).
+    fatal: FatalChannel,
+    /// An indeterminate write happened: this writer answers nothing more.
+    stopped: bool,
 }
 
 struct CompactionJob {
@@ -243,7 +241,7 @@ pub fn spawn(writer: Writer) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("netsy-writer".into())
         .spawn(move || writer.run())
-        .map_err(|e| Error::Corrupt(format!("cannot start writer thread: {e}")))
+        .map_err(|e| Error::Unavailable(format!("cannot start writer thread: {e}")))
 }
 
 impl Writer {
@@ -269,6 +267,28 @@ impl Writer {
             replacing: false,
             checkpointer: None,
             changes_at_checkpoint: 0,
+            fatal: FatalChannel::new(),
+            stopped: false,
+        }
+    }
+
+    /// Reports indeterminate writes to `fatal` (the node's channel to `main`).
+    pub fn with_fatal(mut self, fatal: FatalChannel) -> Writer {
+        self.fatal = fatal;
+        self
+    }
+
+    /// After a write whose outcome is unknown: records the fatal error, answers the group's
+    /// callers that the outcome is unknown, and stops the writer (every later request fails;
+    /// startup backfill resolves the write).
+    fn stop_indeterminate(&mut self, what: &str, reason: &str, replies: Vec<Pending>) {
+        self.fatal.record(Fatal::Indeterminate {
+            what: what.to_string(),
+            reason: reason.to_string(),
+        });
+        self.stopped = true;
+        for p in replies {
+            send_pending(fail_if_ok(p, Error::Indeterminate(reason.to_string())));
         }
     }
 
@@ -354,6 +374,10 @@ impl Writer {
                 }
             }
             self.process(queue);
+            if self.stopped {
+                // Requests still queued are dropped: their callers get `Error::Shutdown`.
+                return;
+            }
             self.maybe_checkpoint();
             // Under a steady load the queue is never empty: free history between groups, at
             // a pace that keeps the added write latency to one small step now and then.
@@ -366,6 +390,9 @@ impl Writer {
     fn process(&mut self, mut queue: VecDeque<Command>) {
         let mut group = Vec::new();
         while let Some(cmd) = queue.pop_front() {
+            if self.stopped {
+                return;
+            }
             match cmd {
                 Command::Txn { .. } => group.push(cmd),
                 // Lease grants and revokes change what later requests may reference: each
@@ -501,7 +528,7 @@ impl Writer {
                     let _ = exec_cached(&tx, "RELEASE op");
                     reply_err(
                         other,
-                        Error::Corrupt("command routed to a write group".into()),
+                        Error::Internal("command routed to a write group".into()),
                     );
                     continue;
                 }
@@ -550,7 +577,11 @@ impl Writer {
                 }
                 return;
             }
-            Err(HookError::Indeterminate(e)) => fatal("write", &e),
+            Err(HookError::Indeterminate(e)) => {
+                drop(tx);
+                self.stop_indeterminate("write", &e, replies);
+                return;
+            }
         }
         if let Err(e) = tx.commit() {
             if records.is_empty() && granted.is_empty() {
@@ -562,7 +593,8 @@ impl Writer {
             }
             // The records are durable elsewhere but not here: only a restart (backfill) can
             // make the local copy whole again.
-            fatal("local commit after a durable write", &e.to_string());
+            self.stop_indeterminate("local commit after a durable write", &e.to_string(), replies);
+            return;
         }
         for (id, ttl) in granted {
             self.leases.insert(id, ttl);

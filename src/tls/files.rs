@@ -17,7 +17,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::identity::serial_hex;
 use super::provider;
 
-/// Paths of the TLS files (docs/design/interfaces.md, "Paths").
+/// Paths of the TLS files (docs/design/0001-interfaces.md#paths).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPaths {
     /// `NETSY_TLS_CA_CERT`: the cluster CA bundle (trust anchors for both directions).

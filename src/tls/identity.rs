@@ -1,6 +1,6 @@
 //! The URI-SAN identity `netsy://{cluster_id}/{role}/{name}` carried by every Netsy certificate.
 //!
-//! Rules (spec §9): the FIRST URI SAN whose scheme is `netsy` counts (other URI SANs before it are
+//! Rules (docs/design/0005-tls.md#identity-in-certificates): the FIRST URI SAN whose scheme is `netsy` counts (other URI SANs before it are
 //! ignored); the host is the cluster id and must be non-empty; the path has exactly two segments;
 //! the role is `peer` or `client`; the name is non-empty, and for `peer` it is a node id that
 //! passes [`validate_identifier`]. Common Name and Organization are never looked at.

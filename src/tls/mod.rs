@@ -1,11 +1,11 @@
 //! TLS for every gRPC connection: mutual TLS 1.3 against one cluster CA, with identities carried
-//! in a URI SAN `netsy://{cluster_id}/{role}/{name}` (spec §9).
+//! in a URI SAN `netsy://{cluster_id}/{role}/{name}` (docs/design/0005-tls.md#identity-in-certificates).
 //!
 //! Owns: reading and reloading the PEM files ([`TlsReloader`]), the startup checks of the node's
 //! own certificates ([`NodeCertPolicy`]), the inbound rustls configuration and the incoming
 //! connection stream for tonic ([`TlsServer`]), the outbound configuration and connector for
 //! peer channels ([`peer_client_config`], [`PeerConnector`]), the TLS metrics ([`TlsMetrics`])
-//! and the `netsy certs` generator ([`run_certs`]).
+//! and the test CA behind `netsy certs` ([`CertAuthority`]).
 //!
 //! Never: authorises individual RPCs (a verified identity is handed to the services in
 //! [`PeerInfo`]), logs key material or reads certificates from anywhere but the configured
@@ -41,7 +41,7 @@ use rustls::crypto::CryptoProvider;
 pub use check::{CheckError, NodeCertPolicy, check_node_files};
 pub use client::{PeerConnector, PeerIdentityError, connect, connect_lazy, peer_client_config};
 pub use files::{FileError, FileKind, FileProblem, Material, TlsPaths};
-pub use r#gen::{CertAuthority, CertsArgs, IssuedCert, LeafSpec, Validity, run_certs};
+pub use r#gen::{CertAuthority, IssuedCert, LeafSpec, Validity};
 pub use identity::{IdentifierError, Identity, IdentityError, Role, validate_identifier};
 pub use metrics::TlsMetrics;
 pub use reload::{DEFAULT_POLL_INTERVAL, ReloadOutcome, TlsReloader};

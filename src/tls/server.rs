@@ -60,7 +60,7 @@ pub struct ListenerPolicy {
     pub cluster_id: String,
     /// Roles admitted on this listener.
     pub roles: Vec<Role>,
-    /// Also accept TLS 1.2 (default: TLS 1.3 only, as the spec says). For etcd clients whose
+    /// Also accept TLS 1.2 (default: TLS 1.3 only: docs/design/0005-tls.md#decisions). For etcd clients whose
     /// Go transport caps at TLS 1.2 when given a client certificate (etcdctl 3.5.1 does);
     /// verification is the same.
     pub allow_tls12: bool,

@@ -12,20 +12,25 @@
 //! and waits until the local copy has applied it.
 
 mod follower;
+pub mod lock;
 pub mod members;
 pub mod peer;
+pub mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
+use etcd_client::proto::PbMember;
 use tokio::sync::{broadcast, watch};
 use tonic::Status;
 use tonic::transport::Channel;
 
 pub use follower::follow;
+pub use supervisor::Supervisor;
 
+use crate::api::{Leader, Router};
+use crate::durability::Fence;
 use crate::proto as pb;
 use crate::proto::peer_client::PeerClient;
 use crate::store::Store;
@@ -96,7 +101,9 @@ struct Inner {
     /// The writer lock's lease while this node is the Primary: linearizable reads are served
     /// locally only while it certainly holds (a Primary that was paused or cut off past its
     /// lease may already have been replaced).
-    fence: Mutex<Option<crate::durability::lock::Fence>>,
+    fence: Mutex<Option<Fence>>,
+    /// Registered nodes (member ids, MemberList).
+    membership: Option<members::Membership>,
 }
 
 impl Cluster {
@@ -105,6 +112,7 @@ impl Cluster {
         store: Store,
         hub: WatchHub,
         tls: Option<Arc<rustls::ClientConfig>>,
+        membership: Option<members::Membership>,
     ) -> Cluster {
         let (role, _) = watch::channel(Role::Transition);
         let (feed, _) = broadcast::channel(1024);
@@ -119,12 +127,13 @@ impl Cluster {
                 store,
                 hub,
                 fence: Mutex::new(None),
+                membership,
             }),
         }
     }
 
     /// Sets the lease that this node's Primary role rests on.
-    pub fn set_fence(&self, fence: crate::durability::lock::Fence) {
+    pub fn set_fence(&self, fence: Fence) {
         *self.inner.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
     }
 
@@ -229,11 +238,11 @@ impl Cluster {
     /// `Ok(Some(resp))` = the Primary's answer. While there is no Primary (a takeover in
     /// progress), or when the Primary refused before executing, it waits for the next one and
     /// retries, up to [`ROUTE_WAIT`]; a request that may have been executed is never resent.
-    pub async fn route<Resp: Message + Default>(
+    pub async fn route(
         &self,
         method: pb::ForwardMethod,
-        req: &impl Message,
-    ) -> Result<Option<Resp>, Status> {
+        req: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, Status> {
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         let mut roles = self.subscribe_role();
         loop {
@@ -241,11 +250,13 @@ impl Cluster {
             let retry = match role {
                 Role::Primary { .. } => return Ok(None),
                 Role::Transition => leader_changed(),
-                Role::Replica { primary } => match self.forward_once(&primary, method, req).await {
-                    Ok(resp) => return Ok(Some(resp)),
-                    Err(Forwarded::NotExecuted(s)) => s,
-                    Err(Forwarded::Failed(s)) => return Err(s),
-                },
+                Role::Replica { primary } => {
+                    match self.forward_once(&primary, method, req.clone()).await {
+                        Ok(resp) => return Ok(Some(resp)),
+                        Err(Forwarded::NotExecuted(s)) => s,
+                        Err(Forwarded::Failed(s)) => return Err(s),
+                    }
+                }
             };
             if self.is_stopping() {
                 return Err(retry);
@@ -263,18 +274,18 @@ impl Cluster {
         }
     }
 
-    async fn forward_once<Resp: Message + Default>(
+    async fn forward_once(
         &self,
         primary: &PrimaryInfo,
         method: pb::ForwardMethod,
-        req: &impl Message,
-    ) -> Result<Resp, Forwarded> {
+        req: Vec<u8>,
+    ) -> Result<Vec<u8>, Forwarded> {
         let mut client = self
             .peer(&primary.peer_addr)
             .map_err(Forwarded::NotExecuted)?;
         let mut request = tonic::Request::new(pb::ForwardRequest {
             method: method as i32,
-            request: req.encode_to_vec(),
+            request: req,
             node_id: self.inner.node_id.clone(),
         });
         request.set_timeout(FORWARD_DEADLINE);
@@ -283,23 +294,7 @@ impl Cluster {
             .await
             .map_err(classify)?
             .into_inner();
-        Resp::decode(resp.response.as_slice()).map_err(|e| {
-            Forwarded::Failed(Status::internal(format!(
-                "netsy: bad forwarded response: {e}"
-            )))
-        })
-    }
-
-    /// Sends an etcd request to the Primary and decodes its answer (see [`Self::route`]).
-    pub async fn forward<Resp: Message + Default>(
-        &self,
-        method: pb::ForwardMethod,
-        req: &impl Message,
-    ) -> Result<Resp, Status> {
-        match self.route(method, req).await? {
-            Some(resp) => Ok(resp),
-            None => Err(leader_changed()),
-        }
+        Ok(resp.response)
     }
 
     /// Waits until the local copy has applied `revision` (read-your-writes on a Replica).
@@ -343,6 +338,68 @@ impl Cluster {
                 self.wait_applied(idx.revision).await
             }
         }
+    }
+}
+
+/// How long MemberList waits for a fresh read of the registrations.
+const MEMBER_LIST_REFRESH: Duration = Duration::from_secs(2);
+
+#[tonic::async_trait]
+impl Router for Cluster {
+    async fn route(
+        &self,
+        method: pb::ForwardMethod,
+        req: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, Status> {
+        Cluster::route(self, method, req).await
+    }
+
+    async fn wait_applied(&self, revision: i64) -> Result<(), Status> {
+        Cluster::wait_applied(self, revision).await
+    }
+
+    async fn read_barrier(&self) -> Result<(), Status> {
+        Cluster::read_barrier(self).await
+    }
+
+    fn term(&self) -> u64 {
+        self.role().term()
+    }
+
+    fn leader(&self) -> Leader {
+        match self.role() {
+            Role::Primary { .. } => Leader::ThisNode,
+            Role::Replica { primary } => self
+                .inner
+                .membership
+                .as_ref()
+                .and_then(|m| m.member_id_of(&primary.node_id))
+                .map_or(Leader::Unknown, Leader::Member),
+            Role::Transition => Leader::Unknown,
+        }
+    }
+
+    /// Read from the bucket for each call (registrations change rarely, the call is rare);
+    /// when the bucket is slow or unreachable the last list read is served.
+    async fn members(&self) -> Vec<PbMember> {
+        let Some(ms) = &self.inner.membership else {
+            return Vec::new();
+        };
+        match tokio::time::timeout(MEMBER_LIST_REFRESH, ms.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "member list served from the last read"),
+            Err(_) => tracing::warn!("member list served from the last read: bucket slow"),
+        }
+        ms.list()
+            .into_iter()
+            .map(|info| PbMember {
+                id: info.id,
+                name: info.name,
+                peer_ur_ls: info.peer_urls,
+                client_ur_ls: info.client_urls,
+                is_learner: false,
+            })
+            .collect()
     }
 }
 

@@ -5,19 +5,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::proto::{
-    PbCompactionRequest, PbKvService, PbLeaseGrantRequest, PbLeaseKeepAliveRequest,
-    PbLeaseLeasesRequest, PbLeaseRevokeRequest, PbLeaseService, PbLeaseTimeToLiveRequest,
-    PbTxnRequest,
-};
 use futures::Stream;
-use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::{Cluster, Role};
 use crate::api::{self, Context};
-use crate::durability::to_proto;
+use crate::durability::{Fanout, to_proto};
 use crate::proto as pb;
 use crate::store::Store;
 
@@ -28,32 +22,22 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 pub struct PeerService {
     ctx: Context,
-    kv: api::kv::KvService,
-    lease: api::lease::LeaseService,
+    cluster: Cluster,
 }
 
 impl PeerService {
-    pub fn new(ctx: Context) -> Self {
-        PeerService {
-            kv: api::kv::KvService::new(ctx.clone()),
-            lease: api::lease::LeaseService::new(ctx.clone()),
-            ctx,
-        }
+    pub fn new(ctx: Context, cluster: Cluster) -> Self {
+        PeerService { ctx, cluster }
     }
 
     fn epoch(&self) -> Result<u64, Status> {
-        match self.ctx.cluster.role() {
+        match self.cluster.role() {
             Role::Primary { epoch } => Ok(epoch),
             _ => Err(Status::failed_precondition(
                 "netsy: this node is not the primary",
             )),
         }
     }
-}
-
-fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, Status> {
-    M::decode(bytes)
-        .map_err(|e| Status::invalid_argument(format!("netsy: bad forwarded request: {e}")))
 }
 
 /// Records with revisions in `from..=to` from the local copy, in order.
@@ -89,8 +73,8 @@ impl pb::peer_server::Peer for PeerService {
         let req = request.into_inner();
         tracing::info!(replica = %req.node_id, from = req.from_revision, "follow_stream_opened");
         // Subscribe before reading history, so nothing committed in between is missed.
-        let mut live = self.ctx.cluster.feed().subscribe();
-        let mut roles = self.ctx.cluster.subscribe_role();
+        let mut live = self.cluster.feed().subscribe();
+        let mut roles = self.cluster.subscribe_role();
         let store = self.ctx.store.clone();
         let mut next = req.from_revision.max(1);
         let out = async_stream::try_stream! {
@@ -195,57 +179,8 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<pb::ForwardResponse>, Status> {
         self.epoch()?;
         let req = request.into_inner();
-        use pb::ForwardMethod as M;
-        let method = M::try_from(req.method).unwrap_or(M::ForwardUnknown);
-        let bytes = req.request.as_slice();
-        let response = match method {
-            M::ForwardTxn => self
-                .kv
-                .txn(Request::new(decode::<PbTxnRequest>(bytes)?))
-                .await?
-                .into_inner()
-                .encode_to_vec(),
-            M::ForwardCompact => self
-                .kv
-                .compact(Request::new(decode::<PbCompactionRequest>(bytes)?))
-                .await?
-                .into_inner()
-                .encode_to_vec(),
-            M::ForwardLeaseGrant => self
-                .lease
-                .lease_grant(Request::new(decode::<PbLeaseGrantRequest>(bytes)?))
-                .await?
-                .into_inner()
-                .encode_to_vec(),
-            M::ForwardLeaseRevoke => self
-                .lease
-                .lease_revoke(Request::new(decode::<PbLeaseRevokeRequest>(bytes)?))
-                .await?
-                .into_inner()
-                .encode_to_vec(),
-            M::ForwardLeaseTimeToLive => self
-                .lease
-                .lease_time_to_live(Request::new(decode::<PbLeaseTimeToLiveRequest>(bytes)?))
-                .await?
-                .into_inner()
-                .encode_to_vec(),
-            M::ForwardLeaseLeases => self
-                .lease
-                .lease_leases(Request::new(decode::<PbLeaseLeasesRequest>(bytes)?))
-                .await?
-                .into_inner()
-                .encode_to_vec(),
-            M::ForwardLeaseKeepAlive => {
-                let ka = decode::<PbLeaseKeepAliveRequest>(bytes)?;
-                api::lease::keep_alive_once(&self.ctx, ka.id).encode_to_vec()
-            }
-            M::ForwardPut | M::ForwardDeleteRange | M::ForwardUnknown => {
-                return Err(Status::invalid_argument(format!(
-                    "netsy: cannot forward method {}",
-                    req.method
-                )));
-            }
-        };
+        let method = pb::ForwardMethod::try_from(req.method).unwrap_or(pb::ForwardMethod::ForwardUnknown);
+        let response = api::local::execute(&self.ctx, method, &req.request).await?;
         Ok(Response::new(pb::ForwardResponse { response }))
     }
 
@@ -254,8 +189,8 @@ impl pb::peer_server::Peer for PeerService {
         _request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let epoch = self.epoch()?;
-        if !self.ctx.cluster.primary_lease_holds() {
-            return Err(crate::cluster::leader_changed());
+        if !self.cluster.primary_lease_holds() {
+            return Err(super::leader_changed());
         }
         Ok(Response::new(pb::ReadIndexResponse {
             epoch,
@@ -265,28 +200,29 @@ impl pb::peer_server::Peer for PeerService {
 }
 
 /// The commit-hook side of the feed: what a Primary publishes after each local commit.
-pub fn publish_records(cluster: &Cluster, records: &[crate::store::Record], revision: i64) {
-    if cluster.feed().receiver_count() == 0 {
-        return;
+impl Fanout for Cluster {
+    fn records(&self, records: &[crate::store::Record], revision: i64) {
+        if self.feed().receiver_count() == 0 {
+            return;
+        }
+        let msg = pb::FollowMessage {
+            epoch: 0,
+            records: records.iter().map(to_proto).collect(),
+            committed_revision: revision,
+            compaction_revision: 0,
+            replace_through: 0,
+        };
+        let _ = self.feed().send(Arc::new(msg));
     }
-    let msg = pb::FollowMessage {
-        epoch: 0,
-        records: records.iter().map(to_proto).collect(),
-        committed_revision: revision,
-        compaction_revision: 0,
-        replace_through: 0,
-    };
-    let _ = cluster.feed().send(Arc::new(msg));
-}
 
-/// Publishes a compaction to the followers.
-pub fn publish_compaction(cluster: &Cluster, revision: i64) {
-    let msg = pb::FollowMessage {
-        epoch: 0,
-        records: Vec::new(),
-        committed_revision: 0,
-        compaction_revision: revision,
-        replace_through: 0,
-    };
-    let _ = cluster.feed().send(Arc::new(msg));
+    fn compaction(&self, revision: i64) {
+        let msg = pb::FollowMessage {
+            epoch: 0,
+            records: Vec::new(),
+            committed_revision: 0,
+            compaction_revision: revision,
+            replace_through: 0,
+        };
+        let _ = self.feed().send(Arc::new(msg));
+    }
 }

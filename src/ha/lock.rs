@@ -1,22 +1,22 @@
 //! The writer lock in the bucket (`leader/elector.json`, the original's lock file and JSON
 //! shape): the node holding it is the Primary, the only node that writes to the bucket. It is
 //! renewed by conditional writes; every other node watches it and takes over once it stops
-//! changing. Each acquisition gets the next epoch (see `epochs`), which fences the chunks of a
+//! changing. Each acquisition gets the next epoch (see `durability::epochs`), which fences the chunks of a
 //! deposed holder.
 //!
 //! Timing never compares clocks of different nodes. The holder counts its lease from the moment
-//! it SENT its last successful renewal and stops writing (the process exits) before
+//! it SENT its last successful renewal and stops writing (the node stops) before
 //! [`LockTiming::ttl`] has passed since then. A watcher counts from the moment it first SAW the
 //! current version of the record and takes over only after a full `ttl` without a change; the
 //! record it saw was written after the holder sent it, so the holder has stopped by then.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::durability::Fence;
+use crate::fatal::{Fatal, FatalChannel};
 use crate::objstore::{Error, ObjectStorage, cas};
 
 /// How often the holder renews and how long a silent holder is trusted.
@@ -134,9 +134,7 @@ pub struct BucketLock {
     record: LockRecord,
     etag: String,
     timing: LockTiming,
-    /// Milliseconds since `origin` until which this holder may still write.
-    valid_until: Arc<AtomicU64>,
-    origin: Instant,
+    fence: Fence,
 }
 
 fn encode(r: &LockRecord) -> Bytes {
@@ -164,7 +162,6 @@ impl BucketLock {
             epoch,
             client_addr: client_addr.to_string(),
         };
-        let origin = Instant::now();
         let sent = Instant::now();
         let res = match &seen.etag {
             None => cas::create(store, &key, encode(&record)).await,
@@ -180,17 +177,14 @@ impl BucketLock {
             record,
             etag,
             timing,
-            valid_until: Arc::new(AtomicU64::new(0)),
-            origin,
+            fence: Fence::new(),
         };
         lock.extend_from(sent);
         Ok(Some(lock))
     }
 
     fn extend_from(&self, sent: Instant) {
-        let until = sent.duration_since(self.origin) + self.timing.holder_validity();
-        self.valid_until
-            .store(until.as_millis() as u64, Ordering::Release);
+        self.fence.extend(sent, self.timing.holder_validity());
     }
 
     /// This holder's epoch (unique to this acquisition).
@@ -201,10 +195,7 @@ impl BucketLock {
     /// A cheap check the write path makes before acknowledging: whether this holder's lease is
     /// still certainly its own.
     pub fn fence(&self) -> Fence {
-        Fence {
-            valid_until: self.valid_until.clone(),
-            origin: self.origin,
-        }
+        self.fence.clone()
     }
 
     /// Renews the lock; `Error::Precondition` means another node holds it now.
@@ -246,9 +237,14 @@ impl BucketLock {
         }
     }
 
-    /// Renews until `shutdown`; stops the process if the lock is taken over or its lease runs
-    /// out. On shutdown, releases the lock so another node takes over at once.
-    pub async fn keep(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// Renews until `shutdown`; records a fatal error (the node stops) if the lock is taken
+    /// over or its lease runs out. On shutdown, releases the lock so another node takes over at
+    /// once.
+    pub async fn keep(
+        mut self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        fatal: FatalChannel,
+    ) {
         let mut tick = tokio::time::interval(self.timing.renew_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let fence = self.fence();
@@ -264,7 +260,8 @@ impl BucketLock {
             match tokio::time::timeout(left.max(Duration::from_millis(1)), self.renew()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(Error::Precondition { .. })) => {
-                    stop("the writer lock was taken over by another node");
+                    fatal.record(Fatal::LostLock("the writer lock was taken over by another node".into()));
+                    return;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "renewing the writer lock failed; retrying")
@@ -272,7 +269,8 @@ impl BucketLock {
                 Err(_) => tracing::warn!("renewing the writer lock timed out; retrying"),
             }
             if !fence.holds() {
-                stop("the writer lock could not be renewed in time");
+                fatal.record(Fatal::LostLock("the writer lock could not be renewed in time".into()));
+                return;
             }
         }
     }
@@ -295,31 +293,6 @@ impl BucketLock {
             tracing::warn!(error = %e, "releasing the writer lock failed; another node takes over after its TTL");
         }
     }
-}
-
-/// The holder's lease as the write path sees it.
-#[derive(Clone)]
-pub struct Fence {
-    valid_until: Arc<AtomicU64>,
-    origin: Instant,
-}
-
-impl Fence {
-    /// Whether the lease certainly still holds.
-    pub fn holds(&self) -> bool {
-        !self.remaining().is_zero()
-    }
-
-    fn remaining(&self) -> Duration {
-        let until = Duration::from_millis(self.valid_until.load(Ordering::Acquire));
-        until.saturating_sub(self.origin.elapsed())
-    }
-}
-
-fn stop(reason: &str) -> ! {
-    tracing::error!("{reason}; stopping to stay fenced");
-    eprintln!("netsy: {reason}; stopping to stay fenced");
-    std::process::exit(75)
 }
 
 #[cfg(test)]
