@@ -338,3 +338,69 @@ async fn a_replacement_is_invisible_until_it_commits_and_an_aborted_one_changes_
     src.close().await;
     dst.close().await;
 }
+
+/// A commit hook whose upload outcome is unknown after `ok` successful groups.
+struct UnknownAfter {
+    ok: usize,
+}
+
+impl netsy::store::CommitHook for UnknownAfter {
+    fn persist(&mut self, _records: &[Record]) -> Result<(), netsy::store::HookError> {
+        if self.ok == 0 {
+            return Err(netsy::store::HookError::Indeterminate(
+                "upload timed out and the read-back failed".into(),
+            ));
+        }
+        self.ok -= 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_write_of_unknown_outcome_stops_the_writer_and_records_a_fatal_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fatal = netsy::fatal::FatalChannel::new();
+    let store = Store::open(
+        StoreOptions {
+            data_dir: dir.path().to_path_buf(),
+            node_id: "test".into(),
+            readers: 2,
+            fatal: fatal.clone(),
+        },
+        WatchHub::new(RingLimits::default()),
+        Box::new(UnknownAfter { ok: 1 }),
+    )
+    .expect("open store");
+    let first = put(&store, b"/a", b"1").await;
+    assert_eq!(fatal.get(), None, "a durable write is not fatal");
+    // The next write's outcome is unknown: its caller is told so, not "failed".
+    let err = store
+        .txn(PbTxnRequest {
+            success: vec![put_op(b"/b", b"2")],
+            ..Default::default()
+        })
+        .await
+        .expect_err("outcome unknown");
+    assert!(
+        matches!(err, netsy::store::Error::Indeterminate(_)),
+        "{err:?}"
+    );
+    assert_eq!(err.action(), netsy::store::Action::Stop);
+    let recorded = tokio::time::timeout(std::time::Duration::from_secs(5), fatal.wait())
+        .await
+        .expect("fatal error recorded");
+    assert!(
+        matches!(recorded, netsy::fatal::Fatal::Indeterminate { .. }),
+        "{recorded:?}"
+    );
+    // The writer answers nothing more, and nothing after the durable write became visible.
+    let later = store
+        .txn(PbTxnRequest {
+            success: vec![put_op(b"/c", b"3")],
+            ..Default::default()
+        })
+        .await
+        .expect_err("writer stopped");
+    assert!(matches!(later, netsy::store::Error::Shutdown), "{later:?}");
+    assert_eq!(store.current_revision(), first);
+}
