@@ -13,7 +13,8 @@
 //! Run: `cargo test --release --test differential` (all cases) — `NETSY_DIFF_CASES=watch,lease_`
 //! keeps the cases whose name contains one of the words; `NETSY_DIFF_NO_NETSY=1` compares etcd 3.4
 //! against 3.5 only (validates the harness); `NETSY_DIFF_NO_34=1` skips etcd 3.4.
-mod common;
+#[allow(dead_code)]
+mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,7 +23,8 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use common::*;
+use support::grpc::*;
+use support::server::*;
 use tonic::Status;
 
 // ---------------------------------------------------------------------------------------------
