@@ -619,7 +619,7 @@ async fn etcdctl_rust_client_and_every_refusal_against_the_real_server() {
                 .connect()
                 .await
                 .map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(10), tls_support::status(channel))
+        tokio::time::timeout(Duration::from_secs(10), support::tls::status(channel))
             .await
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| e.to_string())
