@@ -6,14 +6,16 @@
 //!
 //! Nothing sleeps to synchronise; every wait has a deadline.
 
-mod common;
+#[allow(dead_code)]
+mod support;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use bytes::Bytes;
-use common::*;
 use http_body_util::BodyExt;
+use support::grpc::*;
+use support::server::*;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 

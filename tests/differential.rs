@@ -10,19 +10,30 @@
 //! Where a comparison is inherently a property (lease ids, remaining TTLs, status numbers), the
 //! property is asserted on every server.
 //!
-//! Run: `cargo test --release --test differential` (all cases) — `NETSY_DIFF_CASES=watch,lease_`
-//! keeps the cases whose name contains one of the words; `NETSY_DIFF_NO_NETSY=1` compares etcd 3.4
-//! against 3.5 only (validates the harness); `NETSY_DIFF_NO_34=1` skips etcd 3.4.
-mod common;
+//! Every case is its own test, `case::<name>`: `cargo test --release --test differential` runs
+//! them all, `cargo test --release --test differential watch_` the ones whose name contains
+//! `watch_`. `NETSY_DIFF_NO_NETSY=1` compares etcd 3.4 against 3.5 only (validates the harness);
+//! `NETSY_DIFF_NO_34=1` skips etcd 3.4; `NETSY_DIFF_VERBOSE=1` prints every trace.
+//!
+//! The servers: one set (etcd 3.5.1, netsy, etcd 3.4.23) is started lazily by the first case of
+//! the test process and shared by every `Shared`/`NetsyOnly` case; only the processes and their
+//! addresses are shared (each test has its own tokio runtime, so each case connects its own
+//! clients), and they are killed at process exit. Each case uses its own key prefix, but its
+//! responses are compared with revisions relative to the revision at its start, so the shared
+//! cases take turns (one async lock); `Fresh` cases start servers of their own and run alongside.
+#[allow(dead_code)]
+mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use common::*;
+use support::grpc::*;
+use support::server::*;
 use tonic::Status;
 
 // ---------------------------------------------------------------------------------------------
@@ -56,191 +67,205 @@ struct Case {
     run: CaseFn,
 }
 
+/// One `#[tokio::test]` per case in module `case` (so `cargo test --test differential <name>`
+/// selects cases by name), and `CASE_NAMES`, every case's name in table order.
 macro_rules! cases {
     ($( $mode:ident $f:ident ),* $(,)?) => {
-        vec![ $( Case { name: stringify!($f), mode: Mode::$mode, run: |c| Box::pin($f(c)) } ),* ]
+        const CASE_NAMES: &[&str] = &[ $( stringify!($f) ),* ];
+
+        mod case {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $f() {
+                    super::run_case(super::Case {
+                        name: stringify!($f),
+                        mode: super::Mode::$mode,
+                        run: |c| Box::pin(super::$f(c)),
+                    })
+                    .await;
+                }
+            )*
+        }
     };
 }
 
-fn all_cases() -> Vec<Case> {
-    cases![
-        // ---- Range ----
-        Shared range_exact_key,
-        Shared range_missing_key,
-        Shared range_prefix,
-        Shared range_interval,
-        Shared range_end_before_key,
-        Shared range_open_end_from_key,
-        Fresh range_all_keys,
-        Fresh range_all_keys_from_nul,
-        Shared range_limit_more,
-        Shared range_limit_equal_count,
-        Shared range_count_only,
-        Shared range_count_only_with_limit,
-        Shared range_keys_only,
-        Shared range_keys_only_with_limit,
-        Shared range_historical_revision,
-        Shared range_historical_deleted_key,
-        Shared range_current_revision_explicit,
-        Shared range_future_revision_error,
-        Shared range_compacted_revision_error,
-        Shared range_serializable,
-        Shared range_min_mod_revision,
-        Shared range_max_mod_revision,
-        Shared range_min_create_revision,
-        Shared range_max_create_revision,
-        Shared range_revision_filters_with_limit,
-        Shared range_sort_key_none,
-        Shared range_sort_key_ascend,
-        Shared range_sort_key_descend,
-        Shared range_sort_version_none,
-        Shared range_sort_version_ascend,
-        Shared range_sort_version_descend,
-        Shared range_sort_create_none,
-        Shared range_sort_create_ascend,
-        Shared range_sort_create_descend,
-        Shared range_sort_mod_none,
-        Shared range_sort_mod_ascend,
-        Shared range_sort_mod_descend,
-        Shared range_sort_value_none,
-        Shared range_sort_value_ascend,
-        Shared range_sort_value_descend,
-        Shared range_empty_key_error,
-        NetsyOnly range_invalid_sort_order_error,
-        NetsyOnly range_invalid_sort_target_error,
-        Shared range_binary_keys,
-        // ---- Put ----
-        Shared put_new_key,
-        Shared put_overwrite_version,
-        Shared put_prev_kv_new_key,
-        Shared put_prev_kv_existing,
-        Shared put_ignore_value,
-        Shared put_ignore_value_missing_key_error,
-        Shared put_ignore_value_with_value_error,
-        Shared put_ignore_lease,
-        Shared put_ignore_lease_with_lease_error,
-        Shared put_ignore_lease_missing_key_error,
-        Shared put_with_lease,
-        Shared put_lease_not_found_error,
-        Shared put_empty_key_error,
-        Shared put_empty_value,
-        Shared put_large_value,
-        Shared put_request_too_large_error,
-        // ---- DeleteRange ----
-        Shared delete_single,
-        Shared delete_single_prev_kv,
-        Shared delete_interval,
-        Shared delete_prefix_prev_kv,
-        Shared delete_nothing,
-        Shared delete_open_end,
-        Shared delete_empty_key_error,
-        Shared delete_then_recreate,
-        // ---- Txn compares ----
-        Shared txn_cmp_version_equal,
-        Shared txn_cmp_version_greater,
-        Shared txn_cmp_version_less,
-        Shared txn_cmp_version_not_equal,
-        Shared txn_cmp_create_equal,
-        Shared txn_cmp_create_greater,
-        Shared txn_cmp_create_less,
-        Shared txn_cmp_create_not_equal,
-        Shared txn_cmp_mod_equal,
-        Shared txn_cmp_mod_greater,
-        Shared txn_cmp_mod_less,
-        Shared txn_cmp_mod_not_equal,
-        Shared txn_cmp_value_equal,
-        Shared txn_cmp_value_greater,
-        Shared txn_cmp_value_less,
-        Shared txn_cmp_value_not_equal,
-        Shared txn_cmp_lease_equal,
-        Shared txn_cmp_lease_greater,
-        Shared txn_cmp_lease_less,
-        Shared txn_cmp_lease_not_equal,
-        Shared txn_cmp_missing_key,
-        Shared txn_cmp_range_end,
-        Shared txn_cmp_range_end_empty_range,
-        Shared txn_cmp_multiple_and,
-        // ---- Txn operations ----
-        Shared txn_success_ops,
-        Shared txn_failure_ops,
-        Shared txn_nested,
-        Shared txn_nested_failure_branch,
-        Shared txn_one_revision_per_write,
-        Shared txn_read_only,
-        Shared txn_empty,
-        Shared txn_put_then_range,
-        Shared txn_delete_then_range,
-        Shared txn_put_prev_kv,
-        Shared txn_range_historical,
-        Shared txn_range_future_revision_error,
-        Shared txn_duplicate_put_error,
-        Shared txn_duplicate_put_nested_error,
-        Shared txn_put_delete_overlap_error,
-        Shared txn_delete_delete_overlap_ok,
-        Shared txn_same_key_both_branches_ok,
-        Shared txn_too_many_ops_error,
-        Shared txn_max_ops_ok,
-        Shared txn_request_too_large_error,
-        // ---- Kubernetes shapes ----
-        Shared k8s_create_succeeds,
-        Shared k8s_create_fails_existing,
-        Shared k8s_create_with_lease,
-        Shared k8s_update_succeeds,
-        Shared k8s_update_fails_stale,
-        Shared k8s_update_fails_deleted,
-        Shared k8s_delete_succeeds,
-        Shared k8s_delete_fails_stale,
-        // ---- Compact ----
-        Shared compact_basic,
-        Shared compact_physical,
-        Shared compact_future_revision_error,
-        Shared compact_already_compacted_error,
-        Shared compact_current_revision,
-        Fresh compact_kube_compactor,
-        // ---- Watch ----
-        Shared watch_key_basic,
-        Shared watch_multiple_per_stream,
-        Shared watch_historical_replay,
-        Shared watch_historical_prev_kv,
-        Shared watch_future_revision,
-        Shared watch_prefix,
-        Shared watch_range,
-        Shared watch_open_end,
-        Shared watch_prev_kv,
-        Shared watch_filter_noput,
-        Shared watch_filter_nodelete,
-        Shared watch_progress_request,
-        Shared watch_user_ids,
-        Shared watch_duplicate_id_error,
-        Shared watch_cancel,
-        Shared watch_compacted_revision,
-        Shared watch_prev_kv_below_compaction,
-        Shared watch_fragment,
-        Shared watch_txn_event_order,
-        Shared watch_delete_range_events,
-        Shared watch_lease_revoke_events,
-        // ---- Lease ----
-        Shared lease_grant_auto_id,
-        Shared lease_grant_client_id,
-        Shared lease_grant_min_ttl,
-        Shared lease_grant_duplicate_id_error,
-        Shared lease_grant_ttl_too_large_error,
-        Shared lease_revoke_deletes_keys,
-        Shared lease_revoke_not_found_error,
-        Shared lease_keepalive,
-        Shared lease_keepalive_unknown_id,
-        Shared lease_ttl_with_keys,
-        Shared lease_ttl_unknown,
-        Shared lease_put_detaches_key,
-        Fresh lease_leases_list,
-        Fresh lease_expiry_deletes_keys,
-        // ---- Maintenance / Cluster ----
-        Shared status_fields,
-        Shared alarm_list,
-        Shared member_list,
-        Shared defragment,
-        NetsyOnly range_stream_equals_range,
-    ]
+cases! {
+    // ---- Range ----
+    Shared range_exact_key,
+    Shared range_missing_key,
+    Shared range_prefix,
+    Shared range_interval,
+    Shared range_end_before_key,
+    Shared range_open_end_from_key,
+    Fresh range_all_keys,
+    Fresh range_all_keys_from_nul,
+    Shared range_limit_more,
+    Shared range_limit_equal_count,
+    Shared range_count_only,
+    Shared range_count_only_with_limit,
+    Shared range_keys_only,
+    Shared range_keys_only_with_limit,
+    Shared range_historical_revision,
+    Shared range_historical_deleted_key,
+    Shared range_current_revision_explicit,
+    Shared range_future_revision_error,
+    Shared range_compacted_revision_error,
+    Shared range_serializable,
+    Shared range_min_mod_revision,
+    Shared range_max_mod_revision,
+    Shared range_min_create_revision,
+    Shared range_max_create_revision,
+    Shared range_revision_filters_with_limit,
+    Shared range_sort_key_none,
+    Shared range_sort_key_ascend,
+    Shared range_sort_key_descend,
+    Shared range_sort_version_none,
+    Shared range_sort_version_ascend,
+    Shared range_sort_version_descend,
+    Shared range_sort_create_none,
+    Shared range_sort_create_ascend,
+    Shared range_sort_create_descend,
+    Shared range_sort_mod_none,
+    Shared range_sort_mod_ascend,
+    Shared range_sort_mod_descend,
+    Shared range_sort_value_none,
+    Shared range_sort_value_ascend,
+    Shared range_sort_value_descend,
+    Shared range_empty_key_error,
+    NetsyOnly range_invalid_sort_order_error,
+    NetsyOnly range_invalid_sort_target_error,
+    Shared range_binary_keys,
+    // ---- Put ----
+    Shared put_new_key,
+    Shared put_overwrite_version,
+    Shared put_prev_kv_new_key,
+    Shared put_prev_kv_existing,
+    Shared put_ignore_value,
+    Shared put_ignore_value_missing_key_error,
+    Shared put_ignore_value_with_value_error,
+    Shared put_ignore_lease,
+    Shared put_ignore_lease_with_lease_error,
+    Shared put_ignore_lease_missing_key_error,
+    Shared put_with_lease,
+    Shared put_lease_not_found_error,
+    Shared put_empty_key_error,
+    Shared put_empty_value,
+    Shared put_large_value,
+    Shared put_request_too_large_error,
+    // ---- DeleteRange ----
+    Shared delete_single,
+    Shared delete_single_prev_kv,
+    Shared delete_interval,
+    Shared delete_prefix_prev_kv,
+    Shared delete_nothing,
+    Shared delete_open_end,
+    Shared delete_empty_key_error,
+    Shared delete_then_recreate,
+    // ---- Txn compares ----
+    Shared txn_cmp_version_equal,
+    Shared txn_cmp_version_greater,
+    Shared txn_cmp_version_less,
+    Shared txn_cmp_version_not_equal,
+    Shared txn_cmp_create_equal,
+    Shared txn_cmp_create_greater,
+    Shared txn_cmp_create_less,
+    Shared txn_cmp_create_not_equal,
+    Shared txn_cmp_mod_equal,
+    Shared txn_cmp_mod_greater,
+    Shared txn_cmp_mod_less,
+    Shared txn_cmp_mod_not_equal,
+    Shared txn_cmp_value_equal,
+    Shared txn_cmp_value_greater,
+    Shared txn_cmp_value_less,
+    Shared txn_cmp_value_not_equal,
+    Shared txn_cmp_lease_equal,
+    Shared txn_cmp_lease_greater,
+    Shared txn_cmp_lease_less,
+    Shared txn_cmp_lease_not_equal,
+    Shared txn_cmp_missing_key,
+    Shared txn_cmp_range_end,
+    Shared txn_cmp_range_end_empty_range,
+    Shared txn_cmp_multiple_and,
+    // ---- Txn operations ----
+    Shared txn_success_ops,
+    Shared txn_failure_ops,
+    Shared txn_nested,
+    Shared txn_nested_failure_branch,
+    Shared txn_one_revision_per_write,
+    Shared txn_read_only,
+    Shared txn_empty,
+    Shared txn_put_then_range,
+    Shared txn_delete_then_range,
+    Shared txn_put_prev_kv,
+    Shared txn_range_historical,
+    Shared txn_range_future_revision_error,
+    Shared txn_duplicate_put_error,
+    Shared txn_duplicate_put_nested_error,
+    Shared txn_put_delete_overlap_error,
+    Shared txn_delete_delete_overlap_ok,
+    Shared txn_same_key_both_branches_ok,
+    Shared txn_too_many_ops_error,
+    Shared txn_max_ops_ok,
+    Shared txn_request_too_large_error,
+    // ---- Kubernetes shapes ----
+    Shared k8s_create_succeeds,
+    Shared k8s_create_fails_existing,
+    Shared k8s_create_with_lease,
+    Shared k8s_update_succeeds,
+    Shared k8s_update_fails_stale,
+    Shared k8s_update_fails_deleted,
+    Shared k8s_delete_succeeds,
+    Shared k8s_delete_fails_stale,
+    // ---- Compact ----
+    Shared compact_basic,
+    Shared compact_physical,
+    Shared compact_future_revision_error,
+    Shared compact_already_compacted_error,
+    Shared compact_current_revision,
+    Fresh compact_kube_compactor,
+    // ---- Watch ----
+    Shared watch_key_basic,
+    Shared watch_multiple_per_stream,
+    Shared watch_historical_replay,
+    Shared watch_historical_prev_kv,
+    Shared watch_future_revision,
+    Shared watch_prefix,
+    Shared watch_range,
+    Shared watch_open_end,
+    Shared watch_prev_kv,
+    Shared watch_filter_noput,
+    Shared watch_filter_nodelete,
+    Shared watch_progress_request,
+    Shared watch_user_ids,
+    Shared watch_duplicate_id_error,
+    Shared watch_cancel,
+    Shared watch_compacted_revision,
+    Shared watch_prev_kv_below_compaction,
+    Shared watch_fragment,
+    Shared watch_txn_event_order,
+    Shared watch_delete_range_events,
+    Shared watch_lease_revoke_events,
+    // ---- Lease ----
+    Shared lease_grant_auto_id,
+    Shared lease_grant_client_id,
+    Shared lease_grant_min_ttl,
+    Shared lease_grant_duplicate_id_error,
+    Shared lease_grant_ttl_too_large_error,
+    Shared lease_revoke_deletes_keys,
+    Shared lease_revoke_not_found_error,
+    Shared lease_keepalive,
+    Shared lease_keepalive_unknown_id,
+    Shared lease_ttl_with_keys,
+    Shared lease_ttl_unknown,
+    Shared lease_put_detaches_key,
+    Fresh lease_leases_list,
+    Fresh lease_expiry_deletes_keys,
+    // ---- Maintenance / Cluster ----
+    Shared status_fields,
+    Shared alarm_list,
+    Shared member_list,
+    Shared defragment,
+    NetsyOnly range_stream_equals_range,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,6 +285,8 @@ struct Ctx {
     aliases: Vec<i64>,
     /// Leases to revoke after the case (so none expires during a later case).
     cleanup: Vec<i64>,
+    /// Key ranges to delete after the case (not recorded; see [`open_end_prefix`]).
+    cleanup_ranges: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Ctx {
@@ -854,10 +881,14 @@ async fn range_end_before_key(c: &mut Ctx) -> Result<()> {
 }
 
 /// Prefix for the cases that use range_end "\0" (every key >= key) on the shared servers: above
-/// every "t/..." prefix, and each such case (in table order) above the ones before it, so that
-/// "from my key to the end" holds only the case's own keys.
-fn open_end_prefix(c: &Ctx, order: u8) -> String {
-    format!("\u{7f}{}{}", order as char, c.p)
+/// every "t/..." prefix (and each such case above the ones before it in table order). The keys
+/// under it are deleted after the case, so that, whatever order the cases run in, "from my key
+/// to the end" holds only the case's own keys.
+fn open_end_prefix(c: &mut Ctx, order: u8) -> String {
+    let p = format!("\u{7f}{}{}", order as char, c.p);
+    c.cleanup_ranges
+        .push((p.clone().into_bytes(), prefix_end(&p)));
+    p
 }
 
 /// range_end "\0" = every key >= key.
@@ -3162,27 +3193,54 @@ async fn range_stream_equals_range(c: &mut Ctx) -> Result<()> {
 // Runner
 // =============================================================================================
 
-struct Servers {
-    list: Vec<(Kind, Server, Client)>,
+/// The servers a case runs on, in start order.
+async fn start_servers(kinds: &[Kind]) -> Result<Vec<Server>> {
+    futures::future::join_all(kinds.iter().map(|k| Server::start(*k)))
+        .await
+        .into_iter()
+        .collect()
 }
 
-impl Servers {
-    async fn start(kinds: &[Kind]) -> Result<Servers> {
-        let started = futures::future::join_all(kinds.iter().map(|k| Server::start(*k))).await;
-        let mut list = Vec::new();
-        for (k, s) in kinds.iter().zip(started) {
-            let s = s?;
-            let client = s.client().await?;
-            list.push((*k, s, client));
-        }
-        Ok(Servers { list })
-    }
-    fn client(&self, k: Kind) -> Option<Client> {
-        self.list
-            .iter()
-            .find(|(kk, _, _)| *kk == k)
-            .map(|(_, _, c)| c.clone())
-    }
+/// The addresses of the shared servers, started by the first case that needs them.
+static SHARED: tokio::sync::OnceCell<Vec<(Kind, String)>> = tokio::sync::OnceCell::const_new();
+/// The shared server processes, killed (and their data directories deleted) at process exit.
+static SHARED_PROCESSES: Mutex<Vec<Server>> = Mutex::new(Vec::new());
+/// Taken by every case that uses the shared servers for as long as it runs.
+static SHARED_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+unsafe extern "C" {
+    fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
+}
+
+/// Runs at process exit (libtest ends with `exit`, after every test): kills and reaps the shared
+/// servers. Statics are never dropped, so without this they would outlive the test process.
+extern "C" fn reap_shared_servers() {
+    let mut servers = SHARED_PROCESSES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    servers.clear();
+}
+
+async fn shared_servers(kinds: &[Kind]) -> &'static [(Kind, String)] {
+    SHARED
+        .get_or_init(|| async {
+            let servers = start_servers(kinds)
+                .await
+                .expect("start the shared servers");
+            let addresses = servers.iter().map(|s| (s.kind, s.endpoint())).collect();
+            static REAPER: std::sync::Once = std::sync::Once::new();
+            REAPER.call_once(|| {
+                // SAFETY: registers a plain `extern "C" fn()` with the C library.
+                let rc = unsafe { atexit(reap_shared_servers) };
+                assert_eq!(rc, 0, "atexit");
+            });
+            SHARED_PROCESSES
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(servers);
+            addresses
+        })
+        .await
 }
 
 struct Outcome {
@@ -3201,6 +3259,7 @@ async fn run_on(case: &Case, kind: Kind, client: Client) -> Outcome {
         props: Vec::new(),
         aliases: Vec::new(),
         cleanup: Vec::new(),
+        cleanup_ranges: Vec::new(),
     };
     let error = match ctx.current_rev().await {
         Err(e) => Some(format!("reading the base revision: {e:#}")),
@@ -3215,6 +3274,9 @@ async fn run_on(case: &Case, kind: Kind, client: Client) -> Outcome {
     };
     for id in std::mem::take(&mut ctx.cleanup) {
         let _ = ctx.c.lease_revoke(PbLeaseRevokeRequest { id }).await;
+    }
+    for (key, end) in std::mem::take(&mut ctx.cleanup_ranges) {
+        let _ = ctx.c.delete_range(del_range(key, end)).await;
     }
     Outcome {
         trace: ctx.trace,
@@ -3255,32 +3317,20 @@ fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn differential() {
-    let started = Instant::now();
+#[test]
+fn the_34_allow_list_names_known_cases() {
+    for (n, _) in KNOWN_34_DIFFS {
+        assert!(
+            CASE_NAMES.contains(n),
+            "allow-list names an unknown case {n}"
+        );
+    }
+}
+
+/// Runs one case on every server and panics with every difference from the reference.
+async fn run_case(case: Case) {
     let with_netsy = !env_flag("NETSY_DIFF_NO_NETSY");
     let with_34 = !env_flag("NETSY_DIFF_NO_34");
-    let filter: Vec<String> = std::env::var("NETSY_DIFF_CASES")
-        .map(|s| {
-            s.split(',')
-                .filter(|w| !w.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut cases = all_cases();
-    {
-        let mut names = std::collections::HashSet::new();
-        for c in &cases {
-            assert!(names.insert(c.name), "duplicate case name {}", c.name);
-        }
-        for (n, _) in KNOWN_34_DIFFS {
-            assert!(names.contains(n), "allow-list names an unknown case {n}");
-        }
-    }
-    if !filter.is_empty() {
-        cases.retain(|c| filter.iter().any(|w| c.name.contains(w.as_str())));
-    }
     let mut kinds = vec![Kind::Etcd35];
     if with_netsy {
         kinds.push(Kind::Netsy);
@@ -3288,114 +3338,100 @@ async fn differential() {
     if with_34 {
         kinds.push(Kind::Etcd34);
     }
-    let shared = Servers::start(&kinds)
-        .await
-        .expect("start the shared servers");
+    let skip_34 =
+        KNOWN_34_DIFFS.iter().any(|(n, _)| *n == case.name) || case.mode == Mode::NetsyOnly;
+    let mut runs: Vec<Kind> = Vec::new();
+    if case.mode != Mode::NetsyOnly {
+        runs.push(Kind::Etcd35);
+    }
+    if with_netsy {
+        runs.push(Kind::Netsy);
+    }
+    if with_34 && !skip_34 {
+        runs.push(Kind::Etcd34);
+    }
+    if runs.is_empty() || (case.mode == Mode::NetsyOnly && !with_netsy) {
+        eprintln!("{}: skipped (no server to run it on)", case.name);
+        return;
+    }
 
-    let mut failures: Vec<String> = Vec::new();
-    let mut passed = 0usize;
-    let mut compared_34 = 0usize;
-    let mut skipped = 0usize;
-    for case in &cases {
-        let fresh;
-        let servers = if case.mode == Mode::Fresh {
-            fresh = match Servers::start(&kinds).await {
-                Ok(s) => s,
-                Err(e) => {
-                    failures.push(format!("{}: starting fresh servers: {e:#}", case.name));
-                    continue;
-                }
-            };
-            &fresh
-        } else {
-            &shared
-        };
-        let skip_34 =
-            KNOWN_34_DIFFS.iter().any(|(n, _)| *n == case.name) || case.mode == Mode::NetsyOnly;
-        let mut runs: Vec<Kind> = Vec::new();
-        if case.mode != Mode::NetsyOnly {
-            runs.push(Kind::Etcd35);
-        }
-        if with_netsy {
-            runs.push(Kind::Netsy);
-        }
-        if with_34 && !skip_34 {
-            runs.push(Kind::Etcd34);
-        }
-        if runs.is_empty() || (case.mode == Mode::NetsyOnly && !with_netsy) {
-            skipped += 1;
-            continue;
-        }
-        let outs = futures::future::join_all(
-            runs.iter()
-                .map(|k| run_on(case, *k, servers.client(*k).expect("server started"))),
-        )
-        .await;
-        let by: BTreeMap<&str, &Outcome> = runs.iter().map(|k| k.name()).zip(outs.iter()).collect();
-        let mut problems = Vec::new();
-        if case.mode == Mode::NetsyOnly {
-            if let Some(o) = by.get(Kind::Netsy.name()) {
-                if let Some(e) = &o.error {
-                    problems.push(format!("netsy: case aborted: {e}"));
-                }
-                if !o.props.is_empty() {
-                    problems.push(format!("netsy: property failed: {}", o.props.join("; ")));
-                }
+    // Fresh servers live until the end of this function; the shared ones until process exit.
+    let fresh: Vec<Server>;
+    let _turn;
+    let addresses: Vec<(Kind, String)> = if case.mode == Mode::Fresh {
+        fresh = start_servers(&kinds)
+            .await
+            .unwrap_or_else(|e| panic!("{}: starting fresh servers: {e:#}", case.name));
+        fresh.iter().map(|s| (s.kind, s.endpoint())).collect()
+    } else {
+        _turn = SHARED_TURN.lock().await;
+        shared_servers(&kinds).await.to_vec()
+    };
+    // Clients belong to this test's runtime: connected here, for this case only.
+    let mut clients = Vec::new();
+    for k in &runs {
+        let (_, endpoint) = addresses
+            .iter()
+            .find(|(kind, _)| kind == k)
+            .expect("server started");
+        let client = Client::connect(endpoint)
+            .await
+            .unwrap_or_else(|e| panic!("{}: connecting to {}: {e:#}", case.name, k.name()));
+        clients.push(client);
+    }
+
+    let started = Instant::now();
+    let outs = futures::future::join_all(
+        runs.iter()
+            .zip(clients)
+            .map(|(k, client)| run_on(&case, *k, client)),
+    )
+    .await;
+    let by: BTreeMap<&str, &Outcome> = runs.iter().map(|k| k.name()).zip(outs.iter()).collect();
+    let mut problems = Vec::new();
+    if case.mode == Mode::NetsyOnly {
+        if let Some(o) = by.get(Kind::Netsy.name()) {
+            if let Some(e) = &o.error {
+                problems.push(format!("netsy: case aborted: {e}"));
             }
-        } else {
-            let reference = by[Kind::Etcd35.name()];
-            if let Some(e) = &reference.error {
-                problems.push(format!("etcd-3.5.1 (reference) aborted: {e}"));
-            }
-            if !reference.props.is_empty() {
-                problems.push(format!(
-                    "etcd-3.5.1 (reference) property failed: {}",
-                    reference.props.join("; ")
-                ));
-            }
-            for k in [Kind::Netsy, Kind::Etcd34] {
-                if let Some(o) = by.get(k.name()) {
-                    if k == Kind::Etcd34 {
-                        compared_34 += 1;
-                    }
-                    if let Some(d) = diff(reference, o) {
-                        problems.push(format!("{}: {d}", k.name()));
-                    }
-                }
+            if !o.props.is_empty() {
+                problems.push(format!("netsy: property failed: {}", o.props.join("; ")));
             }
         }
-        if env_flag("NETSY_DIFF_VERBOSE") {
-            for (k, o) in &by {
-                eprintln!("--- {} on {k}", case.name);
-                for (l, s) in &o.trace {
-                    eprintln!("  {l}: {s}");
-                }
-            }
+    } else {
+        let reference = by[Kind::Etcd35.name()];
+        if let Some(e) = &reference.error {
+            problems.push(format!("etcd-3.5.1 (reference) aborted: {e}"));
         }
-        if problems.is_empty() {
-            passed += 1;
-        } else {
-            let msg = format!("{}:\n    {}", case.name, problems.join("\n    "));
-            eprintln!("FAIL {msg}");
-            failures.push(msg);
+        if !reference.props.is_empty() {
+            problems.push(format!(
+                "etcd-3.5.1 (reference) property failed: {}",
+                reference.props.join("; ")
+            ));
+        }
+        for k in [Kind::Netsy, Kind::Etcd34] {
+            if let Some(o) = by.get(k.name())
+                && let Some(d) = diff(reference, o)
+            {
+                problems.push(format!("{}: {d}", k.name()));
+            }
         }
     }
-    drop(shared);
+    if env_flag("NETSY_DIFF_VERBOSE") {
+        for (k, o) in &by {
+            eprintln!("--- {} on {k}", case.name);
+            for (l, s) in &o.trace {
+                eprintln!("  {l}: {s}");
+            }
+        }
+    }
     eprintln!(
-        "\ndifferential: {} cases, {} passed, {} skipped ({} also compared with etcd 3.4.23; {} allow-listed 3.4 differences) in {:.1?}",
-        cases.len(),
-        passed,
-        skipped,
-        compared_34,
-        KNOWN_34_DIFFS.len(),
+        "{}: compared on {} in {:.1?}",
+        case.name,
+        runs.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
         started.elapsed()
     );
-    println!("differential: {} cases, {} passed", cases.len(), passed);
-    if !failures.is_empty() {
-        panic!(
-            "{} differential case(s) failed:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+    if !problems.is_empty() {
+        panic!("{}:\n    {}", case.name, problems.join("\n    "));
     }
 }

@@ -18,6 +18,7 @@
 //!
 //! Needs `weed` on PATH and python3 (tests/install.sh).
 
+#[allow(dead_code)]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,7 +133,7 @@ async fn join_all(workers: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 async fn wait_acked(ledger: &Ledger, at_least: usize, limit: Duration) {
-    support::poll("acknowledged writes", limit, || async {
+    support::wait::poll("acknowledged writes", limit, || async {
         (ledger.acked.lock().unwrap().len() >= at_least).then_some(())
     })
     .await
@@ -367,7 +368,7 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
         if newest <= first_snap || current_revision(&mut c).await - newest >= 100 {
             continue;
         }
-        support::poll(
+        support::wait::poll(
             "chunks covered by the snapshot deleted",
             Duration::from_secs(30),
             || async {
@@ -631,7 +632,7 @@ async fn bucket_layout_matches_the_spec_and_chunks_inspect() {
     let mut c = node.client().await;
     let (lease, head) = layout_writes(&mut c, 60).await;
     // The snapshot worker runs after commits; wait until its cleanup settled.
-    support::poll("snapshot and cleanup", Duration::from_secs(30), || async {
+    support::wait::poll("snapshot and cleanup", Duration::from_secs(30), || async {
         let keys = walk(&bucket.join("team/cluster-a"));
         let snaps: Vec<i64> = keys
             .iter()
@@ -922,7 +923,7 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
 
 /// Waits until `key` exists in the bucket.
 async fn wait_for_object(direct: &ObjectStorage, key: &object_store::path::Path, limit: Duration) {
-    support::poll("a held chunk PUT to land", limit, || async {
+    support::wait::poll("a held chunk PUT to land", limit, || async {
         netsy::objstore::cas::get(direct.store().as_ref(), key)
             .await
             .ok()
@@ -1036,7 +1037,7 @@ async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
     let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
     let mut c0 = c.clone();
     let p0 = tokio::spawn(async move { c0.put("/p0", "acked", None).await });
-    support::poll("P0's upload in flight", Duration::from_secs(10), || async {
+    support::wait::poll("P0's upload in flight", Duration::from_secs(10), || async {
         (proxy.stats().delayed.load(Ordering::Relaxed) > delayed).then_some(())
     })
     .await;
@@ -1046,7 +1047,7 @@ async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
     let held = proxy.stats().held_puts.load(Ordering::Relaxed);
     proxy.set(Mode::HoldChunkPuts(Duration::from_secs(15)));
     let n = p0.await.unwrap().expect("P0").header().unwrap().revision() + 1;
-    support::poll(
+    support::wait::poll(
         "the N..N+1 chunk PUT held",
         Duration::from_secs(10),
         || async { (proxy.stats().held_puts.load(Ordering::Relaxed) > held).then_some(()) },
@@ -1180,7 +1181,7 @@ async fn a_slow_lock_renewal_does_not_stop_a_single_node() {
     // (0.5 s), within the holder's lease (2.5 s of the 3 s TTL with the default heartbeat).
     proxy.set(Mode::SlowResponses(Duration::from_millis(1500)));
     let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
-    support::poll(
+    support::wait::poll(
         "a renewal to be delayed",
         Duration::from_secs(10),
         || async { (proxy.stats().delayed.load(Ordering::Relaxed) > delayed).then_some(()) },

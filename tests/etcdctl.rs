@@ -3,13 +3,14 @@
 //! suite against etcd 3.5.1 to re-check them.
 //!
 //! Run: `cargo test --release --test etcdctl`
-mod common;
+#[allow(dead_code)]
+mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use common::*;
+use support::server::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 

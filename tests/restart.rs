@@ -5,18 +5,19 @@
 //!
 //! Seeded from `NETSY_TEST_SEED` (printed). `NETSY_TEST_TARGET=etcd34` runs it against etcd 3.4.
 //! Run: `cargo test --release --test restart`
-mod common;
-#[path = "support/fs.rs"]
-mod fs;
+#[allow(dead_code)]
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::grpc::*;
+use support::server::*;
+use support::{fs, ports::free_port, wait::try_poll_every};
 use tokio::sync::Mutex;
 
 const TASKS: usize = 8;
@@ -204,10 +205,15 @@ async fn crash_and_restart(name: &str, wal_keep: Option<f64>) {
             acked.clone(),
         )));
     }
-    poll_until(Duration::from_secs(60), Duration::from_millis(5), || {
-        let n = acked.load(Ordering::Relaxed);
-        async move { (n >= KILL_AFTER_ACKS).then_some(()) }
-    })
+    try_poll_every(
+        "acknowledged writes",
+        Duration::from_secs(60),
+        Duration::from_millis(5),
+        || {
+            let n = acked.load(Ordering::Relaxed);
+            async move { (n >= KILL_AFTER_ACKS).then_some(()) }
+        },
+    )
     .await
     .expect("the load acknowledges writes");
     server.kill().expect("kill -9"); // Child::kill = SIGKILL, mid-load

@@ -1,7 +1,8 @@
 //! `netsy certs` output layout, and the startup checks of a node's own certificates (each
 //! failure one clear line).
 
-mod tls_support;
+#[allow(dead_code)]
+mod support;
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use netsy::cli::{CertsArgs, run_certs};
 use netsy::tls::{
     LeafSpec, NodeCertPolicy, TlsMetrics, TlsPaths, TlsReloader, check_node_files,
 };
-use tls_support::*;
+use support::tls::*;
 
 #[derive(Parser)]
 struct Cli {

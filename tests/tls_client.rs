@@ -1,12 +1,13 @@
 //! Outbound peer connections: the node's client certificate is presented, and the server's
 //! chain, hostname AND URI-SAN identity (role peer, cluster, node id) are verified.
 
-mod tls_support;
+#[allow(dead_code)]
+mod support;
 
 use std::time::Duration;
 
 use netsy::tls::{LeafSpec, ListenerPolicy, TlsServer, connect, connect_lazy, peer_client_config};
-use tls_support::*;
+use support::tls::*;
 
 /// A peer-port server for `node-2` whose server certificate is built from `server`.
 async fn peer_server(

@@ -5,7 +5,8 @@
 //!
 //! Every wait polls with a deadline; nothing sleeps to synchronise.
 
-mod tls_support;
+#[allow(dead_code)]
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,11 @@ use etcd_client::{
     WatchOptions, WatchStream,
 };
 use netsy::tls::{CertAuthority, IssuedCert, LeafSpec, Validity};
-use tls_support::{call_status, etcdctl, new_ca, plain_client, server_serial, write_atomic};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use support::http::{http_get, metric};
+use support::node::{Bucket, Node, NodeSpec, netsy_command};
+use support::tls::{call_status, etcdctl, new_ca, plain_client, server_serial, write_atomic};
+use support::wait::{NotReady, poll_every};
+use tokio::process::Command;
 
 /// The embedded default configuration's cluster id (no `--config` is given).
 const CLUSTER: &str = "netsy";
@@ -31,25 +34,10 @@ const POLL: Duration = Duration::from_millis(25);
 // ---------------------------------------------------------------------------------------------
 // Harness: processes, HTTP, metrics, certificates.
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A `netsy` command with no inherited NETSY_* settings and JSON logs.
 fn netsy() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netsy"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("NETSY_") || key.starts_with("ETCDCTL_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("NETSY_LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = Command::from(netsy_command());
+    cmd.kill_on_drop(true);
     cmd
 }
 
@@ -72,59 +60,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// GET over plain HTTP/1.0 (the health port); None while nothing answers.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        std::io::Result::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .ok()?
-        .ok()?;
-    let raw = text(&buf);
-    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
-}
-
-/// The value of one Prometheus series whose labels include `labels`.
-fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse().ok())?
-        })
-}
-
 /// Polls `check` until it returns Some, or panics naming `what` after the deadline.
-async fn poll<T, F, Fut>(what: &str, mut check: F) -> T
+async fn poll<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    poll_every(what, DEADLINE, POLL, check).await
 }
 
 fn pem_der(pem: &str) -> Vec<u8> {
@@ -229,44 +171,41 @@ fn tls_env(dir: &Path) -> [(&'static str, PathBuf); 5] {
     ]
 }
 
-/// A `netsy` node command with its own data directory and free ports.
+/// A netsy node with its own data directory and free ports, not started yet.
 struct NodeCmd {
-    cmd: Command,
-    port: u16,
-    health: u16,
-    data: tempfile::TempDir,
+    node: Node,
+    dir: tempfile::TempDir,
 }
 
 fn node_cmd(tls_dir: Option<&Path>, bind_ip: &str, advertise_host: &str) -> NodeCmd {
-    let (port, health) = (free_port(), free_port());
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = netsy();
-    cmd.arg("--data-dir")
-        .arg(data.path().join("data"))
-        .args(["--bind-client", &format!("{bind_ip}:{port}")])
-        .args(["--bind-health", &format!("127.0.0.1:{health}")])
-        .args(["--bind-peer", &format!("127.0.0.1:{}", free_port())])
-        .args(["--node-id", NODE])
-        .args(["--advertise-client", &format!("{advertise_host}:{port}")])
-        .args(["--advertise-peer", "localhost:2381"]);
-    if let Some(dir) = tls_dir {
-        cmd.envs(tls_env(dir));
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = NodeSpec::new(dir.path().join("data"), Bucket::Default);
+    spec.node_id = Some(NODE.into());
+    spec.bind_ip = bind_ip.into();
+    spec.advertise_client_host = advertise_host.into();
+    spec.advertise_peer = Some("localhost:2381".into());
+    if let Some(tls_dir) = tls_dir {
+        spec.env
+            .extend(tls_env(tls_dir).map(|(k, v)| (k.to_string(), v.display().to_string())));
     }
     NodeCmd {
-        cmd,
-        port,
-        health,
-        data,
+        node: Node::prepare(spec, dir.path()),
+        dir,
+    }
+}
+
+impl NodeCmd {
+    fn env(&mut self, key: &str, value: &str) {
+        self.node.spec.env.push((key.into(), value.into()));
     }
 }
 
 /// A running node; killed on drop.
 struct Server {
-    child: Child,
+    node: Node,
     port: u16,
     health: u16,
-    log: PathBuf,
-    _data: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -277,49 +216,31 @@ impl Server {
     /// Starts the node `make` builds; retries with new ports if a port was taken meanwhile.
     async fn start_with(make: impl Fn() -> NodeCmd) -> Server {
         for _ in 0..3 {
-            match Self::start_cmd(make()).await {
-                Ok(server) => return server,
-                Err(log) if log.contains("Address already in use") => continue,
-                Err(log) => panic!("netsy exited before serving:\n{log}"),
+            let NodeCmd { mut node, dir } = make();
+            node.spawn();
+            match node.try_wait_ready(DEADLINE).await {
+                Ok(()) => {
+                    return Server {
+                        port: node.client_port,
+                        health: node.health_port,
+                        node,
+                        _dir: dir,
+                    };
+                }
+                Err(NotReady::Exited(_)) if node.log_text().contains("Address already in use") => {
+                    continue;
+                }
+                Err(NotReady::Exited(status)) => panic!(
+                    "netsy exited before serving:\nexit {status}\n{}",
+                    node.log_text()
+                ),
+                Err(NotReady::Timeout) => panic!(
+                    "netsy not healthy within {DEADLINE:?}:\n{}",
+                    node.log_text()
+                ),
             }
         }
         panic!("no free ports after three attempts");
-    }
-
-    /// Ok once /health answers 200; Err(log) if the process exits first.
-    async fn start_cmd(mut node: NodeCmd) -> Result<Server, String> {
-        let log = node.data.path().join("netsy.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = node
-            .cmd
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn netsy");
-        let mut server = Server {
-            child,
-            port: node.port,
-            health: node.health,
-            log,
-            _data: node.data,
-        };
-        let health = server.health;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                return Err(format!("exit {status}\n{}", server.log()));
-            }
-            if let Some((200, _)) = http_get(health, "/health").await {
-                break;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "netsy not healthy within {DEADLINE:?}:\n{}",
-                server.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-        Ok(server)
     }
 
     fn addr(&self) -> SocketAddr {
@@ -327,7 +248,7 @@ impl Server {
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.node.log_text()
     }
 
     async fn metrics(&self) -> String {
@@ -698,7 +619,7 @@ async fn etcdctl_rust_client_and_every_refusal_against_the_real_server() {
                 .connect()
                 .await
                 .map_err(|e| e.to_string())?;
-        tokio::time::timeout(Duration::from_secs(10), tls_support::status(channel))
+        tokio::time::timeout(Duration::from_secs(10), support::tls::status(channel))
             .await
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| e.to_string())
@@ -742,9 +663,10 @@ struct Failed {
     stderr: String,
 }
 
-async fn run_to_failure(mut node: NodeCmd) -> Failed {
+async fn run_to_failure(node: NodeCmd) -> Failed {
     let start = Instant::now();
-    let out = run_bounded(&mut node.cmd, Duration::from_secs(15)).await;
+    let mut cmd = Command::from(node.node.command());
+    let out = run_bounded(&mut cmd, Duration::from_secs(15)).await;
     let elapsed = start.elapsed();
     assert!(
         !out.status.success(),
@@ -879,7 +801,7 @@ async fn plaintext_on_non_loopback_needs_the_insecure_flag_and_warns() {
     // ...and started with it, serving plaintext, with a warning in the log.
     let server = Server::start_with(|| {
         let mut node = node_cmd(None, "0.0.0.0", "localhost");
-        node.cmd.env("NETSY_INSECURE_PLAINTEXT", "true");
+        node.env("NETSY_INSECURE_PLAINTEXT", "true");
         node
     })
     .await;

@@ -1,12 +1,13 @@
 //! Certificate rotation without restart: new handshakes see new files, established streams keep
 //! working, broken replacements are rejected and counted, CSI-style symlink swaps are seen.
 
-mod tls_support;
+#[allow(dead_code)]
+mod support;
 
 use std::time::Duration;
 
 use netsy::tls::{LeafSpec, ReloadOutcome, TlsServer};
-use tls_support::*;
+use support::tls::*;
 
 #[tokio::test]
 async fn rotation_keeps_open_streams_and_new_connections_see_the_new_certificate() {

@@ -1,12 +1,13 @@
 //! Inbound mutual TLS over loopback: who is admitted, who is refused and why, concurrency of
 //! handshakes, and interop with the real etcdctl 3.5.
 
-mod tls_support;
+#[allow(dead_code)]
+mod support;
 
 use std::time::Duration;
 
 use netsy::tls::{LeafSpec, ListenerPolicy, Role, TlsServer, Validity};
-use tls_support::*;
+use support::tls::*;
 use tokio::io::AsyncWriteExt;
 
 struct Fixture {

@@ -1,14 +1,15 @@
-//! One netsy server process (the real binary) on loopback: start, wait until healthy, kill -9,
-//! restart, and read what it logged. Logs are JSON (one file per run) so that fields such as
-//! `loading_stage_completed`'s can be read back.
+//! The one netsy launcher of the tests: a netsy server process (the real binary) on loopback —
+//! start, wait until healthy, kill -9, restart, and read what it logged. Logs are JSON (one file
+//! per run) so that fields such as `loading_stage_completed`'s can be read back. The process
+//! inherits no NETSY_* or ETCDCTL_* variable from the test's environment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use super::weed::free_ports;
+use super::http::http_get;
+use super::ports::free_ports;
+use super::wait::{NotReady, healthy, poll_every};
 
 /// Where the node keeps its bucket.
 #[derive(Clone, Debug)]
@@ -39,6 +40,10 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// Overrides the advertised peer address (host:port).
     pub advertise_peer: Option<String>,
+    /// The address the client port binds (default 127.0.0.1).
+    pub bind_ip: String,
+    /// The host advertised with the client port (default 127.0.0.1).
+    pub advertise_client_host: String,
 }
 
 impl NodeSpec {
@@ -54,7 +59,30 @@ impl NodeSpec {
             gid: None,
             env: Vec::new(),
             advertise_peer: None,
+            bind_ip: "127.0.0.1".into(),
+            advertise_client_host: "127.0.0.1".into(),
         }
+    }
+
+    /// Node `i` of a cluster sharing the S3 `bucket` at `endpoint`: data in `root/data-i`,
+    /// node id `node-i`, the cluster's `heartbeat` interval.
+    pub fn cluster_member(
+        root: &Path,
+        i: u32,
+        bucket: &str,
+        endpoint: String,
+        heartbeat: &str,
+    ) -> NodeSpec {
+        let mut spec = NodeSpec::new(
+            root.join(format!("data-{i}")),
+            Bucket::S3 {
+                bucket: bucket.into(),
+                endpoint,
+            },
+        );
+        spec.node_id = Some(format!("node-{i}"));
+        spec.heartbeat = Some(heartbeat.into());
+        spec
     }
 }
 
@@ -95,12 +123,39 @@ pub fn netsy_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_netsy"))
 }
 
+/// A `netsy` command with no inherited NETSY_* or ETCDCTL_* settings, JSON logs and no stdin.
+pub fn netsy_command() -> Command {
+    let mut cmd = Command::new(netsy_bin());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NETSY_") || key.starts_with("ETCDCTL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("NETSY_LOG_FORMAT", "json").stdin(Stdio::null());
+    cmd
+}
+
 impl Node {
     /// Starts a node (fresh ports); does not wait for readiness.
     pub fn start(spec: NodeSpec, work: &Path) -> Node {
+        let mut node = Node::prepare(spec, work);
+        node.spawn();
+        node
+    }
+
+    /// Starts a node on the given (client, health, peer) ports; does not wait for readiness.
+    pub fn start_on(spec: NodeSpec, work: &Path, ports: (u16, u16, u16)) -> Node {
+        let mut node = Node::prepare(spec, work);
+        (node.client_port, node.health_port, node.peer_port) = ports;
+        node.spawn();
+        node
+    }
+
+    /// A node with fresh ports that has not been started ([`Node::command`] runs it by hand).
+    pub fn prepare(spec: NodeSpec, work: &Path) -> Node {
         std::fs::create_dir_all(work).expect("work dir");
         let p = free_ports(3);
-        let mut node = Node {
+        Node {
             spec,
             client_port: p[0],
             health_port: p[1],
@@ -108,9 +163,7 @@ impl Node {
             child: None,
             work: work.to_path_buf(),
             run: 0,
-        };
-        node.spawn();
-        node
+        }
     }
 
     fn config_json(&self) -> Option<String> {
@@ -142,34 +195,30 @@ impl Node {
         Some(cfg.to_string())
     }
 
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        self.run += 1;
-        let log = std::fs::File::create(self.log_path(self.run)).expect("log file");
-        let mut cmd = Command::new(netsy_bin());
+    /// The command that runs this node (arguments and environment; no stdio). Writes the
+    /// config file if the spec needs one.
+    pub fn command(&self) -> Command {
+        let mut cmd = netsy_command();
         cmd.arg("--data-dir")
             .arg(&self.spec.data_dir)
             .arg("--bind-client")
-            .arg(format!("127.0.0.1:{}", self.client_port))
+            .arg(format!("{}:{}", self.spec.bind_ip, self.client_port))
             .arg("--bind-health")
             .arg(format!("127.0.0.1:{}", self.health_port))
             .arg("--bind-peer")
             .arg(format!("127.0.0.1:{}", self.peer_port))
             .arg("--advertise-client")
-            .arg(format!("127.0.0.1:{}", self.client_port))
+            .arg(format!(
+                "{}:{}",
+                self.spec.advertise_client_host, self.client_port
+            ))
             .arg("--advertise-peer")
             .arg(
                 self.spec
                     .advertise_peer
                     .clone()
                     .unwrap_or_else(|| format!("127.0.0.1:{}", self.peer_port)),
-            )
-            .env("NETSY_LOG_FORMAT", "json")
-            .env_remove("NETSY_CONFIG")
-            .env_remove("NETSY_DEBUG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log));
+            );
         if let Some(id) = &self.spec.node_id {
             cmd.arg("--node-id").arg(id);
         }
@@ -188,6 +237,17 @@ impl Node {
             use std::os::unix::process::CommandExt;
             cmd.gid(gid);
         }
+        cmd
+    }
+
+    /// Starts the process (a prepared node, or again after it stopped).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.run += 1;
+        let log = std::fs::File::create(self.log_path(self.run)).expect("log file");
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log));
         self.child = Some(cmd.spawn().expect("spawn netsy"));
     }
 
@@ -226,24 +286,26 @@ impl Node {
 
     /// Waits (bounded) until GET /health answers 200; panics with the log if the process exits.
     pub async fn wait_ready(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(code) = self.exited() {
-                panic!(
-                    "netsy exited during startup (code {code:?}); log:\n{}",
-                    tail(&self.log_text(), 60)
-                );
-            }
-            if http_status(self.health_port, "/health").await == Some(200) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
+        match self.try_wait_ready(limit).await {
+            Ok(()) => {}
+            Err(NotReady::Exited(how)) => panic!(
+                "netsy exited during startup ({how}); log:\n{}",
+                tail(&self.log_text(), 60)
+            ),
+            Err(NotReady::Timeout) => panic!(
                 "netsy not healthy within {limit:?}; log:\n{}",
                 tail(&self.log_text(), 60)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            ),
         }
+    }
+
+    /// Waits (bounded) until GET /health answers 200, or says why not.
+    pub async fn try_wait_ready(&mut self, limit: Duration) -> Result<(), NotReady> {
+        let port = self.health_port;
+        healthy(port, limit, Duration::from_millis(25), || {
+            self.exited().map(|code| format!("code {code:?}"))
+        })
+        .await
     }
 
     /// SIGKILL, then reap.
@@ -269,17 +331,11 @@ impl Node {
     /// SIGTERM, then waits (bounded) for the process to exit; returns its exit code.
     pub async fn stop(&mut self, limit: Duration) -> Option<i32> {
         self.signal("TERM");
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(code) = self.exited() {
-                return code;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "netsy did not stop within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        poll_every("netsy to stop", limit, Duration::from_millis(20), || {
+            let code = self.exited();
+            async move { code }
+        })
+        .await
     }
 
     /// Starts the process again on the same ports and data dir (after it stopped).
@@ -359,31 +415,4 @@ impl LoadingStats {
             compaction: num("compaction") as i64,
         }
     }
-}
-
-/// Status code of GET `path` on the loopback port, or `None` if it cannot be fetched.
-pub async fn http_status(port: u16, path: &str) -> Option<u16> {
-    http_get(port, path).await.map(|(s, _)| s)
-}
-
-/// GET `path` over HTTP/1.0 on loopback (bounded by 5 s): status and body.
-pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .ok()
-        .flatten()
 }

