@@ -68,7 +68,9 @@ pub fn serve(
             PbLeaseServer::new(api::lease::LeaseService::new(ctx.clone()))
                 .max_decoding_message_size(max_msg),
         )
-        .add_service(PbClusterServer::new(api::cluster::ClusterService::new(ctx.clone())))
+        .add_service(PbClusterServer::new(api::cluster::ClusterService::new(
+            ctx.clone(),
+        )))
         .add_service(PbMaintenanceServer::new(
             api::maintenance::MaintenanceService::new(ctx.clone()),
         ));
@@ -100,8 +102,10 @@ pub fn serve(
                     grpc.serve_with_incoming_shutdown(server.incoming(client_listener), signal()),
                 ),
                 tokio::spawn(
-                    peer_grpc
-                        .serve_with_incoming_shutdown(peer_server.incoming(peer_listener), signal()),
+                    peer_grpc.serve_with_incoming_shutdown(
+                        peer_server.incoming(peer_listener),
+                        signal(),
+                    ),
                 ),
             )
         }

@@ -57,7 +57,11 @@ pub async fn run(
         metrics: metrics.clone(),
         revisions: Default::default(),
     };
-    tokio::spawn(health::serve(health_listener, health_state.clone(), stop_rx.clone()));
+    tokio::spawn(health::serve(
+        health_listener,
+        health_state.clone(),
+        stop_rx.clone(),
+    ));
 
     let hub = WatchHub::new(RingLimits::default());
     let storage = crate::durability::open_storage(&cfg.cluster.storage, &metrics.registry)
@@ -143,7 +147,11 @@ pub async fn run(
         serve_stop_rx,
     )?;
     tokio::spawn(systemd::watchdog(store.clone(), stop_rx.clone()));
-    tokio::spawn(crate::ha::follow(cluster.clone(), store.clone(), stop_rx.clone()));
+    tokio::spawn(crate::ha::follow(
+        cluster.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    ));
     {
         let cluster = cluster.clone();
         tokio::spawn(membership.clone().run(
@@ -184,7 +192,8 @@ pub async fn run(
             let _ = serve_stop_tx.send(true);
             let _ = stop_tx.send(true);
             supervisor.release(Duration::from_secs(5)).await;
-            r.context("client server task")?.context("client server failed")?;
+            r.context("client server task")?
+                .context("client server failed")?;
             return Ok(());
         }
     }

@@ -898,7 +898,7 @@ async fn range_open_end_from_key(c: &mut Ctx) -> Result<()> {
         c.put_r(put_req(format!("{p}{k}"), k)).await?;
     }
     c.get(range_of(format!("{p}b"), b"\0")).await?;
-    c.get(range_of(format!("{p}"), b"\0")).await?;
+    c.get(range_of(p, b"\0")).await?;
     Ok(())
 }
 
@@ -3208,6 +3208,7 @@ static SHARED_PROCESSES: Mutex<Vec<Server>> = Mutex::new(Vec::new());
 /// Taken by every case that uses the shared servers for as long as it runs.
 static SHARED_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+#[allow(unsafe_code)] // libc atexit: the only way to reap the shared servers when libtest exits.
 unsafe extern "C" {
     fn atexit(callback: extern "C" fn()) -> std::ffi::c_int;
 }
@@ -3231,6 +3232,7 @@ async fn shared_servers(kinds: &[Kind]) -> &'static [(Kind, String)] {
             static REAPER: std::sync::Once = std::sync::Once::new();
             REAPER.call_once(|| {
                 // SAFETY: registers a plain `extern "C" fn()` with the C library.
+                #[allow(unsafe_code)]
                 let rc = unsafe { atexit(reap_shared_servers) };
                 assert_eq!(rc, 0, "atexit");
             });

@@ -1233,7 +1233,10 @@ async fn compaction_interval_compacts_on_the_primary() {
             Ok(_) => {}
             Err(e) => panic!("unexpected error: {e}"),
         }
-        assert!(Instant::now() < deadline, "no periodic compaction within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "no periodic compaction within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let at_second = c

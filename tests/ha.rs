@@ -72,10 +72,11 @@ async fn primary(c: &Cluster) -> usize {
             let Ok(mut cl) = Client::connect([n.endpoint()], None).await else {
                 continue;
             };
-            if let Ok(s) = cl.status().await {
-                if s.leader() != 0 && s.leader() == s.header().map_or(0, |h| h.member_id()) {
-                    return Some(i);
-                }
+            if let Ok(s) = cl.status().await
+                && s.leader() != 0
+                && s.leader() == s.header().map_or(0, |h| h.member_id())
+            {
+                return Some(i);
             }
         }
         None
@@ -790,10 +791,11 @@ async fn leases_and_compaction_are_cluster_wide_and_survive_failover() {
             let Ok(mut cl) = Client::connect([c.nodes[i].endpoint()], None).await else {
                 continue;
             };
-            if let Ok(s) = cl.status().await {
-                if s.leader() != 0 && s.leader() == s.header().map_or(0, |h| h.member_id()) {
-                    return Some(i);
-                }
+            if let Ok(s) = cl.status().await
+                && s.leader() != 0
+                && s.leader() == s.header().map_or(0, |h| h.member_id())
+            {
+                return Some(i);
             }
         }
         None

@@ -29,6 +29,11 @@ if [ ${#py_need[@]} -gt 0 ]; then
   python3 -m pip install -q "${py_need[@]}"
 fi
 
+# clippy and rustfmt for the fmt and clippy suites (a minimal rustup profile lacks them).
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  rustup component add clippy rustfmt
+fi
+
 # cargo-fuzz for tests/fuzz/run.sh (which runs it on the nightly toolchain).
 if ! cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2'; then
   cargo install -q cargo-fuzz --locked --version 0.13.2

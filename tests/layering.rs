@@ -104,7 +104,10 @@ fn modules_form_no_cycles() {
         let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
         println!("{m} -> {}", deps.join(" "));
     }
-    assert!(g.contains_key("store") && g.contains_key("api"), "graph read: {g:?}");
+    assert!(
+        g.contains_key("store") && g.contains_key("api"),
+        "graph read: {g:?}"
+    );
     let c = cycles(&g);
     assert!(c.is_empty(), "module cycles: {c:?}");
 }
@@ -122,7 +125,14 @@ fn the_checker_sees_a_cycle() {
 #[test]
 fn the_api_reaches_replication_only_through_its_router() {
     let g = graph();
-    for layer in ["api", "store", "durability", "objstore", "datafile", "watch"] {
+    for layer in [
+        "api",
+        "store",
+        "durability",
+        "objstore",
+        "datafile",
+        "watch",
+    ] {
         assert!(
             !g[layer].contains("ha"),
             "{layer} uses ha directly: {:?}",
@@ -150,5 +160,8 @@ fn only_main_exits_the_process() {
             offenders.push(f.display().to_string());
         }
     }
-    assert!(offenders.is_empty(), "process::exit outside main.rs: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "process::exit outside main.rs: {offenders:?}"
+    );
 }

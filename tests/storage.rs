@@ -177,7 +177,7 @@ async fn compaction_frees_rows_and_keeps_every_answer_at_or_above_it() {
             .wrapping_add(1442695040888963407);
         let k = key((x >> 33) as usize % 40);
         let rev;
-        if (x >> 20) % 5 == 0 {
+        if (x >> 20).is_multiple_of(5) {
             if !state.contains_key(&k) {
                 continue;
             }

@@ -8,9 +8,7 @@ use std::path::Path;
 
 use clap::Parser;
 use netsy::cli::{CertsArgs, run_certs};
-use netsy::tls::{
-    LeafSpec, NodeCertPolicy, TlsMetrics, TlsPaths, TlsReloader, check_node_files,
-};
+use netsy::tls::{LeafSpec, NodeCertPolicy, TlsMetrics, TlsPaths, TlsReloader, check_node_files};
 use support::tls::*;
 
 #[derive(Parser)]

@@ -11,7 +11,6 @@ use tonic::{Request, Response, Status};
 use super::Context;
 use super::status::unimplemented;
 
-
 pub struct ClusterService {
     ctx: Context,
 }

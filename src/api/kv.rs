@@ -57,9 +57,12 @@ impl KvService {
     }
 
     async fn write(&self, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
-        let routed =
-            super::router::route::<PbTxnResponse>(&self.ctx.router, ForwardMethod::ForwardTxn, &req)
-                .await?;
+        let routed = super::router::route::<PbTxnResponse>(
+            &self.ctx.router,
+            ForwardMethod::ForwardTxn,
+            &req,
+        )
+        .await?;
         let Some(mut resp) = routed else {
             return super::local::txn(&self.ctx, req).await;
         };

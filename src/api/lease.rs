@@ -83,7 +83,9 @@ impl PbLeaseService for LeaseService {
         {
             return Ok(Response::new(resp));
         }
-        Ok(Response::new(super::local::lease_grant(&self.ctx, req).await?))
+        Ok(Response::new(
+            super::local::lease_grant(&self.ctx, req).await?,
+        ))
     }
 
     async fn lease_revoke(
@@ -98,7 +100,9 @@ impl PbLeaseService for LeaseService {
         {
             return Ok(Response::new(resp));
         }
-        Ok(Response::new(super::local::lease_revoke(&self.ctx, req).await?))
+        Ok(Response::new(
+            super::local::lease_revoke(&self.ctx, req).await?,
+        ))
     }
 
     type LeaseKeepAliveStream =
@@ -150,7 +154,9 @@ impl PbLeaseService for LeaseService {
         {
             return Ok(Response::new(resp));
         }
-        Ok(Response::new(super::local::lease_time_to_live(&self.ctx, req)))
+        Ok(Response::new(super::local::lease_time_to_live(
+            &self.ctx, req,
+        )))
     }
 
     async fn lease_leases(

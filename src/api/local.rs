@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbLeaseGrantRequest, PbLeaseGrantResponse,
-    PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse, PbLeaseLeasesRequest,
-    PbLeaseLeasesResponse, PbLeaseRevokeRequest, PbLeaseRevokeResponse, PbLeaseStatus,
-    PbLeaseTimeToLiveRequest, PbLeaseTimeToLiveResponse, PbTxnRequest, PbTxnResponse,
+    PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse, PbLeaseLeasesRequest, PbLeaseLeasesResponse,
+    PbLeaseRevokeRequest, PbLeaseRevokeResponse, PbLeaseStatus, PbLeaseTimeToLiveRequest,
+    PbLeaseTimeToLiveResponse, PbTxnRequest, PbTxnResponse,
 };
 use prost::Message;
 use tonic::Status;

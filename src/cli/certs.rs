@@ -191,4 +191,3 @@ fn write_file(path: &Path, contents: &str, secret: bool, overwrite: bool) -> any
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
-

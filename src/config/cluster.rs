@@ -401,15 +401,15 @@ impl ClusterConfig {
                 "too large: heartbeat_interval × elector.degradation_count overflows",
             ));
         };
-        if let Some(p) = self.elector.primary_prior_timeout {
-            if p < min_prior {
-                return Err(err(
-                    "elector.primary_prior_timeout",
-                    format!(
-                        "must be at least elector.degradation_count × heartbeat_interval ({min_prior:?})"
-                    ),
-                ));
-            }
+        if let Some(p) = self.elector.primary_prior_timeout
+            && p < min_prior
+        {
+            return Err(err(
+                "elector.primary_prior_timeout",
+                format!(
+                    "must be at least elector.degradation_count × heartbeat_interval ({min_prior:?})"
+                ),
+            ));
         }
         if self.replication.quorum < -1 {
             return Err(err(

@@ -134,25 +134,25 @@ async fn load_files(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<i64, BackfillError> {
     let mut after = local;
-    if let Some(snap) = snapshot {
-        if snap.revision > local {
-            progress(&format!(
-                "loading: importing snapshot at revision {}",
-                snap.revision
-            ));
-            import_file(
-                store,
-                storage,
-                snap,
-                FileKind::KindSnapshot,
-                stats,
-                started,
-                progress,
-            )
-            .await?;
-            stats.snapshot_revision = Some(snap.revision);
-            after = snap.revision;
-        }
+    if let Some(snap) = snapshot
+        && snap.revision > local
+    {
+        progress(&format!(
+            "loading: importing snapshot at revision {}",
+            snap.revision
+        ));
+        import_file(
+            store,
+            storage,
+            snap,
+            FileKind::KindSnapshot,
+            stats,
+            started,
+            progress,
+        )
+        .await?;
+        stats.snapshot_revision = Some(snap.revision);
+        after = snap.revision;
     }
     let chunks = storage.list_chunks_after(after).await?;
     let total = chunks.len();
@@ -226,7 +226,7 @@ async fn import_file(
         if batch.len() == IMPORT_BATCH {
             stats.records += batch.len() as u64;
             store.import(std::mem::take(&mut batch)).await?;
-            if kind == FileKind::KindSnapshot && stats.records % 50_000 == 0 {
+            if kind == FileKind::KindSnapshot && stats.records.is_multiple_of(50_000) {
                 let secs = started.elapsed().as_secs_f64().max(0.001);
                 progress(&format!(
                     "loading: {} snapshot records ({:.0} records/s)",

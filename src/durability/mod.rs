@@ -254,14 +254,14 @@ impl CommitHook for BucketHook {
         if failures > 0 {
             tracing::info!(key = %chunk.key, attempts = failures + 1, "chunk upload confirmed after retries");
         }
-        if let Some(fence) = &self.fence {
-            if !fence.holds() {
-                // The chunk may be an orphan already: a successor could have started.
-                return Err(HookError::Indeterminate(format!(
-                    "the writer lock's lease ran out while {} was uploaded",
-                    chunk.key
-                )));
-            }
+        if let Some(fence) = &self.fence
+            && !fence.holds()
+        {
+            // The chunk may be an orphan already: a successor could have started.
+            return Err(HookError::Indeterminate(format!(
+                "the writer lock's lease ran out while {} was uploaded",
+                chunk.key
+            )));
         }
         let bytes = records
             .iter()

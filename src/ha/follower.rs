@@ -30,12 +30,11 @@ pub async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bo
                     res = follow_once(&cluster, &store, &primary) => {
                         // A whole-copy transfer cut off midway leaves the old copy.
                         let _ = store.replace_abort().await;
-                        if let Err(e) = res {
-                            if e != last_error {
+                        if let Err(e) = res
+                            && e != last_error {
                                 tracing::warn!(primary = %primary.node_id, error = %e, "follow stream ended; reconnecting");
                                 last_error = e;
                             }
-                        }
                         tokio::select! {
                             _ = tokio::time::sleep(RETRY) => {}
                             _ = stop.changed() => return,

@@ -260,7 +260,9 @@ impl BucketLock {
             match tokio::time::timeout(left.max(Duration::from_millis(1)), self.renew()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(Error::Precondition { .. })) => {
-                    fatal.record(Fatal::LostLock("the writer lock was taken over by another node".into()));
+                    fatal.record(Fatal::LostLock(
+                        "the writer lock was taken over by another node".into(),
+                    ));
                     return;
                 }
                 Ok(Err(e)) => {
@@ -269,7 +271,9 @@ impl BucketLock {
                 Err(_) => tracing::warn!("renewing the writer lock timed out; retrying"),
             }
             if !fence.holds() {
-                fatal.record(Fatal::LostLock("the writer lock could not be renewed in time".into()));
+                fatal.record(Fatal::LostLock(
+                    "the writer lock could not be renewed in time".into(),
+                ));
                 return;
             }
         }

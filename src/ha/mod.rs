@@ -423,9 +423,9 @@ fn classify(s: Status) -> Forwarded {
     let not_sent = msg.contains("connect") || msg.contains("Connection refused");
     let refused = s.code() == tonic::Code::FailedPrecondition
         || (s.code() == tonic::Code::Unavailable && msg == "etcdserver: leader changed");
-    if (s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown) && not_sent {
-        Forwarded::NotExecuted(leader_changed())
-    } else if refused {
+    let unsent =
+        (s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown) && not_sent;
+    if unsent || refused {
         Forwarded::NotExecuted(leader_changed())
     } else {
         Forwarded::Failed(peer_failure(s))

@@ -179,7 +179,8 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<pb::ForwardResponse>, Status> {
         self.epoch()?;
         let req = request.into_inner();
-        let method = pb::ForwardMethod::try_from(req.method).unwrap_or(pb::ForwardMethod::ForwardUnknown);
+        let method =
+            pb::ForwardMethod::try_from(req.method).unwrap_or(pb::ForwardMethod::ForwardUnknown);
         let response = api::local::execute(&self.ctx, method, &req.request).await?;
         Ok(Response::new(pb::ForwardResponse { response }))
     }

@@ -61,28 +61,29 @@ pub async fn load(
             tracing::info!("{line}");
             systemd::status(line);
         };
-        let err = match durability::backfill(&store, storage, &cfg.node_id, epochs, false, &progress)
-            .await
-        {
-            Ok(stats) => {
-                tracing::info!(
-                    snapshot = ?stats.snapshot_revision,
-                    chunks = stats.chunks,
-                    records = stats.records,
-                    bytes = stats.bytes,
-                    seconds = stats.seconds,
-                    records_per_second = stats.records as f64 / stats.seconds.max(0.001),
-                    revision = stats.latest_revision,
-                    leases = stats.leases,
-                    compaction = stats.compaction_revision,
-                    orphans = stats.orphans,
-                    "loading_stage_completed"
-                );
-                store.leases().refresh_all();
-                return Ok(store);
-            }
-            Err(e) => e,
-        };
+        let err =
+            match durability::backfill(&store, storage, &cfg.node_id, epochs, false, &progress)
+                .await
+            {
+                Ok(stats) => {
+                    tracing::info!(
+                        snapshot = ?stats.snapshot_revision,
+                        chunks = stats.chunks,
+                        records = stats.records,
+                        bytes = stats.bytes,
+                        seconds = stats.seconds,
+                        records_per_second = stats.records as f64 / stats.seconds.max(0.001),
+                        revision = stats.latest_revision,
+                        leases = stats.leases,
+                        compaction = stats.compaction_revision,
+                        orphans = stats.orphans,
+                        "loading_stage_completed"
+                    );
+                    store.leases().refresh_all();
+                    return Ok(store);
+                }
+                Err(e) => e,
+            };
         let rebuild = match &err {
             BackfillError::Gap { .. } => true,
             BackfillError::Store(e) => e.action() == Action::Rebuild,
@@ -95,10 +96,10 @@ pub async fn load(
         store.close().await;
         for suffix in ["", "-wal", "-shm"] {
             let p = cfg.data_dir.join(format!("db.sqlite3{suffix}"));
-            if let Err(e) = std::fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(e).with_context(|| format!("cannot remove {}", p.display()));
-                }
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(e).with_context(|| format!("cannot remove {}", p.display()));
             }
         }
     }
@@ -115,7 +116,10 @@ pub struct Supervisor {
     watcher: Watcher,
     fatal: FatalChannel,
     /// Handed to the bucket hook on promotion; its receiver feeds the snapshot worker.
-    committed: Option<(mpsc::Sender<durability::Committed>, mpsc::Receiver<durability::Committed>)>,
+    committed: Option<(
+        mpsc::Sender<durability::Committed>,
+        mpsc::Receiver<durability::Committed>,
+    )>,
     /// Makes a stalled upload give up (at shutdown).
     stopping: Arc<AtomicBool>,
     lock_stop: watch::Sender<bool>,

@@ -34,7 +34,9 @@ pub async fn run(store: Store, interval: Duration, mut stop: watch::Receiver<boo
             Ok(_) => tracing::info!(revision = target, ?interval, "periodic compaction"),
             // Compacted further meanwhile (a client's Compact): nothing to do.
             Err(Error::Compacted) => {}
-            Err(e) => tracing::warn!(revision = target, error = %e, "periodic compaction failed; retried at the next interval"),
+            Err(e) => {
+                tracing::warn!(revision = target, error = %e, "periodic compaction failed; retried at the next interval")
+            }
         }
     }
 }

@@ -66,7 +66,6 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-
 pub enum Command {
     Txn {
         req: PbTxnRequest,
@@ -593,7 +592,11 @@ impl Writer {
             }
             // The records are durable elsewhere but not here: only a restart (backfill) can
             // make the local copy whole again.
-            self.stop_indeterminate("local commit after a durable write", &e.to_string(), replies);
+            self.stop_indeterminate(
+                "local commit after a durable write",
+                &e.to_string(),
+                replies,
+            );
             return;
         }
         for (id, ttl) in granted {
