@@ -73,6 +73,7 @@ fn harness() -> &'static Harness {
                     data_dir: dir.path().to_path_buf(),
                     node_id: "fuzz".into(),
                     readers: 2,
+                    fatal: Default::default(),
                 },
                 hub.clone(),
                 Box::new(NoopCommitHook),
@@ -81,12 +82,9 @@ fn harness() -> &'static Harness {
         });
         let options = ApiOptions::default();
         let max_msg = options.max_request_bytes + 512 * 1024;
-        // A lone Primary: every request is executed locally.
-        let cluster = netsy::cluster::Cluster::new("fuzz".into(), store.clone(), hub.clone(), None);
-        cluster.set_role(netsy::cluster::Role::Primary { epoch: 1 });
         let ctx = Context {
-            cluster,
-            membership: None,
+            // A lone store: every request is executed locally.
+            router: Arc::new(api::Standalone),
             store,
             hub,
             member: Arc::new(Member {
