@@ -14,9 +14,14 @@ use crate::proto::ForwardMethod;
 #[tonic::async_trait]
 pub trait Router: Send + Sync + 'static {
     /// Where a write goes. `Ok(None)`: run it here, with [`super::local`] (this node is the
-    /// Primary). `Ok(Some(bytes))`: the Primary ran it; its encoded answer. A request that may
-    /// have run is never sent twice.
-    async fn route(&self, method: ForwardMethod, req: Vec<u8>) -> Result<Option<Vec<u8>>, Status>;
+    /// Primary). `Ok(Some(bytes))`: the Primary ran it; its encoded answer. `encode` gives the
+    /// request's bytes and is called only when it is forwarded (never on the Primary's path). A
+    /// request that may have run is never sent twice.
+    async fn route(
+        &self,
+        method: ForwardMethod,
+        encode: &(dyn Fn() -> Vec<u8> + Send + Sync),
+    ) -> Result<Option<Vec<u8>>, Status>;
     /// Waits until the local copy has applied `revision` (read-your-writes after a forward).
     async fn wait_applied(&self, revision: i64) -> Result<(), Status>;
     /// Returns once a linearizable read may be served from the local copy.
@@ -45,7 +50,7 @@ pub async fn route<Resp: Message + Default>(
     method: ForwardMethod,
     req: &impl Message,
 ) -> Result<Option<Resp>, Status> {
-    match router.route(method, req.encode_to_vec()).await? {
+    match router.route(method, &|| req.encode_to_vec()).await? {
         None => Ok(None),
         Some(bytes) => Resp::decode(bytes.as_slice())
             .map(Some)
@@ -58,7 +63,11 @@ pub struct Standalone;
 
 #[tonic::async_trait]
 impl Router for Standalone {
-    async fn route(&self, _: ForwardMethod, _: Vec<u8>) -> Result<Option<Vec<u8>>, Status> {
+    async fn route(
+        &self,
+        _: ForwardMethod,
+        _: &(dyn Fn() -> Vec<u8> + Send + Sync),
+    ) -> Result<Option<Vec<u8>>, Status> {
         Ok(None)
     }
     async fn wait_applied(&self, _revision: i64) -> Result<(), Status> {

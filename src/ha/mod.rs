@@ -241,7 +241,7 @@ impl Cluster {
     pub async fn route(
         &self,
         method: pb::ForwardMethod,
-        req: Vec<u8>,
+        encode: &(dyn Fn() -> Vec<u8> + Send + Sync),
     ) -> Result<Option<Vec<u8>>, Status> {
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         let mut roles = self.subscribe_role();
@@ -251,7 +251,7 @@ impl Cluster {
                 Role::Primary { .. } => return Ok(None),
                 Role::Transition => leader_changed(),
                 Role::Replica { primary } => {
-                    match self.forward_once(&primary, method, req.clone()).await {
+                    match self.forward_once(&primary, method, encode()).await {
                         Ok(resp) => return Ok(Some(resp)),
                         Err(Forwarded::NotExecuted(s)) => s,
                         Err(Forwarded::Failed(s)) => return Err(s),
@@ -349,9 +349,9 @@ impl Router for Cluster {
     async fn route(
         &self,
         method: pb::ForwardMethod,
-        req: Vec<u8>,
+        encode: &(dyn Fn() -> Vec<u8> + Send + Sync),
     ) -> Result<Option<Vec<u8>>, Status> {
-        Cluster::route(self, method, req).await
+        Cluster::route(self, method, encode).await
     }
 
     async fn wait_applied(&self, revision: i64) -> Result<(), Status> {
