@@ -783,7 +783,7 @@ fn check_layout(root: &Path, prefix: &str, head: i64, leases: &[i64], want_snaps
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
-    let seed = netsy::objstore::fault::test_seed();
+    let seed = support::grpc::test_seed("upload_faults");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut weed = start_weed("faults");
     weed.wait_ready(&weed.storage()).await;

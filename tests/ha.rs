@@ -420,18 +420,9 @@ async fn check_nodes(c: &Cluster, acked: &BTreeMap<String, (i64, String)>) -> i6
     first.map_or(0, |(h, _)| h)
 }
 
-fn seed() -> u64 {
-    let seed = std::env::var("NETSY_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("NETSY_TEST_SEED={seed}");
-    seed
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_repeatedly_loses_no_acknowledged_write() {
-    let seed = seed();
+    let seed = support::grpc::test_seed("ha");
     let mut c = cluster("ha-kill").await;
     let endpoints: Vec<String> = c.nodes.iter().map(|n| n.endpoint()).collect();
     let load = Load::start(endpoints, 4, seed, true);
@@ -673,7 +664,7 @@ async fn a_replica_behind_the_compaction_revision_gets_the_whole_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_fails_no_write() {
-    let seed = seed();
+    let seed = support::grpc::test_seed("ha");
     let mut c = cluster("ha-roll").await;
     let endpoints: Vec<String> = c.nodes.iter().map(|n| n.endpoint()).collect();
     let load = Load::start(endpoints, 4, seed, true);
@@ -731,6 +722,24 @@ async fn leases_and_compaction_are_cluster_wide_and_survive_failover() {
     )
     .await
     .expect("put with lease via replica");
+    // The Primary's own refusal reaches the client as is, at once: a forward is sent again only
+    // when it certainly did not run (here it ran and was refused).
+    let asked = Instant::now();
+    let again = rc
+        .lease_grant(4, Some(etcd_client::LeaseGrantOptions::new().with_id(kept)))
+        .await
+        .expect_err("an existing lease id");
+    assert!(
+        again
+            .to_string()
+            .contains("etcdserver: lease already exists"),
+        "through a replica: {again}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "answered after {:?}: the refusal was retried",
+        asked.elapsed()
+    );
     // A lease nobody keeps alive.
     let dropped = rc.lease_grant(3, None).await.expect("grant").id();
     rc.put(

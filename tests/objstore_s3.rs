@@ -16,11 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use netsy::datafile::{self, FileCompression, FileKind, HeaderParams, Record};
 use netsy::objstore::cas::{self, PutIfAbsent};
-use netsy::objstore::fault::{FaultConfig, FaultStore, test_seed};
+use netsy::objstore::fault::{FaultConfig, FaultStore};
 use netsy::objstore::metrics::ObjectStoreMetrics;
 use netsy::objstore::retry::RetryConfig;
 use netsy::objstore::{Error, ObjectStorage, Provider, StorageConfig, UploadOutcome};
 use object_store::path::Path;
+use support::grpc::test_seed;
 use support::weed::start_weed;
 
 fn config() -> StorageConfig {
@@ -185,7 +186,7 @@ async fn s3_conditional_semantics_and_datafiles_on_seaweedfs() {
     );
 
     // Chunks: create-only; a PUT whose response is lost is recognised on retry.
-    let seed = test_seed();
+    let seed = test_seed("objstore_s3");
     let backend = config().build_backend(&env).expect("backend");
     let fault = Arc::new(FaultStore::new(backend, FaultConfig::default(), seed));
     let faulty =

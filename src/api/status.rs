@@ -83,7 +83,7 @@ impl From<store::Error> for Status {
             }
             store::Error::Indeterminate(reason) => {
                 tracing::warn!(%reason, "write outcome unknown");
-                Status::new(Code::Unavailable, "etcdserver: request timed out")
+                timed_out()
             }
             store::Error::Unavailable(reason)
             | store::Error::Export(reason)
@@ -105,6 +105,16 @@ pub fn unimplemented(method: &str) -> Status {
         Code::Unimplemented,
         format!("method {method} not implemented"),
     )
+}
+
+/// etcd's answer while there is no leader to serve a request: clients retry, maybe elsewhere.
+pub fn leader_changed() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: leader changed")
+}
+
+/// etcd's answer when a request's outcome is not known in time (it may have been executed).
+pub fn timed_out() -> Status {
+    Status::new(Code::Unavailable, "etcdserver: request timed out")
 }
 
 /// The status while the node is not serving (loading or degraded).

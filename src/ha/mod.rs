@@ -29,6 +29,7 @@ use tonic::transport::Channel;
 pub use follower::follow;
 pub use supervisor::Supervisor;
 
+use crate::api::status::{leader_changed, timed_out};
 use crate::api::{Leader, Router};
 use crate::durability::Fence;
 use crate::proto as pb;
@@ -312,11 +313,11 @@ impl Cluster {
         };
         tokio::time::timeout(APPLY_WAIT, wait)
             .await
-            .map_err(|_| Status::unavailable("etcdserver: request timed out"))?;
+            .map_err(|_| timed_out())?;
         if self.inner.store.current_revision() >= revision {
             Ok(())
         } else {
-            Err(Status::unavailable("etcdserver: request timed out"))
+            Err(timed_out())
         }
     }
 
@@ -403,11 +404,6 @@ impl Router for Cluster {
     }
 }
 
-/// etcd's answer while there is no leader to serve a request.
-pub fn leader_changed() -> Status {
-    Status::unavailable("etcdserver: leader changed")
-}
-
 /// How a forwarded call failed.
 enum Forwarded {
     /// Certainly not executed: safe to send again (to the next Primary).
@@ -416,33 +412,108 @@ enum Forwarded {
     Failed(Status),
 }
 
-/// Sorts a failed forward: refusals before execution (no connection; the peer is not or no
-/// longer the Primary) may be retried; everything else is final.
+/// Metadata on a peer's refusal made before executing anything (it is not, or no longer, the
+/// Primary): the request may be sent again, to the next Primary.
+pub const NOT_EXECUTED: &str = "netsy-not-executed";
+
+/// Sorts a failed forward. Sent again (after the next election, within the route's wait) only
+/// when it certainly did not run: the peer refused with [`NOT_EXECUTED`], or no connection was
+/// ever made. Everything else is final: a request that may have run is never resent.
 fn classify(s: Status) -> Forwarded {
-    let msg = s.message();
-    let not_sent = msg.contains("connect") || msg.contains("Connection refused");
-    let refused = s.code() == tonic::Code::FailedPrecondition
-        || (s.code() == tonic::Code::Unavailable && msg == "etcdserver: leader changed");
-    let unsent =
-        (s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown) && not_sent;
-    if unsent || refused {
+    if s.metadata().contains_key(NOT_EXECUTED) || never_connected(&s) {
         Forwarded::NotExecuted(leader_changed())
     } else {
         Forwarded::Failed(peer_failure(s))
     }
 }
 
-/// A failed call to the Primary: its own statuses pass through; a broken connection becomes
-/// etcd's "leader changed" (the client retries, possibly on another node).
-fn peer_failure(s: Status) -> Status {
-    match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-            if !s.message().starts_with("etcdserver:") =>
-        {
-            tracing::debug!(error = %s, "call to the primary failed");
-            leader_changed()
+/// Whether a call failed before any connection existed: tonic wraps every failure to connect
+/// (TCP, the TLS handshake) in `ConnectError`; the connect timeout is an `io::Error` of kind
+/// `TimedOut` found before any `hyper::Error` (which is what an established connection fails with).
+fn never_connected(s: &Status) -> bool {
+    let mut next = std::error::Error::source(s);
+    while let Some(err) = next {
+        if err.is::<tonic::ConnectError>() {
+            return true;
         }
-        tonic::Code::DeadlineExceeded => Status::unavailable("etcdserver: request timed out"),
-        _ => s,
+        if err.is::<hyper::Error>() {
+            return false;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// A failed call to the Primary. What the Primary answered passes through; a failure of the
+/// transport on this side (tonic attaches the cause as the status's source only to statuses it
+/// makes itself) becomes etcd's "leader changed": the client retries, possibly elsewhere.
+fn peer_failure(s: Status) -> Status {
+    if s.code() == tonic::Code::DeadlineExceeded {
+        return timed_out();
+    }
+    if std::error::Error::source(&s).is_some() {
+        tracing::debug!(error = %s, "call to the primary failed");
+        return leader_changed();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent_again(s: Status) -> bool {
+        matches!(classify(s), Forwarded::NotExecuted(_))
+    }
+
+    /// A call to a port nobody listens on: tonic's real failure, certainly never sent.
+    #[tokio::test]
+    async fn a_refused_connection_is_sent_again() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let err = PeerClient::new(channel)
+            .forward(pb::ForwardRequest::default())
+            .await
+            .expect_err("nothing listens");
+        assert!(sent_again(err));
+    }
+
+    #[test]
+    fn only_a_marked_refusal_or_no_connection_is_sent_again() {
+        let mut refused = Status::failed_precondition("netsy: this node is not the primary");
+        refused.metadata_mut().insert(
+            NOT_EXECUTED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        assert!(sent_again(refused));
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+        assert!(sent_again(Status::from_error(Box::new(timeout))));
+
+        // The Primary's own answers are final, whatever their code.
+        let exists = Status::failed_precondition("etcdserver: lease already exists");
+        match classify(exists) {
+            Forwarded::Failed(s) => assert_eq!(s.message(), "etcdserver: lease already exists"),
+            Forwarded::NotExecuted(_) => panic!("a lease-exists answer was to be sent again"),
+        }
+        assert!(!sent_again(leader_changed()));
+        // A broken established connection: maybe executed, answered as "leader changed".
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        match classify(Status::from_error(Box::new(reset))) {
+            Forwarded::Failed(s) => assert_eq!(s.message(), "etcdserver: leader changed"),
+            Forwarded::NotExecuted(_) => panic!("a broken connection was to be sent again"),
+        }
+        match classify(Status::deadline_exceeded("deadline")) {
+            Forwarded::Failed(s) => assert_eq!(s.message(), "etcdserver: request timed out"),
+            Forwarded::NotExecuted(_) => panic!("an expired forward was to be sent again"),
+        }
     }
 }

@@ -33,9 +33,16 @@ impl PeerService {
     fn epoch(&self) -> Result<u64, Status> {
         match self.cluster.role() {
             Role::Primary { epoch } => Ok(epoch),
-            _ => Err(Status::failed_precondition(
-                "netsy: this node is not the primary",
-            )),
+            _ => {
+                let mut refused =
+                    Status::failed_precondition("netsy: this node is not the primary");
+                // Nothing ran: the sender may send it again, to the next Primary.
+                refused.metadata_mut().insert(
+                    super::NOT_EXECUTED,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                Err(refused)
+            }
         }
     }
 }
@@ -191,7 +198,7 @@ impl pb::peer_server::Peer for PeerService {
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let epoch = self.epoch()?;
         if !self.cluster.primary_lease_holds() {
-            return Err(super::leader_changed());
+            return Err(api::status::leader_changed());
         }
         Ok(Response::new(pb::ReadIndexResponse {
             epoch,

@@ -8,7 +8,8 @@
 //!
 //! Random decisions come from one `StdRng` seeded by the caller; tests print the seed and
 //! accept it back (e.g. from `NETSY_TEST_SEED`) so a failure can be replayed.
-//! Must never: be used outside tests and fault experiments.
+//! Compiled only for unit tests and with the `fault-injection` feature (integration tests):
+//! never in the product.
 
 use std::fmt;
 use std::sync::Mutex;

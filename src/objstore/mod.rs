@@ -5,7 +5,7 @@
 //! the only place keys are built), compare-and-swap ([`cas`], the only place conditional
 //! writes are issued), a local-directory backend with real CAS ([`local`]), the stacked
 //! wrappers (retry over metrics over default attributes over the backend: [`retry`],
-//! [`metrics`], [`attributes`]; plus [`fault`] for tests), and the data-file operations the
+//! [`metrics`], [`attributes`]; [`fault`] only in tests: unit tests and the `fault-injection` feature), and the data-file operations the
 //! server calls ([`files`]: upload a chunk, upload a snapshot, list, stream records).
 //!
 //! Must never: write a shared object unconditionally where another node acts on it (chunks
@@ -20,6 +20,7 @@
 pub mod attributes;
 pub mod cas;
 pub mod config;
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 pub mod files;
 pub mod layout;
