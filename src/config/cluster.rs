@@ -1,7 +1,7 @@
 //! The cluster config file (JSONC, Netsy's keys) layered with figment over built-in defaults.
 //! Unknown keys are warned about, not fatal; every bad value fails with one line naming the key.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
@@ -9,9 +9,10 @@ use figment::providers::Serialized;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ConfigError, err, valid_id};
+use crate::objstore::{self, Provider, StorageConfig};
 
 /// The whole cluster config file.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClusterConfig {
     pub cluster_id: String,
@@ -23,21 +24,6 @@ pub struct ClusterConfig {
     pub snapshot: SnapshotConfig,
     #[serde(with = "opt_dur")]
     pub compaction_interval: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct StorageConfig {
-    /// `s3`, `gcs`, `azure` or `local`.
-    pub provider: String,
-    pub bucket_name: String,
-    /// Directory of the `local` provider.
-    pub path: Option<PathBuf>,
-    pub key_prefix: String,
-    pub class: String,
-    /// `provider-managed` or `customer-managed`.
-    pub encryption: String,
-    pub kms_key_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,20 +78,6 @@ impl Default for ClusterConfig {
             replication: ReplicationConfig::default(),
             snapshot: SnapshotConfig::default(),
             compaction_interval: None,
-        }
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            provider: "s3".into(),
-            bucket_name: String::new(),
-            path: None,
-            key_prefix: String::new(),
-            class: "STANDARD".into(),
-            encryption: "provider-managed".into(),
-            kms_key_id: String::new(),
         }
     }
 }
@@ -229,8 +201,8 @@ fn ignored_keys(value: &serde_json::Value, out: &mut Vec<String>) {
 /// `bucket_dir`, synchronous object-storage writes.
 pub fn embedded_default(bucket_dir: &Path) -> ClusterConfig {
     let mut c = ClusterConfig::default();
-    c.storage.provider = "local".into();
-    c.storage.path = Some(bucket_dir.to_path_buf());
+    c.storage.provider = Provider::Local;
+    c.storage.local_dir = Some(bucket_dir.to_path_buf());
     c.replication.quorum = 0;
     // A lone node gains nothing from a short writer-lock TTL (nobody takes over), and a long one
     // keeps a slow disk from fencing it: renew every 2.5 s, TTL 15 s.
@@ -322,67 +294,10 @@ impl ClusterConfig {
                 ),
             ));
         }
-        let s = &self.storage;
-        match s.provider.as_str() {
-            "s3" | "gcs" | "azure" => {
-                if s.bucket_name.is_empty() {
-                    return Err(err(
-                        "storage.bucket_name",
-                        format!("required when storage.provider is {:?}", s.provider),
-                    ));
-                }
-            }
-            "local" => {
-                if s.path.is_none() {
-                    return Err(err(
-                        "storage.path",
-                        "required when storage.provider is \"local\"",
-                    ));
-                }
-            }
-            other => {
-                return Err(err(
-                    "storage.provider",
-                    format!("{other:?} is not one of \"s3\", \"gcs\", \"azure\", \"local\""),
-                ));
-            }
-        }
-        match s.encryption.as_str() {
-            "provider-managed" => {}
-            "customer-managed" => {
-                if s.kms_key_id.is_empty() {
-                    return Err(err(
-                        "storage.kms_key_id",
-                        "required when storage.encryption is \"customer-managed\"",
-                    ));
-                }
-            }
-            other => {
-                return Err(err(
-                    "storage.encryption",
-                    format!("{other:?} is not one of \"provider-managed\", \"customer-managed\""),
-                ));
-            }
-        }
-        let classes: &[&str] = match s.provider.as_str() {
-            "s3" => &[
-                "STANDARD",
-                "STANDARD_IA",
-                "INTELLIGENT_TIERING",
-                "ONEZONE_IA",
-                "GLACIER_IR",
-            ],
-            _ => &["STANDARD"],
-        };
-        if !classes.contains(&s.class.as_str()) {
-            return Err(err(
-                "storage.class",
-                format!(
-                    "{:?} is not valid for provider {:?} (one of {classes:?})",
-                    s.class, s.provider
-                ),
-            ));
-        }
+        self.storage.validate().map_err(|e| match e {
+            objstore::Error::Setting { key, message } => err(key, message),
+            other => err("storage", other.to_string()),
+        })?;
         if self.elector.degradation_count == 0 {
             return Err(err("elector.degradation_count", "must be at least 1"));
         }
@@ -591,6 +506,27 @@ mod tests {
             (
                 r#"{"cluster_id":"a","storage":{"bucket_name":"b","class":"COLD"}}"#,
                 "storage.class",
+            ),
+            // One set of rules (objstore's): what the file accepts, the store opens.
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b","class":"GLACIER_IR"}}"#,
+                "storage.class",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"provider":"memory"}}"#,
+                "storage.provider",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"provider":"gcs","bucket_name":"b","encryption":"customer-managed","kms_key_id":"k"}}"#,
+                "storage.encryption",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b","key_prefix":"a//b"}}"#,
+                "storage.key_prefix",
+            ),
+            (
+                r#"{"cluster_id":"a","storage":{"provider":"local"}}"#,
+                "storage.path",
             ),
             (
                 r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"heartbeat_interval":"soon"}"#,

@@ -331,33 +331,17 @@ impl CommitHook for ReplicaHook {
 
 /// Builds the object storage of a cluster config.
 pub fn open_storage(
-    cfg: &crate::config::cluster::StorageConfig,
+    cfg: &objstore::StorageConfig,
     registry: &prometheus::Registry,
 ) -> Result<ObjectStorage, objstore::Error> {
-    let provider: objstore::Provider = cfg.provider.parse()?;
-    let encryption: objstore::Encryption = cfg.encryption.parse()?;
-    let sc = objstore::StorageConfig {
-        provider,
-        bucket_name: cfg.bucket_name.clone(),
-        key_prefix: cfg.key_prefix.clone(),
-        class: cfg.class.clone(),
-        encryption,
-        kms_key_id: if cfg.kms_key_id.is_empty() {
-            None
-        } else {
-            Some(cfg.kms_key_id.clone())
-        },
-        local_dir: cfg.path.clone(),
-        retry: Default::default(),
-    };
-    sc.validate()?;
+    cfg.validate()?;
     let metrics = objstore::metrics::ObjectStoreMetrics::new()
         .ok()
         .map(Arc::new);
     if let Some(m) = &metrics {
         let _ = m.register(registry);
     }
-    ObjectStorage::from_config(&sc, &objstore::config::process_env(), metrics)
+    ObjectStorage::from_config(cfg, &objstore::config::process_env(), metrics)
 }
 
 fn ts(s: &str) -> Option<prost_types::Timestamp> {

@@ -48,13 +48,15 @@ use object_store::path::Path;
 use object_store::{
     Attribute, AttributeValue, Attributes, BackoffConfig, ClientOptions, RetryConfig,
 };
+use serde::{Deserialize, Serialize};
 
 use super::attributes::DefaultAttributes;
 use super::local::LocalDirStore;
 use super::{DynStore, Error};
 
-/// Which backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which backend (`storage.provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// AWS S3 or an S3-compatible server (default).
     #[default]
@@ -65,28 +67,37 @@ pub enum Provider {
     Azure,
     /// A local directory.
     Local,
-    /// In-process memory (tests).
+    /// In-process memory (tests; never from a config file).
+    #[serde(skip)]
     Memory,
 }
 
-impl std::str::FromStr for Provider {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "s3" => Ok(Provider::S3),
-            "gcs" => Ok(Provider::Gcs),
-            "azure" => Ok(Provider::Azure),
-            "local" => Ok(Provider::Local),
-            "memory" => Ok(Provider::Memory),
-            other => Err(Error::Config(format!(
-                "storage.provider {other:?} is not one of \"s3\", \"gcs\", \"azure\", \"local\", \"memory\""
-            ))),
+impl Provider {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::S3 => "s3",
+            Provider::Gcs => "gcs",
+            Provider::Azure => "azure",
+            Provider::Local => "local",
+            Provider::Memory => "memory",
+        }
+    }
+
+    /// The `storage.class` values this provider accepts. Azure's access tiers are ours; the
+    /// original knows only `STANDARD` there.
+    pub fn classes(self) -> &'static [&'static str] {
+        match self {
+            Provider::S3 => &["STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING"],
+            Provider::Azure => &["STANDARD", "Hot", "Cool", "Cold", "Archive"],
+            Provider::Gcs | Provider::Local | Provider::Memory => &["STANDARD"],
         }
     }
 }
 
-/// Server-side encryption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Server-side encryption (`storage.encryption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Encryption {
     /// Provider-managed keys (S3: SSE-S3 `AES256`).
     #[default]
@@ -95,21 +106,10 @@ pub enum Encryption {
     CustomerManaged,
 }
 
-impl std::str::FromStr for Encryption {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "provider-managed" => Ok(Encryption::ProviderManaged),
-            "customer-managed" => Ok(Encryption::CustomerManaged),
-            other => Err(Error::Config(format!(
-                "storage.encryption {other:?} is not \"provider-managed\" or \"customer-managed\""
-            ))),
-        }
-    }
-}
-
-/// Typed storage configuration (the `storage.*` keys).
-#[derive(Debug, Clone)]
+/// The `storage.*` keys of the cluster config file, typed: the one storage configuration (the
+/// config file deserializes into it; [`StorageConfig::validate`] is the one set of rules).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StorageConfig {
     /// `storage.provider`.
     pub provider: Provider,
@@ -122,10 +122,13 @@ pub struct StorageConfig {
     /// `storage.encryption`.
     pub encryption: Encryption,
     /// `storage.kms_key_id` (required for customer-managed).
+    #[serde(deserialize_with = "empty_is_none")]
     pub kms_key_id: Option<String>,
-    /// Directory of the `local` provider.
+    /// `storage.path`: the directory of the `local` provider.
+    #[serde(rename = "path")]
     pub local_dir: Option<PathBuf>,
-    /// Outer retry/timeout policy.
+    /// Outer retry/timeout policy (not a config key).
+    #[serde(skip)]
     pub retry: super::retry::RetryConfig,
 }
 
@@ -146,6 +149,12 @@ impl Default for StorageConfig {
 
 /// Environment variables (a snapshot, so construction is testable).
 pub type Env = BTreeMap<String, String>;
+
+/// `""` in the file means unset.
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v: Option<String> = Option::deserialize(d)?;
+    Ok(v.filter(|s| !s.is_empty()))
+}
 
 /// The process environment.
 pub fn process_env() -> Env {
@@ -176,17 +185,28 @@ fn http_retry() -> RetryConfig {
 }
 
 impl StorageConfig {
-    /// Checks the combination of settings (independent of the environment).
+    /// Checks the combination of settings (independent of the environment); an error names
+    /// its key ([`Error::Setting`]).
     pub fn validate(&self) -> Result<(), Error> {
-        super::layout::Layout::new(&self.key_prefix)?;
+        let bad = |key: &'static str, message: String| Err(Error::Setting { key, message });
+        let provider = self.provider.name();
+        if let Err(e) = super::layout::Layout::new(&self.key_prefix) {
+            return bad("storage.key_prefix", e.to_string());
+        }
         match self.provider {
             Provider::S3 | Provider::Gcs | Provider::Azure
                 if self.bucket_name.trim().is_empty() =>
             {
-                return Err(Error::Config("storage.bucket_name is required".into()));
+                return bad(
+                    "storage.bucket_name",
+                    format!("required when storage.provider is {provider:?}"),
+                );
             }
             Provider::Local if self.local_dir.is_none() => {
-                return Err(Error::Config("the local provider needs a directory".into()));
+                return bad(
+                    "storage.path",
+                    "required when storage.provider is \"local\"".into(),
+                );
             }
             _ => {}
         }
@@ -196,44 +216,44 @@ impl StorageConfig {
                 .as_deref()
                 .is_none_or(|k| k.trim().is_empty())
             {
-                return Err(Error::Config(
-                    "storage.kms_key_id is required with customer-managed encryption".into(),
-                ));
+                return bad(
+                    "storage.kms_key_id",
+                    "required when storage.encryption is \"customer-managed\"".into(),
+                );
             }
-            match self.provider {
-                Provider::S3 => {}
-                Provider::Gcs => {
-                    return Err(Error::Config(
-                        "customer-managed encryption on GCS is not supported by this build (object_store \
-                         cannot set a per-object KMS key); set the bucket's default CMEK key and use \
-                         provider-managed"
-                            .into(),
-                    ));
-                }
-                Provider::Azure => {
-                    return Err(Error::Config(
-                        "customer-managed encryption on Azure is not supported by this build; configure the \
-                         container's default encryption scope and use provider-managed"
-                            .into(),
-                    ));
-                }
-                Provider::Local | Provider::Memory => {
-                    return Err(Error::Config(
-                        "customer-managed encryption needs a cloud provider".into(),
-                    ));
-                }
+            let unsupported = match self.provider {
+                Provider::S3 => None,
+                Provider::Gcs => Some(
+                    "not supported on gcs by this build (object_store cannot set a per-object KMS \
+                     key); set the bucket's default CMEK key and use \"provider-managed\"",
+                ),
+                Provider::Azure => Some(
+                    "not supported on azure by this build; configure the container's default \
+                     encryption scope and use \"provider-managed\"",
+                ),
+                Provider::Local | Provider::Memory => Some("needs a cloud provider"),
+            };
+            if let Some(why) = unsupported {
+                return bad(
+                    "storage.encryption",
+                    format!("\"customer-managed\" is {why}"),
+                );
             }
         }
-        if self.provider == Provider::S3
-            && !matches!(
-                self.class.as_str(),
-                "STANDARD" | "STANDARD_IA" | "INTELLIGENT_TIERING"
-            )
-        {
-            return Err(Error::Config(format!(
-                "storage.class {:?} is not STANDARD, STANDARD_IA or INTELLIGENT_TIERING",
-                self.class
-            )));
+        let classes = self.provider.classes();
+        let known = match self.provider {
+            // Azure's tier names are case-insensitive.
+            Provider::Azure => classes.iter().any(|c| c.eq_ignore_ascii_case(&self.class)),
+            _ => classes.contains(&self.class.as_str()),
+        };
+        if !known {
+            return bad(
+                "storage.class",
+                format!(
+                    "{:?} is not valid for provider {provider:?} (one of {classes:?})",
+                    self.class
+                ),
+            );
         }
         Ok(())
     }
@@ -596,11 +616,6 @@ mod tests {
             }
             .validate()
             .is_err()
-        );
-        assert!("s4".parse::<Provider>().is_err());
-        assert_eq!(
-            "customer-managed".parse::<Encryption>().unwrap(),
-            Encryption::CustomerManaged
         );
     }
 

@@ -96,9 +96,17 @@ pub enum Error {
         #[source]
         source: crate::datafile::Error,
     },
-    /// Invalid configuration.
+    /// Invalid configuration (from the environment, a URL, a builder).
     #[error("invalid storage configuration: {0}")]
     Config(String),
+    /// A bad value of one `storage.*` key.
+    #[error("{key}: {message}")]
+    Setting {
+        /// The key, e.g. `storage.class`.
+        key: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// Invalid key prefix or node id.
     #[error(transparent)]
     Layout(#[from] LayoutError),
@@ -132,7 +140,10 @@ impl Error {
                 _ => ErrorKind::Corrupt,
             },
             Error::Io(_) => ErrorKind::Transient,
-            Error::Config(_) | Error::Layout(_) | Error::InvalidRevision(_) => ErrorKind::Permanent,
+            Error::Config(_)
+            | Error::Setting { .. }
+            | Error::Layout(_)
+            | Error::InvalidRevision(_) => ErrorKind::Permanent,
         }
     }
 }
