@@ -10,8 +10,21 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Committed, to_proto};
 use crate::datafile::{self, FileCompression, FileKind, HeaderParams, Writer};
-use crate::objstore::ObjectStorage;
-use crate::store::Store;
+use crate::objstore::{self, ObjectStorage};
+use crate::store::{self, Store};
+
+/// Why a snapshot was not taken (the next one is tried after more writes).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("reading the local copy: {0}")]
+    Export(#[from] store::Error),
+    #[error("encoding: {0}")]
+    Encode(#[from] datafile::Error),
+    #[error("temporary file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("object storage: {0}")]
+    Storage(#[from] objstore::Error),
+}
 
 /// When to take a snapshot (the `snapshot.*` keys).
 #[derive(Debug, Clone)]
@@ -84,10 +97,9 @@ impl SnapshotWorker {
     }
 
     /// Writes, uploads and cleans up after a snapshot at `rev`; returns the snapshot's size.
-    pub async fn take(&self, rev: i64) -> Result<u64, String> {
+    pub async fn take(&self, rev: i64) -> Result<u64, SnapshotError> {
         let started = Instant::now();
-        let (file, path) =
-            ObjectStorage::create_snapshot_temp(&self.temp_dir, rev).map_err(|e| e.to_string())?;
+        let (file, path) = ObjectStorage::create_snapshot_temp(&self.temp_dir, rev)?;
         let node_id = self.node_id.clone();
         let state: (Option<std::fs::File>, Option<FileWriter>, String) =
             (Some(file), None, node_id);
@@ -120,17 +132,15 @@ impl SnapshotWorker {
             )
             .await;
         let outcome = async {
-            let (_, writer, _) = result.map_err(|e| e.to_string())?;
-            let writer = writer.ok_or("snapshot writer missing")?;
-            let (buf, summary) = writer.finish().map_err(|e| e.to_string())?;
-            let file = buf.into_inner().map_err(|e| e.to_string())?;
-            file.sync_all().map_err(|e| e.to_string())?;
-            let size = file.metadata().map_err(|e| e.to_string())?.len();
-            self.storage
-                .upload_snapshot_file(rev, &path)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((summary, size))
+            let (_, writer, _) = result?;
+            // The export calls its init (which creates the writer) before anything else.
+            let writer = writer.ok_or_else(|| store::Error::Export("no header written".into()))?;
+            let (buf, summary) = writer.finish()?;
+            let file = buf.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let size = file.metadata()?.len();
+            self.storage.upload_snapshot_file(rev, &path).await?;
+            Ok::<_, SnapshotError>((summary, size))
         }
         .await;
         let _ = std::fs::remove_file(&path);

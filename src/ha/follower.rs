@@ -13,10 +13,33 @@ use tokio::sync::watch;
 use super::{Cluster, PrimaryInfo, Role};
 use crate::durability::from_proto;
 use crate::proto as pb;
-use crate::store::Store;
+use crate::store::{self, Action, Store};
+
+/// Why a follow stream ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    /// The Primary refused or the stream broke (the Primary's status or tonic's).
+    #[error("{}", .0.message())]
+    Peer(#[from] tonic::Status),
+    #[error("no message for {} s", IDLE.as_secs())]
+    Idle,
+    #[error("closed by the primary")]
+    Closed,
+    #[error("stream of epoch {got} is older than the known epoch {known}")]
+    StaleEpoch { got: u64, known: u64 },
+    #[error("the primary's whole copy ended before it was complete")]
+    IncompleteCopy,
+    #[error("gap: got revision {got} after local head {head}")]
+    Gap { got: i64, head: i64 },
+    /// Applying to the local copy failed; its [`store::Error::action`] says what to do.
+    #[error("local copy: {0}")]
+    Store(#[from] store::Error),
+}
 
 /// Pause before reconnecting after a broken stream.
 const RETRY: Duration = Duration::from_millis(200);
+/// The Primary sends at least one message a second; a stream silent this long is dead.
+const IDLE: Duration = Duration::from_secs(10);
 
 /// Follows whichever node is Primary until `stop`; on a Primary it waits.
 pub async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bool>) {
@@ -30,11 +53,20 @@ pub async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bo
                     res = follow_once(&cluster, &store, &primary) => {
                         // A whole-copy transfer cut off midway leaves the old copy.
                         let _ = store.replace_abort().await;
-                        if let Err(e) = res
-                            && e != last_error {
-                                tracing::warn!(primary = %primary.node_id, error = %e, "follow stream ended; reconnecting");
-                                last_error = e;
+                        if let Err(e) = res {
+                            if let Ended::Store(err) = &e
+                                && err.action() == Action::Stop
+                            {
+                                // The local writer is gone (the node is stopping): nothing to apply to.
+                                tracing::warn!(error = %err, "follower stopped: the local store is not writable");
+                                return;
                             }
+                            let text = e.to_string();
+                            if text != last_error {
+                                tracing::warn!(primary = %primary.node_id, error = %text, "follow stream ended; reconnecting");
+                                last_error = text;
+                            }
+                        }
                         tokio::select! {
                             _ = tokio::time::sleep(RETRY) => {}
                             _ = stop.changed() => return,
@@ -54,37 +86,30 @@ pub async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bo
     }
 }
 
-async fn follow_once(
-    cluster: &Cluster,
-    store: &Store,
-    primary: &PrimaryInfo,
-) -> Result<(), String> {
-    let mut client = cluster
-        .peer(&primary.peer_addr)
-        .map_err(|e| e.to_string())?;
+async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) -> Result<(), Ended> {
+    let mut client = cluster.peer(&primary.peer_addr)?;
     let from = store.current_revision() + 1;
     let mut stream = client
         .follow(pb::FollowRequest {
             node_id: cluster.node_id().to_string(),
             from_revision: from,
         })
-        .await
-        .map_err(|e| e.message().to_string())?
+        .await?
         .into_inner();
     tracing::info!(primary = %primary.node_id, from, "following");
     let mut replacing = false;
     loop {
-        let msg = match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
-            Err(_) => return Err("no message for 10 s".into()),
-            Ok(Err(e)) => return Err(e.message().to_string()),
-            Ok(Ok(None)) => return Err("closed by the primary".into()),
+        let msg = match tokio::time::timeout(IDLE, stream.message()).await {
+            Err(_) => return Err(Ended::Idle),
+            Ok(Err(e)) => return Err(Ended::Peer(e)),
+            Ok(Ok(None)) => return Err(Ended::Closed),
             Ok(Ok(Some(msg))) => msg,
         };
         if msg.epoch < primary.epoch {
-            return Err(format!(
-                "stream of epoch {} is older than the known epoch {}",
-                msg.epoch, primary.epoch
-            ));
+            return Err(Ended::StaleEpoch {
+                got: msg.epoch,
+                known: primary.epoch,
+            });
         }
         if msg.replace_through > 0 {
             // The whole copy of the Primary (this node was behind its compaction revision).
@@ -93,26 +118,22 @@ async fn follow_once(
                     through = msg.replace_through,
                     "replacing the local copy with the primary's"
                 );
-                store.replace_begin().await.map_err(|e| e.to_string())?;
+                store.replace_begin().await?;
                 replacing = true;
             }
             if !msg.records.is_empty() {
                 store
                     .import(msg.records.into_iter().map(from_proto).collect())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
             if msg.committed_revision == msg.replace_through {
-                store
-                    .replace_commit(msg.compaction_revision)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                store.replace_commit(msg.compaction_revision).await?;
                 replacing = false;
             }
             continue;
         }
         if replacing {
-            return Err("the primary's whole copy ended before it was complete".into());
+            return Err(Ended::IncompleteCopy);
         }
         if !msg.records.is_empty() {
             let head = store.current_revision();
@@ -124,20 +145,20 @@ async fn follow_once(
                 .collect();
             if let Some(first) = records.first() {
                 if first.revision != head + 1 {
-                    return Err(format!(
-                        "gap: got revision {} after local head {head}",
-                        first.revision
-                    ));
+                    return Err(Ended::Gap {
+                        got: first.revision,
+                        head,
+                    });
                 }
-                store.import(records).await.map_err(|e| e.to_string())?;
+                store.import(records).await?;
             }
         }
         if msg.compaction_revision > store.compact_revision()
             && msg.compaction_revision <= store.current_revision()
         {
             match store.compact(msg.compaction_revision, false).await {
-                Ok(_) | Err(crate::store::Error::Compacted) => {}
-                Err(e) => return Err(format!("local compaction: {e}")),
+                Ok(_) | Err(store::Error::Compacted) => {}
+                Err(e) => return Err(Ended::Store(e)),
             }
         }
     }
