@@ -24,7 +24,10 @@ use crate::tls::TlsReloader;
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The node's certificates (checked against its identity, polled for renewals), if TLS is on.
-pub fn node_tls(cfg: &NodeConfig, metrics: &Metrics) -> anyhow::Result<Option<Arc<TlsReloader>>> {
+pub(crate) fn node_tls(
+    cfg: &NodeConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<TlsReloader>>> {
     let Some(paths) = &cfg.tls else {
         return Ok(None);
     };
@@ -40,10 +43,10 @@ pub fn node_tls(cfg: &NodeConfig, metrics: &Metrics) -> anyhow::Result<Option<Ar
     Ok(Some(reloader))
 }
 
-pub type ServeTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+pub(crate) type ServeTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Starts the client and peer gRPC servers; both stop when `stop` turns true.
-pub fn serve(
+pub(crate) fn serve(
     cfg: &NodeConfig,
     tls: Option<&Arc<TlsReloader>>,
     ctx: Context,
@@ -57,15 +60,14 @@ pub fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(2 * 3600)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
-            PbKvServer::new(api::kv::KvService::new(ctx.clone()))
+            PbKvServer::new(api::KvService::new(ctx.clone())).max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            PbWatchServer::new(api::WatchService::new(ctx.clone()))
                 .max_decoding_message_size(max_msg),
         )
         .add_service(
-            PbWatchServer::new(api::watch::WatchService::new(ctx.clone()))
-                .max_decoding_message_size(max_msg),
-        )
-        .add_service(
-            PbLeaseServer::new(api::lease::LeaseService::new(ctx.clone()))
+            PbLeaseServer::new(api::LeaseService::new(ctx.clone()))
                 .max_decoding_message_size(max_msg),
         )
         .add_service(PbClusterServer::new(api::cluster::ClusterService::new(

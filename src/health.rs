@@ -23,7 +23,7 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What the health endpoints report.
 #[derive(Clone)]
-pub struct HealthState {
+pub(crate) struct HealthState {
     pub serving: Arc<AtomicBool>,
     pub phase: Arc<std::sync::RwLock<&'static str>>,
     pub metrics: Metrics,
@@ -31,7 +31,7 @@ pub struct HealthState {
 }
 
 impl HealthState {
-    pub fn set_phase(&self, phase: &'static str) {
+    pub(crate) fn set_phase(&self, phase: &'static str) {
         if let Ok(mut p) = self.phase.write() {
             *p = phase;
         }
@@ -92,7 +92,7 @@ async fn metrics(State(s): State<HealthState>) -> impl IntoResponse {
 }
 
 /// Serves the health port until `shutdown` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: HealthState,
     mut shutdown: tokio::sync::watch::Receiver<bool>,

@@ -26,24 +26,29 @@
 //!   [`systemd`] (sd-notify), [`telemetry`] (logging), [`tls`] (mTLS with URI-SAN identities,
 //!   certificate checks, live reload).
 //!
+//! Visibility: crate-private by default (`unreachable_pub` is denied in CI); `pub` is what the
+//! binary, the integration tests, the fuzz targets and the bench driver use.
+//!
 //! Data flows one way: request → api → (router: here, or forwarded to the Primary) → store →
 //! commit hook → objstore. No module cycles: `tests/layering.rs` checks it.
+
+#![warn(unreachable_pub)]
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod datafile;
-pub mod durability;
+pub(crate) mod durability;
 pub mod fatal;
-pub mod grpc;
-pub mod ha;
-pub mod health;
+pub(crate) mod grpc;
+pub(crate) mod ha;
+pub(crate) mod health;
 pub mod metrics;
 pub mod objstore;
-pub mod proto;
+pub(crate) mod proto;
 pub mod server;
 pub mod store;
-pub mod systemd;
+pub(crate) mod systemd;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

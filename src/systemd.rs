@@ -8,15 +8,15 @@ use sd_notify::NotifyState;
 
 use crate::store::Store;
 
-pub fn ready() {
+pub(crate) fn ready() {
     let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status("serving")]);
 }
 
-pub fn status(text: &str) {
+pub(crate) fn status(text: &str) {
     let _ = sd_notify::notify(false, &[NotifyState::Status(text)]);
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     let _ = sd_notify::notify(
         false,
         &[NotifyState::Stopping, NotifyState::Status("stopping")],
@@ -25,7 +25,7 @@ pub fn stopping() {
 
 /// Sends `WATCHDOG=1` at half the configured interval, but only while a read through the store
 /// completes in time: a wedged process stops petting the watchdog and systemd restarts it.
-pub async fn watchdog(store: Store, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn watchdog(store: Store, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut usec = 0u64;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return;

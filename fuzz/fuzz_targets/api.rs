@@ -43,9 +43,9 @@ const METHODS: [(&str, bool); 12] = [
 
 struct Harness {
     rt: tokio::runtime::Runtime,
-    kv: PbKvServer<api::kv::KvService>,
-    watch: PbWatchServer<api::watch::WatchService>,
-    lease: PbLeaseServer<api::lease::LeaseService>,
+    kv: PbKvServer<api::KvService>,
+    watch: PbWatchServer<api::WatchService>,
+    lease: PbLeaseServer<api::LeaseService>,
     _dir: tempfile::TempDir,
 }
 
@@ -99,11 +99,11 @@ fn harness() -> &'static Harness {
             serving: Arc::new(AtomicBool::new(true)),
         };
         Harness {
-            kv: PbKvServer::new(api::kv::KvService::new(ctx.clone()))
+            kv: PbKvServer::new(api::KvService::new(ctx.clone()))
                 .max_decoding_message_size(max_msg),
-            watch: PbWatchServer::new(api::watch::WatchService::new(ctx.clone()))
+            watch: PbWatchServer::new(api::WatchService::new(ctx.clone()))
                 .max_decoding_message_size(max_msg),
-            lease: PbLeaseServer::new(api::lease::LeaseService::new(ctx))
+            lease: PbLeaseServer::new(api::LeaseService::new(ctx))
                 .max_decoding_message_size(max_msg),
             rt,
             _dir: dir,

@@ -11,12 +11,12 @@ use tonic::{Request, Response, Status};
 use super::Context;
 use super::status::unimplemented;
 
-pub struct ClusterService {
+pub(crate) struct ClusterService {
     ctx: Context,
 }
 
 impl ClusterService {
-    pub fn new(ctx: Context) -> Self {
+    pub(crate) fn new(ctx: Context) -> Self {
         ClusterService { ctx }
     }
 }

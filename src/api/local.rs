@@ -19,12 +19,16 @@ use super::status::RequestError;
 use crate::proto::ForwardMethod;
 
 /// etcd's minimum TTL with default election settings: ceil(1.5 × 10 × 100 ms) = 2 s.
-pub const MIN_TTL: i64 = 2;
+pub(crate) const MIN_TTL: i64 = 2;
 /// etcd's MaxLeaseTTL.
-pub const MAX_TTL: i64 = 9_000_000_000;
+pub(crate) const MAX_TTL: i64 = 9_000_000_000;
 
 /// Runs a forwarded request (encoded as `method`) and encodes the answer.
-pub async fn execute(ctx: &Context, method: ForwardMethod, req: &[u8]) -> Result<Vec<u8>, Status> {
+pub(crate) async fn execute(
+    ctx: &Context,
+    method: ForwardMethod,
+    req: &[u8],
+) -> Result<Vec<u8>, Status> {
     use ForwardMethod as M;
     Ok(match method {
         M::ForwardTxn => txn(ctx, decode(req)?).await?.encode_to_vec(),
@@ -53,14 +57,14 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, Status> {
 }
 
 /// A write (Put and DeleteRange are one-op Txns).
-pub async fn txn(ctx: &Context, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
+pub(crate) async fn txn(ctx: &Context, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
     let mut resp = ctx.store.txn(req).await?;
     let rev = resp.header.as_ref().map_or(0, |h| h.revision);
     resp.header = Some(ctx.header(rev));
     Ok(resp)
 }
 
-pub async fn compact(
+pub(crate) async fn compact(
     ctx: &Context,
     req: PbCompactionRequest,
 ) -> Result<PbCompactionResponse, Status> {
@@ -70,7 +74,7 @@ pub async fn compact(
     })
 }
 
-pub async fn lease_grant(
+pub(crate) async fn lease_grant(
     ctx: &Context,
     req: PbLeaseGrantRequest,
 ) -> Result<PbLeaseGrantResponse, Status> {
@@ -97,7 +101,7 @@ pub async fn lease_grant(
     })
 }
 
-pub async fn lease_revoke(
+pub(crate) async fn lease_revoke(
     ctx: &Context,
     req: PbLeaseRevokeRequest,
 ) -> Result<PbLeaseRevokeResponse, Status> {
@@ -107,7 +111,7 @@ pub async fn lease_revoke(
     })
 }
 
-pub fn lease_time_to_live(
+pub(crate) fn lease_time_to_live(
     ctx: &Context,
     req: PbLeaseTimeToLiveRequest,
 ) -> PbLeaseTimeToLiveResponse {
@@ -134,7 +138,7 @@ pub fn lease_time_to_live(
     }
 }
 
-pub fn lease_leases(ctx: &Context, _req: PbLeaseLeasesRequest) -> PbLeaseLeasesResponse {
+pub(crate) fn lease_leases(ctx: &Context, _req: PbLeaseLeasesRequest) -> PbLeaseLeasesResponse {
     let rev = ctx.store.current_revision();
     let leases = ctx
         .store
@@ -150,7 +154,7 @@ pub fn lease_leases(ctx: &Context, _req: PbLeaseLeasesRequest) -> PbLeaseLeasesR
 }
 
 /// One keep-alive: the lease's new TTL (0 = unknown lease).
-pub fn keep_alive(ctx: &Context, id: i64) -> PbLeaseKeepAliveResponse {
+pub(crate) fn keep_alive(ctx: &Context, id: i64) -> PbLeaseKeepAliveResponse {
     let ttl = ctx.store.leases().renew(id).unwrap_or(0);
     let rev = ctx.store.current_revision();
     PbLeaseKeepAliveResponse {

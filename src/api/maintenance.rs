@@ -15,12 +15,12 @@ use tonic::{Request, Response, Status};
 use super::status::unimplemented;
 use super::{Context, ETCD_VERSION};
 
-pub struct MaintenanceService {
+pub(crate) struct MaintenanceService {
     ctx: Context,
 }
 
 impl MaintenanceService {
-    pub fn new(ctx: Context) -> Self {
+    pub(crate) fn new(ctx: Context) -> Self {
         MaintenanceService { ctx }
     }
 }

@@ -4,15 +4,15 @@
 //! metrics per RPC. Never runs SQL: every read and write goes through `store`. Every error
 //! becomes a gRPC status in `status.rs` and nowhere else.
 
-pub mod cluster;
-pub mod kv;
-pub mod lease;
-pub mod local;
-pub mod maintenance;
-pub mod router;
-pub mod status;
-pub mod validate;
-pub mod watch;
+pub(crate) mod cluster;
+mod kv;
+mod lease;
+pub(crate) mod local;
+pub(crate) mod maintenance;
+pub(crate) mod router;
+pub(crate) mod status;
+pub(crate) mod validate;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use etcd_client::proto::PbResponseHeader;
 
+pub use kv::KvService;
+pub use lease::LeaseService;
 pub use router::{Leader, Router, Standalone};
+pub use watch::WatchService;
 
 use crate::metrics::Metrics;
 use crate::store::Store;

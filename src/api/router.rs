@@ -45,7 +45,7 @@ pub enum Leader {
 }
 
 /// Routes `req` and decodes the Primary's answer, if it ran there.
-pub async fn route<Resp: Message + Default>(
+pub(crate) async fn route<Resp: Message + Default>(
     router: &Arc<dyn Router>,
     method: ForwardMethod,
     req: &impl Message,

@@ -27,8 +27,8 @@ pub enum RequestError {
     KeyNotFound,
 }
 
-pub const MSG_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
-pub const MSG_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+pub(crate) const MSG_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+pub(crate) const MSG_FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
 
 impl From<RequestError> for Status {
     fn from(e: RequestError) -> Status {
@@ -100,7 +100,7 @@ impl From<store::Error> for Status {
 }
 
 /// The status a method we do not implement answers with.
-pub fn unimplemented(method: &str) -> Status {
+pub(crate) fn unimplemented(method: &str) -> Status {
     Status::new(
         Code::Unimplemented,
         format!("method {method} not implemented"),
@@ -108,17 +108,17 @@ pub fn unimplemented(method: &str) -> Status {
 }
 
 /// etcd's answer while there is no leader to serve a request: clients retry, maybe elsewhere.
-pub fn leader_changed() -> Status {
+pub(crate) fn leader_changed() -> Status {
     Status::new(Code::Unavailable, "etcdserver: leader changed")
 }
 
 /// etcd's answer when a request's outcome is not known in time (it may have been executed).
-pub fn timed_out() -> Status {
+pub(crate) fn timed_out() -> Status {
     Status::new(Code::Unavailable, "etcdserver: request timed out")
 }
 
 /// The status while the node is not serving (loading or degraded).
-pub fn not_ready() -> Status {
+pub(crate) fn not_ready() -> Status {
     Status::new(Code::Unavailable, "etcdserver: not capable")
 }
 

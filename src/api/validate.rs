@@ -7,9 +7,9 @@ use etcd_client::proto::{
 use super::status::RequestError;
 
 /// etcd's default limit on operations in one txn (`--max-txn-ops`).
-pub const MAX_TXN_OPS: usize = 128;
+pub(crate) const MAX_TXN_OPS: usize = 128;
 
-pub fn range(r: &PbRangeRequest) -> Result<(), RequestError> {
+pub(crate) fn range(r: &PbRangeRequest) -> Result<(), RequestError> {
     if r.key.is_empty() {
         return Err(RequestError::EmptyKey);
     }
@@ -19,7 +19,7 @@ pub fn range(r: &PbRangeRequest) -> Result<(), RequestError> {
     Ok(())
 }
 
-pub fn put(p: &PbPutRequest) -> Result<(), RequestError> {
+pub(crate) fn put(p: &PbPutRequest) -> Result<(), RequestError> {
     if p.key.is_empty() {
         return Err(RequestError::EmptyKey);
     }
@@ -32,14 +32,14 @@ pub fn put(p: &PbPutRequest) -> Result<(), RequestError> {
     Ok(())
 }
 
-pub fn delete(d: &PbDeleteRequest) -> Result<(), RequestError> {
+pub(crate) fn delete(d: &PbDeleteRequest) -> Result<(), RequestError> {
     if d.key.is_empty() {
         return Err(RequestError::EmptyKey);
     }
     Ok(())
 }
 
-pub fn txn(t: &PbTxnRequest) -> Result<(), RequestError> {
+pub(crate) fn txn(t: &PbTxnRequest) -> Result<(), RequestError> {
     check_txn(t, MAX_TXN_OPS)?;
     check_intervals(&t.success)?;
     check_intervals(&t.failure)?;

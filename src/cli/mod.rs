@@ -1,7 +1,7 @@
 //! The tool commands of the `netsy` binary besides running a node: `netsy certs` and
 //! `netsy datafile inspect`. The node itself is `server`.
 
-pub mod certs;
+mod certs;
 
 use std::io::Write;
 

@@ -29,7 +29,7 @@
 pub mod asyncio;
 pub mod inspect;
 mod reader;
-pub mod wire;
+pub(crate) mod wire;
 mod writer;
 
 #[cfg(test)]

@@ -10,14 +10,14 @@ use super::{Error, MAX_MESSAGE_LEN};
 
 /// CRC-64/XZ (Go's `hash/crc64` with the ECMA table): check value for "123456789" is
 /// 0x995DC9BBDF1939FA.
-pub static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_XZ);
+pub(crate) static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_XZ);
 
 /// Field number of `crc` in `FileHeader` and `Record`.
-pub const HEADER_CRC_FIELD: u32 = 1;
+pub(crate) const HEADER_CRC_FIELD: u32 = 1;
 /// Field number of `crc` in `Record`.
-pub const RECORD_CRC_FIELD: u32 = 1;
+pub(crate) const RECORD_CRC_FIELD: u32 = 1;
 /// Field number of `crc` in `FileFooter`.
-pub const FOOTER_CRC_FIELD: u32 = 8;
+pub(crate) const FOOTER_CRC_FIELD: u32 = 8;
 
 /// Which message is being read, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl std::fmt::Display for What {
 }
 
 /// Appends `value` as an unsigned LEB128 varint.
-pub fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         buf.push((value as u8) | 0x80);
         value >>= 7;
@@ -47,7 +47,7 @@ pub fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Writes `msg` with its LEB128 length prefix in a single `write_all`.
-pub fn write_delimited<W: Write + ?Sized>(w: &mut W, body: &[u8]) -> io::Result<()> {
+pub(crate) fn write_delimited<W: Write + ?Sized>(w: &mut W, body: &[u8]) -> io::Result<()> {
     let mut framed = Vec::with_capacity(body.len() + 10);
     put_varint(&mut framed, body.len() as u64);
     framed.extend_from_slice(body);
@@ -69,7 +69,10 @@ fn read_byte<R: Read + ?Sized>(r: &mut R) -> io::Result<Option<u8>> {
 /// Reads one length-delimited message body. Returns `Ok(None)` on a clean end of input before
 /// the first length byte. The length is capped at [`MAX_MESSAGE_LEN`] and the buffer grows
 /// only as bytes actually arrive, so a lying length prefix cannot force a large allocation.
-pub fn read_delimited<R: Read + ?Sized>(r: &mut R, what: What) -> Result<Option<Vec<u8>>, Error> {
+pub(crate) fn read_delimited<R: Read + ?Sized>(
+    r: &mut R,
+    what: What,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut len: u64 = 0;
     let mut shift = 0u32;
     let mut first = true;
@@ -112,7 +115,7 @@ pub fn read_delimited<R: Read + ?Sized>(r: &mut R, what: What) -> Result<Option<
 }
 
 /// Encodes a message canonically (prost: fields in field-number order, proto3 defaults omitted).
-pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
+pub(crate) fn encode<M: Message>(msg: &M) -> Vec<u8> {
     msg.encode_to_vec()
 }
 
@@ -120,7 +123,7 @@ pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
 /// keeping all other fields (known or not) in their original order. For a canonically encoded
 /// message this equals the encoding of the message with `crc = 0`, which is what the CRC covers;
 /// unlike re-encoding a decoded message it also preserves fields this build does not know.
-pub fn strip_field(body: &[u8], crc_field: u32, what: What) -> Result<Vec<u8>, Error> {
+pub(crate) fn strip_field(body: &[u8], crc_field: u32, what: What) -> Result<Vec<u8>, Error> {
     let mut out = Vec::with_capacity(body.len());
     let mut pos = 0usize;
     while pos < body.len() {

@@ -15,7 +15,7 @@ use crate::store::{Record, Store};
 const IMPORT_BATCH: usize = 5000;
 
 #[derive(Debug, Default, Clone)]
-pub struct BackfillStats {
+pub(crate) struct BackfillStats {
     pub snapshot_revision: Option<i64>,
     pub chunks: usize,
     pub records: u64,
@@ -29,7 +29,7 @@ pub struct BackfillStats {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackfillError {
+pub(crate) enum BackfillError {
     #[error("object storage: {0}")]
     Storage(#[from] crate::objstore::Error),
     #[error("data file {key}: {source}")]
@@ -51,7 +51,7 @@ pub enum BackfillError {
 
 /// Brings `store` up to date with the bucket. Only the `writer` (the Primary) writes the genesis
 /// chunk of an empty bucket. `progress` receives human-readable status lines.
-pub async fn backfill(
+pub(crate) async fn backfill(
     store: &Store,
     storage: &ObjectStorage,
     node_id: &str,

@@ -23,7 +23,7 @@ use crate::objstore::{Error, ObjectStorage, cas};
 
 /// Content of `leader/epochs/{epoch}.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
+pub(crate) struct EpochRecord {
     pub epoch: u64,
     /// The first revision this epoch's writer writes.
     pub start_revision: i64,
@@ -33,14 +33,14 @@ pub struct EpochRecord {
 
 /// The epoch records of a bucket: epoch → first revision.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct EpochLog {
+pub(crate) struct EpochLog {
     starts: BTreeMap<u64, i64>,
 }
 
 impl EpochLog {
     /// Reads every epoch record of the bucket. Unreadable records are an error: guessing could
     /// let an orphan in.
-    pub async fn load(storage: &ObjectStorage) -> Result<EpochLog, Error> {
+    pub(crate) async fn load(storage: &ObjectStorage) -> Result<EpochLog, Error> {
         let store = storage.store();
         let dir = storage.layout().epochs_dir();
         let metas: Vec<_> = store
@@ -66,7 +66,7 @@ impl EpochLog {
 
     /// Records that `epoch` starts at `start_revision` (create-only; an identical record left by
     /// an earlier attempt is accepted).
-    pub async fn record(
+    pub(crate) async fn record(
         &mut self,
         storage: &ObjectStorage,
         epoch: u64,
@@ -100,20 +100,22 @@ impl EpochLog {
         Ok(())
     }
 
-    /// Adds an epoch known from elsewhere (tests, a replication stream).
-    pub fn insert(&mut self, epoch: u64, start_revision: i64) {
+    /// Adds an epoch (tests).
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, epoch: u64, start_revision: i64) {
         self.starts.insert(epoch, start_revision);
     }
 
     /// Whether a chunk of `epoch` ending at `last_revision` is an orphan of a deposed writer.
-    pub fn is_orphan(&self, epoch: u64, last_revision: i64) -> bool {
+    pub(crate) fn is_orphan(&self, epoch: u64, last_revision: i64) -> bool {
         self.starts
             .range(epoch.saturating_add(1)..)
             .any(|(_, start)| last_revision >= *start)
     }
 
+    #[cfg(test)]
     /// The newest epoch recorded.
-    pub fn latest(&self) -> u64 {
+    pub(crate) fn latest(&self) -> u64 {
         self.starts.keys().next_back().copied().unwrap_or(0)
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Shared, cheap to clone and to check.
 #[derive(Clone, Debug)]
-pub struct Fence {
+pub(crate) struct Fence {
     /// Milliseconds since `origin` until which the holder may still write.
     valid_until: Arc<AtomicU64>,
     origin: Instant,
@@ -22,7 +22,7 @@ impl Default for Fence {
 
 impl Fence {
     /// A fence that holds nothing yet.
-    pub fn new() -> Fence {
+    pub(crate) fn new() -> Fence {
         Fence {
             valid_until: Arc::new(AtomicU64::new(0)),
             origin: Instant::now(),
@@ -30,19 +30,19 @@ impl Fence {
     }
 
     /// Holds until `validity` after `from` (the moment the renewal that proved it was sent).
-    pub fn extend(&self, from: Instant, validity: Duration) {
+    pub(crate) fn extend(&self, from: Instant, validity: Duration) {
         let until = from.saturating_duration_since(self.origin) + validity;
         self.valid_until
             .store(until.as_millis() as u64, Ordering::Release);
     }
 
     /// Whether the lease certainly still holds.
-    pub fn holds(&self) -> bool {
+    pub(crate) fn holds(&self) -> bool {
         !self.remaining().is_zero()
     }
 
     /// How long it still holds.
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         let until = Duration::from_millis(self.valid_until.load(Ordering::Acquire));
         until.saturating_sub(self.origin.elapsed())
     }

@@ -6,8 +6,8 @@
 //! rebuilds the local SQLite copy. Never builds an object key (that is `objstore::layout`) and
 //! never runs SQL (that is `store`).
 
-pub mod backfill;
-pub mod epochs;
+pub(crate) mod backfill;
+pub(crate) mod epochs;
 mod fence;
 mod snapshot;
 
@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-pub use backfill::{BackfillStats, backfill};
-pub use epochs::EpochLog;
-pub use fence::Fence;
-pub use snapshot::{SnapshotPolicy, SnapshotWorker};
+pub(crate) use backfill::backfill;
+pub(crate) use epochs::EpochLog;
+pub(crate) use fence::Fence;
+pub(crate) use snapshot::{SnapshotPolicy, SnapshotWorker};
 
 use crate::objstore::{self, EncodedChunk, ErrorKind, ObjectStorage, UploadOutcome};
 use crate::proto as pb;
@@ -43,26 +43,26 @@ const UPLOAD_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Notice to the snapshot worker after each durable group.
 #[derive(Debug, Clone, Copy)]
-pub struct Committed {
+pub(crate) struct Committed {
     pub revision: i64,
     pub bytes: u64,
 }
 
 /// Lease record in the bucket.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct LeaseObject {
+pub(crate) struct LeaseObject {
     pub id: i64,
     pub ttl: i64,
 }
 
 /// Compaction state in the bucket.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct CompactionObject {
+pub(crate) struct CompactionObject {
     pub revision: i64,
 }
 
 /// The commit hook of the writer: chunks, leases and compaction go to the bucket first.
-pub struct BucketHook {
+pub(crate) struct BucketHook {
     storage: ObjectStorage,
     node_id: String,
     rt: Handle,
@@ -76,7 +76,7 @@ pub struct BucketHook {
 
 /// Where a Primary's locally committed changes go next (the replication feed, `ha::feed`).
 /// Called on the writer thread before callers are answered: it must not block.
-pub trait Fanout: Send + 'static {
+pub(crate) trait Fanout: Send + 'static {
     /// The records of one commit group; `revision` is the group's last.
     fn records(&self, records: &[Record], revision: i64);
     /// The compaction revision moved to `revision`.
@@ -94,7 +94,7 @@ enum Settled {
 impl BucketHook {
     /// A hook writing as `epoch`, whose start is already in `epochs`. Setting `stopping` makes
     /// a stalled upload give up (the process then exits without answering its callers).
-    pub fn new(
+    pub(crate) fn new(
         storage: ObjectStorage,
         node_id: String,
         rt: Handle,
@@ -117,13 +117,13 @@ impl BucketHook {
     }
 
     /// Acknowledges nothing once the writer lock's lease may have run out.
-    pub fn with_fence(mut self, fence: Fence) -> Self {
+    pub(crate) fn with_fence(mut self, fence: Fence) -> Self {
         self.fence = Some(fence);
         self
     }
 
     /// Hands every local commit to `fanout` (the Replicas' feed).
-    pub fn with_fanout(mut self, fanout: impl Fanout) -> Self {
+    pub(crate) fn with_fanout(mut self, fanout: impl Fanout) -> Self {
         self.fanout = Some(Box::new(fanout));
         self
     }
@@ -317,7 +317,7 @@ impl CommitHook for BucketHook {
 
 /// The hook of a node that is not the Primary: it writes nothing (writes are forwarded; local
 /// compaction follows the Primary's).
-pub struct ReplicaHook;
+pub(crate) struct ReplicaHook;
 
 impl CommitHook for ReplicaHook {
     fn persist(&mut self, _records: &[Record]) -> Result<(), HookError> {
@@ -330,7 +330,7 @@ impl CommitHook for ReplicaHook {
 }
 
 /// Builds the object storage of a cluster config.
-pub fn open_storage(
+pub(crate) fn open_storage(
     cfg: &objstore::StorageConfig,
     registry: &prometheus::Registry,
 ) -> Result<ObjectStorage, objstore::Error> {
@@ -361,7 +361,7 @@ fn ts_string(t: &Option<prost_types::Timestamp>) -> Option<String> {
 }
 
 /// A store record as a data-file record.
-pub fn to_proto(r: &Record) -> pb::Record {
+pub(crate) fn to_proto(r: &Record) -> pb::Record {
     pb::Record {
         crc: 0,
         revision: r.revision,
@@ -383,7 +383,7 @@ pub fn to_proto(r: &Record) -> pb::Record {
 }
 
 /// A data-file record as a store record. Values of tombstones and compacted rows are NULL.
-pub fn from_proto(r: pb::Record) -> Record {
+pub(crate) fn from_proto(r: pb::Record) -> Record {
     let compacted_at = ts_string(&r.compacted_at);
     let value = if r.deleted || compacted_at.is_some() {
         None

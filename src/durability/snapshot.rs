@@ -15,7 +15,7 @@ use crate::store::{self, Store};
 
 /// Why a snapshot was not taken (the next one is tried after more writes).
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub(crate) enum SnapshotError {
     #[error("reading the local copy: {0}")]
     Export(#[from] store::Error),
     #[error("encoding: {0}")]
@@ -28,7 +28,7 @@ pub enum SnapshotError {
 
 /// When to take a snapshot (the `snapshot.*` keys).
 #[derive(Debug, Clone)]
-pub struct SnapshotPolicy {
+pub(crate) struct SnapshotPolicy {
     pub threshold_records: i64,
     pub threshold_bytes: u64,
     /// Zero disables the age trigger.
@@ -37,7 +37,7 @@ pub struct SnapshotPolicy {
     pub retention_count: usize,
 }
 
-pub struct SnapshotWorker {
+pub(crate) struct SnapshotWorker {
     pub store: Store,
     pub storage: ObjectStorage,
     pub node_id: String,
@@ -49,7 +49,7 @@ type FileWriter = Writer<std::io::BufWriter<std::fs::File>>;
 
 impl SnapshotWorker {
     /// Runs until `shutdown`, taking snapshots when the thresholds are crossed.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         mut committed: mpsc::Receiver<Committed>,
         mut shutdown: watch::Receiver<bool>,
@@ -97,7 +97,7 @@ impl SnapshotWorker {
     }
 
     /// Writes, uploads and cleans up after a snapshot at `rev`; returns the snapshot's size.
-    pub async fn take(&self, rev: i64) -> Result<u64, SnapshotError> {
+    pub(crate) async fn take(&self, rev: i64) -> Result<u64, SnapshotError> {
         let started = Instant::now();
         let (file, path) = ObjectStorage::create_snapshot_temp(&self.temp_dir, rev)?;
         let node_id = self.node_id.clone();

@@ -42,7 +42,7 @@ const RETRY: Duration = Duration::from_millis(200);
 const IDLE: Duration = Duration::from_secs(10);
 
 /// Follows whichever node is Primary until `stop`; on a Primary it waits.
-pub async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn follow(cluster: Cluster, store: Store, mut stop: watch::Receiver<bool>) {
     let mut roles = cluster.subscribe_role();
     let mut last_error = String::new();
     loop {

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use crate::durability::Fence;
+pub(crate) use crate::durability::Fence;
 use crate::fatal::{Fatal, FatalChannel};
 use crate::objstore::{Error, ObjectStorage, cas};
 
 /// How often the holder renews and how long a silent holder is trusted.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LockTiming {
+pub(crate) struct LockTiming {
     pub renew_every: Duration,
     pub ttl: Duration,
 }
@@ -29,7 +29,7 @@ pub struct LockTiming {
 impl LockTiming {
     /// From the cluster config: renew twice per `heartbeat_interval`; a holder is gone after
     /// `degradation_count + 1` heartbeat intervals without a renewal.
-    pub fn from_heartbeat(heartbeat: Duration, degradation_count: u32) -> LockTiming {
+    pub(crate) fn from_heartbeat(heartbeat: Duration, degradation_count: u32) -> LockTiming {
         LockTiming {
             renew_every: heartbeat / 2,
             ttl: heartbeat * (degradation_count.max(1) + 1),
@@ -44,7 +44,7 @@ impl LockTiming {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LockRecord {
+pub(crate) struct LockRecord {
     #[serde(rename = "leaderID")]
     pub leader_id: String,
     #[serde(rename = "leaderAddr")]
@@ -69,7 +69,7 @@ fn is_zero(v: &u64) -> bool {
 
 impl LockRecord {
     /// Released by its holder (a graceful stop): takeable at once.
-    pub fn is_released(&self) -> bool {
+    pub(crate) fn is_released(&self) -> bool {
         humantime::parse_rfc3339_weak(&self.last_updated)
             .is_ok_and(|t| t <= SystemTime::UNIX_EPOCH + Duration::from_secs(1))
     }
@@ -77,7 +77,7 @@ impl LockRecord {
 
 /// What a watcher knows about the lock: the version it saw and since when.
 #[derive(Debug, Clone)]
-pub struct Observation {
+pub(crate) struct Observation {
     pub record: Option<LockRecord>,
     etag: Option<String>,
     since: Instant,
@@ -85,7 +85,7 @@ pub struct Observation {
 
 impl Observation {
     /// Whether the holder may be replaced now.
-    pub fn takeable(&self, timing: &LockTiming, node_id: &str) -> bool {
+    pub(crate) fn takeable(&self, timing: &LockTiming, node_id: &str) -> bool {
         match &self.record {
             None => true,
             Some(r) => {
@@ -96,20 +96,20 @@ impl Observation {
 }
 
 /// Watches the lock record: [`Watcher::observe`] reads it and remembers when it last changed.
-pub struct Watcher {
+pub(crate) struct Watcher {
     storage: ObjectStorage,
     last: Option<Observation>,
 }
 
 impl Watcher {
-    pub fn new(storage: ObjectStorage) -> Watcher {
+    pub(crate) fn new(storage: ObjectStorage) -> Watcher {
         Watcher {
             storage,
             last: None,
         }
     }
 
-    pub async fn observe(&mut self) -> Result<Observation, Error> {
+    pub(crate) async fn observe(&mut self) -> Result<Observation, Error> {
         let key = self.storage.layout().elector();
         let current = cas::get(self.storage.store().as_ref(), &key).await?;
         let etag = current.as_ref().map(|v| v.etag.clone());
@@ -129,7 +129,7 @@ impl Watcher {
 }
 
 /// A held lock.
-pub struct BucketLock {
+pub(crate) struct BucketLock {
     storage: ObjectStorage,
     record: LockRecord,
     etag: String,
@@ -144,7 +144,7 @@ fn encode(r: &LockRecord) -> Bytes {
 impl BucketLock {
     /// Takes the lock if `seen` says it may be taken, by a conditional write against exactly the
     /// version seen. `Ok(None)`: someone else changed it first.
-    pub async fn take(
+    pub(crate) async fn take(
         storage: &ObjectStorage,
         seen: &Observation,
         node_id: &str,
@@ -188,18 +188,18 @@ impl BucketLock {
     }
 
     /// This holder's epoch (unique to this acquisition).
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.record.epoch
     }
 
     /// A cheap check the write path makes before acknowledging: whether this holder's lease is
     /// still certainly its own.
-    pub fn fence(&self) -> Fence {
+    pub(crate) fn fence(&self) -> Fence {
         self.fence.clone()
     }
 
     /// Renews the lock; `Error::Precondition` means another node holds it now.
-    pub async fn renew(&mut self) -> Result<(), Error> {
+    pub(crate) async fn renew(&mut self) -> Result<(), Error> {
         let key = self.storage.layout().elector();
         let store = self.storage.store().as_ref();
         self.record.last_updated = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
@@ -240,7 +240,7 @@ impl BucketLock {
     /// Renews until `shutdown`; records a fatal error (the node stops) if the lock is taken
     /// over or its lease runs out. On shutdown, releases the lock so another node takes over at
     /// once.
-    pub async fn keep(
+    pub(crate) async fn keep(
         mut self,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
         fatal: FatalChannel,

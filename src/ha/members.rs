@@ -17,14 +17,14 @@ use crate::objstore::{Error, ObjectStorage, cas};
 
 /// `members.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct MembersFile {
+pub(crate) struct MembersFile {
     pub cluster_id: String,
     pub members: BTreeMap<String, u64>,
 }
 
 /// `nodes/{node_id}.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeRecord {
+pub(crate) struct NodeRecord {
     pub node_id: String,
     pub member_id: u64,
     pub client_advertise_address: String,
@@ -35,7 +35,7 @@ pub struct NodeRecord {
 
 /// One row of MemberList.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MemberInfo {
+pub(crate) struct MemberInfo {
     pub name: String,
     pub id: u64,
     pub client_urls: Vec<String>,
@@ -44,7 +44,7 @@ pub struct MemberInfo {
 
 /// This node's registration and the cluster's member list as last read.
 #[derive(Clone)]
-pub struct Membership {
+pub(crate) struct Membership {
     storage: ObjectStorage,
     me: Arc<RwLock<NodeRecord>>,
     scheme: &'static str,
@@ -53,7 +53,7 @@ pub struct Membership {
 
 impl Membership {
     /// Allocates (or finds) this node's member id and registers it.
-    pub async fn register(
+    pub(crate) async fn register(
         storage: &ObjectStorage,
         cluster_id: &str,
         node_id: &str,
@@ -80,12 +80,12 @@ impl Membership {
         Ok(m)
     }
 
-    pub fn member_id(&self) -> u64 {
+    pub(crate) fn member_id(&self) -> u64 {
         self.me.read().map(|m| m.member_id).unwrap_or(0)
     }
 
     /// Member id of a node, from the last list read.
-    pub fn member_id_of(&self, node_id: &str) -> Option<u64> {
+    pub(crate) fn member_id_of(&self, node_id: &str) -> Option<u64> {
         self.list
             .read()
             .ok()?
@@ -95,12 +95,12 @@ impl Membership {
     }
 
     /// The last list read (sorted by member id).
-    pub fn list(&self) -> Vec<MemberInfo> {
+    pub(crate) fn list(&self) -> Vec<MemberInfo> {
         self.list.read().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Refreshes this node's registration.
-    pub async fn heartbeat(&self) -> Result<(), Error> {
+    pub(crate) async fn heartbeat(&self) -> Result<(), Error> {
         let rec = {
             let mut me = self.me.write().unwrap_or_else(|p| p.into_inner());
             me.last_heartbeat = now();
@@ -117,7 +117,7 @@ impl Membership {
     }
 
     /// Re-reads every registration.
-    pub async fn refresh(&self) -> Result<(), Error> {
+    pub(crate) async fn refresh(&self) -> Result<(), Error> {
         let records = read_nodes(&self.storage).await?;
         let mut list: Vec<MemberInfo> = records
             .into_iter()
@@ -139,7 +139,7 @@ impl Membership {
     /// (0 = never). Staleness is observed on this node's monotonic clock — a registration's
     /// `last_heartbeat` is written by another node's wall clock, which may be skewed or jump —
     /// so a node only becomes a candidate after this node watched it stand still for `timeout`.
-    pub async fn deregister_stale(
+    pub(crate) async fn deregister_stale(
         &self,
         timeout: Duration,
         seen: &mut HashMap<object_store::path::Path, (String, Instant)>,
@@ -181,7 +181,7 @@ impl Membership {
 
     /// Heartbeats and refreshes every `every` until `stop`; a Primary also deregisters stale
     /// nodes (`is_primary`).
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         every: Duration,
         deregistration_timeout: Duration,

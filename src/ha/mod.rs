@@ -12,10 +12,10 @@
 //! and waits until the local copy has applied it.
 
 mod follower;
-pub mod lock;
-pub mod members;
-pub mod peer;
-pub mod supervisor;
+pub(crate) mod lock;
+pub(crate) mod members;
+pub(crate) mod peer;
+pub(crate) mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,8 +26,8 @@ use tokio::sync::{broadcast, watch};
 use tonic::Status;
 use tonic::transport::Channel;
 
-pub use follower::follow;
-pub use supervisor::Supervisor;
+pub(crate) use follower::follow;
+pub(crate) use supervisor::Supervisor;
 
 use crate::api::status::{leader_changed, timed_out};
 use crate::api::{Leader, Router};
@@ -38,15 +38,15 @@ use crate::store::Store;
 use crate::watch::WatchHub;
 
 /// How long a Replica waits for its local copy to reach a revision it must serve.
-pub const APPLY_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const APPLY_WAIT: Duration = Duration::from_secs(5);
 /// Deadline of one forwarded request.
 const FORWARD_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a write waits for a Primary (a takeover in progress) before failing.
-pub const ROUTE_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const ROUTE_WAIT: Duration = Duration::from_secs(5);
 
 /// The node that currently writes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PrimaryInfo {
+pub(crate) struct PrimaryInfo {
     pub node_id: String,
     pub peer_addr: String,
     pub epoch: u64,
@@ -54,7 +54,7 @@ pub struct PrimaryInfo {
 
 /// What this node is.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Loading, or taking over as Primary: neither writes nor forwards.
     Transition,
     Primary {
@@ -66,7 +66,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Role::Transition => "transition",
             Role::Primary { .. } => "primary",
@@ -75,7 +75,7 @@ impl Role {
     }
 
     /// The epoch etcd clients see as the raft term.
-    pub fn term(&self) -> u64 {
+    pub(crate) fn term(&self) -> u64 {
         match self {
             Role::Transition => 0,
             Role::Primary { epoch } => *epoch,
@@ -86,7 +86,7 @@ impl Role {
 
 /// Shared cluster state of one node.
 #[derive(Clone)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     inner: Arc<Inner>,
 }
 
@@ -108,7 +108,7 @@ struct Inner {
 }
 
 impl Cluster {
-    pub fn new(
+    pub(crate) fn new(
         node_id: String,
         store: Store,
         hub: WatchHub,
@@ -134,12 +134,12 @@ impl Cluster {
     }
 
     /// Sets the lease that this node's Primary role rests on.
-    pub fn set_fence(&self, fence: Fence) {
+    pub(crate) fn set_fence(&self, fence: Fence) {
         *self.inner.fence.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
     }
 
     /// Whether this node is the Primary and its lease certainly still holds.
-    pub fn primary_lease_holds(&self) -> bool {
+    pub(crate) fn primary_lease_holds(&self) -> bool {
         matches!(self.role(), Role::Primary { .. })
             && self
                 .inner
@@ -150,19 +150,19 @@ impl Cluster {
                 .is_none_or(|f| f.holds())
     }
 
-    pub fn node_id(&self) -> &str {
+    pub(crate) fn node_id(&self) -> &str {
         &self.inner.node_id
     }
 
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.inner.role.borrow().clone()
     }
 
-    pub fn subscribe_role(&self) -> watch::Receiver<Role> {
+    pub(crate) fn subscribe_role(&self) -> watch::Receiver<Role> {
         self.inner.role.subscribe()
     }
 
-    pub fn set_role(&self, role: Role) {
+    pub(crate) fn set_role(&self, role: Role) {
         self.inner.role.send_if_modified(|r| {
             if *r == role {
                 false
@@ -181,7 +181,7 @@ impl Cluster {
 
     /// This node is shutting down: writes that would wait for a Primary fail at once instead
     /// (the client retries on another node).
-    pub fn set_stopping(&self) {
+    pub(crate) fn set_stopping(&self) {
         self.inner
             .stopping
             .store(true, std::sync::atomic::Ordering::Release);
@@ -194,12 +194,12 @@ impl Cluster {
     }
 
     /// Where a Primary publishes committed records for its followers.
-    pub fn feed(&self) -> &broadcast::Sender<Arc<pb::FollowMessage>> {
+    pub(crate) fn feed(&self) -> &broadcast::Sender<Arc<pb::FollowMessage>> {
         &self.inner.feed
     }
 
     /// A client for the peer port at `addr` (connections are kept and reused).
-    pub fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
+    pub(crate) fn peer(&self, addr: &str) -> Result<PeerClient<Channel>, Status> {
         let mut channels = self
             .inner
             .channels
@@ -230,16 +230,11 @@ impl Cluster {
         }
     }
 
-    /// Whether requests must go to another node.
-    pub fn is_replica(&self) -> bool {
-        matches!(self.role(), Role::Replica { .. })
-    }
-
     /// Where a write goes: `Ok(None)` = this node is the Primary, execute locally;
     /// `Ok(Some(resp))` = the Primary's answer. While there is no Primary (a takeover in
     /// progress), or when the Primary refused before executing, it waits for the next one and
     /// retries, up to [`ROUTE_WAIT`]; a request that may have been executed is never resent.
-    pub async fn route(
+    pub(crate) async fn route(
         &self,
         method: pb::ForwardMethod,
         encode: &(dyn Fn() -> Vec<u8> + Send + Sync),
@@ -299,7 +294,7 @@ impl Cluster {
     }
 
     /// Waits until the local copy has applied `revision` (read-your-writes on a Replica).
-    pub async fn wait_applied(&self, revision: i64) -> Result<(), Status> {
+    pub(crate) async fn wait_applied(&self, revision: i64) -> Result<(), Status> {
         let mut rx = self.inner.hub.subscribe();
         let wait = async {
             loop {
@@ -323,7 +318,7 @@ impl Cluster {
 
     /// For a linearizable read on a Replica: the Primary's committed revision, applied locally.
     /// A no-op on the Primary.
-    pub async fn read_barrier(&self) -> Result<(), Status> {
+    pub(crate) async fn read_barrier(&self) -> Result<(), Status> {
         match self.role() {
             Role::Primary { .. } if self.primary_lease_holds() => Ok(()),
             Role::Primary { .. } | Role::Transition => Err(leader_changed()),
@@ -414,7 +409,7 @@ enum Forwarded {
 
 /// Metadata on a peer's refusal made before executing anything (it is not, or no longer, the
 /// Primary): the request may be sent again, to the next Primary.
-pub const NOT_EXECUTED: &str = "netsy-not-executed";
+pub(crate) const NOT_EXECUTED: &str = "netsy-not-executed";
 
 /// Sorts a failed forward. Sent again (after the next election, within the route's wait) only
 /// when it certainly did not run: the peer refused with [`NOT_EXECUTED`], or no connection was

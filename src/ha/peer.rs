@@ -20,13 +20,13 @@ const HISTORY_BATCH: i64 = 2000;
 /// An idle Follow stream still carries a message this often (the committed revision).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-pub struct PeerService {
+pub(crate) struct PeerService {
     ctx: Context,
     cluster: Cluster,
 }
 
 impl PeerService {
-    pub fn new(ctx: Context, cluster: Cluster) -> Self {
+    pub(crate) fn new(ctx: Context, cluster: Cluster) -> Self {
         PeerService { ctx, cluster }
     }
 

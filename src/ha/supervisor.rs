@@ -27,7 +27,7 @@ use crate::watch::WatchHub;
 
 /// Opens the local store and brings it up to date with the bucket; a local copy that does not
 /// fit the bucket's history is thrown away and rebuilt once.
-pub async fn load(
+pub(crate) async fn load(
     cfg: &NodeConfig,
     hub: &WatchHub,
     storage: &ObjectStorage,
@@ -107,7 +107,7 @@ pub async fn load(
 }
 
 /// Owns the role of one node (see the module comment).
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     cfg: Arc<NodeConfig>,
     storage: ObjectStorage,
     store: Store,
@@ -129,7 +129,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
+    pub(crate) fn new(
         cfg: Arc<NodeConfig>,
         storage: ObjectStorage,
         store: Store,
@@ -159,7 +159,7 @@ impl Supervisor {
 
     /// Decides the role (Primary, or Replica of a known Primary) before anything is served.
     /// False if `cancel` fired first.
-    pub async fn decide(&mut self, cancel: &mut watch::Receiver<bool>) -> bool {
+    pub(crate) async fn decide(&mut self, cancel: &mut watch::Receiver<bool>) -> bool {
         loop {
             self.step().await;
             if self.cluster.role() != Role::Transition {
@@ -174,7 +174,11 @@ impl Supervisor {
 
     /// Watches the lock until `cancel` fires (follows a new holder; takes over when it is gone);
     /// `on_role` sees every role after a look.
-    pub async fn run(&mut self, cancel: &mut watch::Receiver<bool>, on_role: impl Fn(&Role)) {
+    pub(crate) async fn run(
+        &mut self,
+        cancel: &mut watch::Receiver<bool>,
+        on_role: impl Fn(&Role),
+    ) {
         let mut tick = tokio::time::interval(self.timing.renew_every / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -325,7 +329,7 @@ impl Supervisor {
 
     /// At shutdown: a Primary stops taking writes, lets the one in flight finish (or give up
     /// after a stall), and releases the lock so another node takes over at once.
-    pub async fn hand_over(&mut self) {
+    pub(crate) async fn hand_over(&mut self) {
         if !matches!(self.cluster.role(), Role::Primary { .. }) {
             return;
         }
@@ -352,7 +356,7 @@ impl Supervisor {
     }
 
     /// Stops keeping the lock (the lock task releases it), waiting at most `wait`.
-    pub async fn release(&mut self, wait: Duration) {
+    pub(crate) async fn release(&mut self, wait: Duration) {
         let _ = self.lock_stop.send(true);
         if let Some(t) = self.lock_task.take() {
             let _ = tokio::time::timeout(wait, t).await;

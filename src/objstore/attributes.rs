@@ -11,28 +11,29 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    Attribute, AttributeValue, Attributes, CopyOptions, GetOptions, GetResult, ListResult,
-    MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult, RenameOptions, Result,
+    Attributes, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
 
 use super::DynStore;
 
 /// Adds default attributes to writes.
 #[derive(Debug)]
-pub struct DefaultAttributes {
+pub(crate) struct DefaultAttributes {
     inner: DynStore,
     defaults: Attributes,
 }
 
 impl DefaultAttributes {
     /// Wraps `inner`; `defaults` are added to writes that do not set the same attribute.
-    pub fn new(inner: DynStore, defaults: Attributes) -> Self {
+    pub(crate) fn new(inner: DynStore, defaults: Attributes) -> Self {
         DefaultAttributes { inner, defaults }
     }
 
     /// Attributes setting only the storage class.
-    pub fn storage_class(class: &str) -> Attributes {
+    #[cfg(test)]
+    pub(crate) fn storage_class(class: &str) -> Attributes {
+        use object_store::{Attribute, AttributeValue};
         let mut a = Attributes::new();
         a.insert(
             Attribute::StorageClass,
@@ -124,7 +125,7 @@ impl ObjectStore for DefaultAttributes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::ObjectStoreExt;
+    use object_store::{Attribute, ObjectStoreExt};
     use object_store::memory::InMemory;
     use std::sync::{Arc, Mutex};
 

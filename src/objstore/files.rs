@@ -44,7 +44,7 @@ use crate::datafile::{
 };
 
 /// Times a broken download is resumed with a ranged GET.
-pub const RESUME_ATTEMPTS: u32 = 3;
+pub(crate) const RESUME_ATTEMPTS: u32 = 3;
 
 /// Part size for snapshot uploads (multipart above this size).
 const UPLOAD_PART: usize = 8 * 1024 * 1024;
@@ -410,7 +410,7 @@ impl ObjectStorage {
 
 /// Whether two encoded data files hold the same kind and the same records (headers may differ
 /// in `created_at`, `leader_id`, compression). Invalid files are never "the same".
-pub fn same_records(a: &[u8], b: &[u8], kind: FileKind) -> bool {
+pub(crate) fn same_records(a: &[u8], b: &[u8], kind: FileKind) -> bool {
     if a == b {
         return true;
     }

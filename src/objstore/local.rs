@@ -48,7 +48,7 @@ const STRIPES: u64 = 256;
 
 /// Local-directory object store with atomic create-only and If-Match writes.
 #[derive(Debug, Clone)]
-pub struct LocalDirStore {
+pub(crate) struct LocalDirStore {
     inner: Arc<LocalFileSystem>,
     root: PathBuf,
     locks: Arc<PathBuf>,
@@ -56,7 +56,7 @@ pub struct LocalDirStore {
 
 impl LocalDirStore {
     /// Opens (creating if needed) a store rooted at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+    pub(crate) fn new(root: impl Into<PathBuf>) -> std::io::Result<Self> {
         let root: PathBuf = root.into();
         let locks = root.join(LOCK_DIR);
         std::fs::create_dir_all(&locks)?;
@@ -72,11 +72,6 @@ impl LocalDirStore {
             root,
             locks: Arc::new(locks),
         })
-    }
-
-    /// The directory holding the objects.
-    pub fn root(&self) -> &std::path::Path {
-        &self.root
     }
 
     fn stripe(location: &Path) -> u64 {

@@ -17,14 +17,14 @@
 //! [`local::LocalDirStore`] | `InMemory`). The key prefix is applied by [`layout::Layout`],
 //! not by a wrapper, so every key in logs and metrics is the full key.
 
-pub mod attributes;
+pub(crate) mod attributes;
 pub mod cas;
 pub mod config;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
-pub mod files;
-pub mod layout;
-pub mod local;
+pub(crate) mod files;
+pub(crate) mod layout;
+pub(crate) mod local;
 pub mod metrics;
 pub mod retry;
 

@@ -9,7 +9,7 @@
 mod leases;
 mod pool;
 mod read;
-pub mod retention;
+pub(crate) mod retention;
 mod schema;
 mod txn;
 mod writer;

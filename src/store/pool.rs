@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use super::{Error, Result, schema};
 
 #[derive(Clone)]
-pub struct ReaderPool {
+pub(super) struct ReaderPool {
     inner: Arc<PoolInner>,
 }
 
@@ -20,7 +20,7 @@ struct PoolInner {
 }
 
 impl ReaderPool {
-    pub fn open(path: &std::path::Path, size: usize) -> Result<ReaderPool> {
+    pub(super) fn open(path: &std::path::Path, size: usize) -> Result<ReaderPool> {
         let mut idle = Vec::with_capacity(size);
         for _ in 0..size {
             idle.push(schema::open_read(path)?);
@@ -36,7 +36,7 @@ impl ReaderPool {
     /// Runs a short `f` (a point read: an index lookup or two) on the calling thread when a
     /// connection is free at once, otherwise like [`ReaderPool::run`]. Moving a point read to
     /// the blocking pool and back costs more than the read itself.
-    pub async fn run_short<T: Send + 'static>(
+    pub(super) async fn run_short<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> T + Send + 'static,
     ) -> Result<T> {
@@ -56,7 +56,7 @@ impl ReaderPool {
 
     /// Runs `f` with a reader connection on the blocking thread pool, waiting for one to be
     /// free.
-    pub async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> T + Send + 'static,
     ) -> Result<T> {

@@ -9,20 +9,20 @@ use super::{DbSize, Error, Result, Revisions};
 use crate::watch::EventBatch;
 
 /// etcd's sort orders and targets (field values of `RangeRequest`).
-pub mod sort {
-    pub const NONE: i32 = 0;
-    pub const ASCEND: i32 = 1;
-    pub const DESCEND: i32 = 2;
-    pub const KEY: i32 = 0;
-    pub const VERSION: i32 = 1;
-    pub const CREATE: i32 = 2;
-    pub const MOD: i32 = 3;
-    pub const VALUE: i32 = 4;
+pub(crate) mod sort {
+    pub(crate) const NONE: i32 = 0;
+    pub(crate) const ASCEND: i32 = 1;
+    pub(crate) const DESCEND: i32 = 2;
+    pub(crate) const KEY: i32 = 0;
+    pub(crate) const VERSION: i32 = 1;
+    pub(crate) const CREATE: i32 = 2;
+    pub(crate) const MOD: i32 = 3;
+    pub(crate) const VALUE: i32 = 4;
 }
 
 /// etcd event types.
-pub const EVENT_PUT: i32 = 0;
-pub const EVENT_DELETE: i32 = 1;
+pub(super) const EVENT_PUT: i32 = 0;
+pub(super) const EVENT_DELETE: i32 = 1;
 
 /// A key interval as etcd defines it from (key, range_end).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub struct RangeResult {
 /// The newest revision in the database as this connection sees it: inside a read transaction,
 /// the revision `kv_current` reflects (its "head"). Compaction never frees the rows of its own
 /// revision, so this is the latest revision even after a compaction at the head.
-pub fn latest_revision(conn: &Connection) -> Result<i64> {
+pub(super) fn latest_revision(conn: &Connection) -> Result<i64> {
     Ok(conn
         .prepare_cached("SELECT COALESCE(MAX(revision), 0) FROM records")?
         .query_row([], |r| r.get(0))?)
@@ -96,12 +96,12 @@ pub fn latest_revision(conn: &Connection) -> Result<i64> {
 /// A read transaction (one consistent snapshot) begun and ended through cached statements:
 /// rusqlite's `Transaction` parses `BEGIN` and `ROLLBACK` on every call, which costs as much
 /// as the point read inside it.
-pub struct ReadTx<'c> {
+pub(super) struct ReadTx<'c> {
     conn: &'c Connection,
 }
 
 impl<'c> ReadTx<'c> {
-    pub fn begin(conn: &'c Connection) -> Result<ReadTx<'c>> {
+    pub(super) fn begin(conn: &'c Connection) -> Result<ReadTx<'c>> {
         if !conn.is_autocommit() {
             // A snapshot left open by a failed end: end it rather than read inside it.
             conn.prepare_cached("ROLLBACK")?.execute([])?;
@@ -126,13 +126,13 @@ impl Drop for ReadTx<'_> {
     }
 }
 
-pub fn compaction_revision(conn: &Connection) -> Result<i64> {
+pub(super) fn compaction_revision(conn: &Connection) -> Result<i64> {
     Ok(conn
         .prepare_cached("SELECT COALESCE(MAX(compaction_revision), 0) FROM compactions")?
         .query_row([], |r| r.get(0))?)
 }
 
-pub fn db_size(conn: &Connection) -> Result<DbSize> {
+pub(super) fn db_size(conn: &Connection) -> Result<DbSize> {
     let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
     let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
     let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
@@ -142,7 +142,7 @@ pub fn db_size(conn: &Connection) -> Result<DbSize> {
     })
 }
 
-pub fn check_not_compacted(revs: &Revisions, rev: i64) -> Result<()> {
+pub(super) fn check_not_compacted(revs: &Revisions, rev: i64) -> Result<()> {
     if rev < revs.compacted() {
         Err(Error::Compacted)
     } else {
@@ -151,7 +151,7 @@ pub fn check_not_compacted(revs: &Revisions, rev: i64) -> Result<()> {
 }
 
 /// Resolves a request revision: 0 or negative = current; errors for future or compacted.
-pub fn resolve_revision(revs: &Revisions, requested: i64) -> Result<i64> {
+pub(super) fn resolve_revision(revs: &Revisions, requested: i64) -> Result<i64> {
     let current = revs.current();
     if requested > current {
         return Err(Error::FutureRevision);
@@ -236,7 +236,7 @@ fn live_query(
 }
 
 /// Number of live keys in `range` at `rev` (`head` as in [`live_query`]).
-pub fn count_live(conn: &Connection, range: &KeyRange, rev: i64, head: i64) -> Result<i64> {
+pub(super) fn count_live(conn: &Connection, range: &KeyRange, rev: i64, head: i64) -> Result<i64> {
     let mut params = Vec::new();
     let pred = range.predicate("key", &mut params);
     let sql = if rev >= head {
@@ -258,7 +258,7 @@ pub fn count_live(conn: &Connection, range: &KeyRange, rev: i64, head: i64) -> R
 }
 
 /// One page of live keys in ascending key order (RangeStream pagination).
-pub fn live_page(
+pub(super) fn live_page(
     conn: &Connection,
     range: &KeyRange,
     rev: i64,
@@ -272,7 +272,12 @@ pub fn live_page(
 
 /// The newest live record of one key at `rev` (`head` as in [`live_query`]): O(log n) whatever
 /// the key's history.
-pub fn get_live(conn: &Connection, key: &[u8], rev: i64, head: i64) -> Result<Option<PbKeyValue>> {
+pub(super) fn get_live(
+    conn: &Connection,
+    key: &[u8],
+    rev: i64,
+    head: i64,
+) -> Result<Option<PbKeyValue>> {
     if rev >= head {
         let mut stmt = conn.prepare_cached(
             "SELECT r.key, r.revision, r.create_revision, r.version, r.lease, r.value
@@ -297,7 +302,7 @@ pub fn get_live(conn: &Connection, key: &[u8], rev: i64, head: i64) -> Result<Op
 }
 
 /// Live key-values in `range` at `rev` (no limit), for txn compares and deletes.
-pub fn live_in_range(
+pub(super) fn live_in_range(
     conn: &Connection,
     range: &KeyRange,
     rev: i64,
@@ -323,12 +328,12 @@ fn count_steps(stmt: &mut rusqlite::CachedStatement<'_>) {
 
 /// SQLite VM steps the reads of this thread have taken so far: the work a read did, for the
 /// regression tests that check reads do not grow with history.
-pub fn vm_steps() -> u64 {
+pub(super) fn vm_steps() -> u64 {
     STEPS.with(|s| s.get())
 }
 
 /// etcd's Range, including every option, answered at a resolved revision.
-pub fn range_at(
+pub(super) fn range_at(
     conn: &Connection,
     req: &PbRangeRequest,
     rev: i64,
@@ -409,7 +414,11 @@ pub fn range_at(
 /// began: its snapshot (`head`) may hold one newer commit whose callers are not answered yet,
 /// and answering from it could let a later read elsewhere (a Replica's read index is the
 /// published revision) see an older state. In that moment the answer comes from the history.
-pub fn range(conn: &Connection, revs: &Revisions, req: &PbRangeRequest) -> Result<PbRangeResponse> {
+pub(super) fn range(
+    conn: &Connection,
+    revs: &Revisions,
+    req: &PbRangeRequest,
+) -> Result<PbRangeResponse> {
     let current = revs.current();
     let tx = ReadTx::begin(conn)?;
     let head = latest_revision(&tx)?;
@@ -446,7 +455,7 @@ pub fn range(conn: &Connection, revs: &Revisions, req: &PbRangeRequest) -> Resul
 /// Events with revisions in `from..=to` for keys in `range`, grouped by revision, oldest first,
 /// and the revision the answer is complete up to. At most about `max` events: a batch is never
 /// split inside one revision.
-pub fn events(
+pub(super) fn events(
     conn: &Connection,
     range: &KeyRange,
     from: i64,
@@ -524,7 +533,7 @@ pub fn events(
 }
 
 /// CRC-32C over (revision, sub, key, value) of every record up to `rev`, in revision order.
-pub fn hash_records(conn: &Connection, rev: i64) -> Result<u32> {
+pub(super) fn hash_records(conn: &Connection, rev: i64) -> Result<u32> {
     let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     let mut digest = crc.digest();
     let mut stmt = conn.prepare_cached(
@@ -542,7 +551,7 @@ pub fn hash_records(conn: &Connection, rev: i64) -> Result<u32> {
 
 /// Every record with revision in `from..=to`, in (revision, sub) order, passed to `f`; stops at
 /// the first error `f` returns. Used to build snapshots and chunks.
-pub fn for_each_record(
+pub(super) fn for_each_record(
     conn: &Connection,
     from: i64,
     to: i64,
@@ -578,7 +587,7 @@ pub fn for_each_record(
 
 /// (revisions present from `floor` on, revisions expected there): every revision from the
 /// compaction revision `floor` (1 without compaction) to the latest must be present.
-pub fn integrity(conn: &Connection, floor: i64) -> Result<(i64, i64)> {
+pub(super) fn integrity(conn: &Connection, floor: i64) -> Result<(i64, i64)> {
     let floor = floor.max(1);
     let (present, latest): (i64, i64) = conn.query_row(
         "SELECT COUNT(DISTINCT revision), COALESCE(MAX(revision), 0) FROM records

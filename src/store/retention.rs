@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::{Error, Store};
 
 /// Compacts `store` every `interval` until `stop` turns true.
-pub async fn run(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The revision one interval ago.
@@ -42,7 +42,7 @@ pub async fn run(store: Store, interval: Duration, mut stop: watch::Receiver<boo
 }
 
 /// Revokes expired leases every 500 ms (etcd's check interval) until `shutdown` fires.
-pub async fn expiry_loop(store: Store, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn expiry_loop(store: Store, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -11,7 +11,7 @@ use super::{Error, GENESIS_KEY, Result};
 /// added the sub-revision column so a multi-key transaction keeps etcd's one-revision semantics;
 /// version 3 adds `kv_current` (the live keys and their newest row, maintained with each write)
 /// and `meta` (how far compaction has freed history).
-pub const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// The `kv_current` and `meta` tables (version 3).
 const V3_TABLES: &str = "
@@ -42,13 +42,13 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-pub fn open_write(path: &Path) -> Result<Connection> {
+pub(super) fn open_write(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
     Ok(conn)
 }
 
-pub fn open_read(path: &Path) -> Result<Connection> {
+pub(super) fn open_read(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -60,13 +60,13 @@ pub fn open_read(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-pub fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 /// Creates the schema on an empty database (with the genesis record at revision 1) and checks
 /// the version of an existing one.
-pub fn migrate(conn: &mut Connection, node_id: &str) -> Result<()> {
+pub(super) fn migrate(conn: &mut Connection, node_id: &str) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     match version {
         0 => {}

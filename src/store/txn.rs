@@ -14,15 +14,15 @@ use super::{Error, LeaseTable, Result};
 
 /// compare targets and results (field values of `Compare`).
 mod cmp {
-    pub const EQUAL: i32 = 0;
-    pub const GREATER: i32 = 1;
-    pub const LESS: i32 = 2;
-    pub const NOT_EQUAL: i32 = 3;
-    pub const VERSION: i32 = 0;
-    pub const CREATE: i32 = 1;
-    pub const MOD: i32 = 2;
-    pub const VALUE: i32 = 3;
-    pub const LEASE: i32 = 4;
+    pub(super) const EQUAL: i32 = 0;
+    pub(super) const GREATER: i32 = 1;
+    pub(super) const LESS: i32 = 2;
+    pub(super) const NOT_EQUAL: i32 = 3;
+    pub(super) const VERSION: i32 = 0;
+    pub(super) const CREATE: i32 = 1;
+    pub(super) const MOD: i32 = 2;
+    pub(super) const VALUE: i32 = 3;
+    pub(super) const LEASE: i32 = 4;
 }
 
 /// One row written by a transaction, as it goes into the records table and into data files.
@@ -48,13 +48,13 @@ pub struct Record {
 
 /// A change to the lease → keys index, applied once the transaction commits.
 #[derive(Debug, Clone)]
-pub enum LeaseChange {
+pub(super) enum LeaseChange {
     Attach(i64, Vec<u8>),
     Detach(i64, Vec<u8>),
 }
 
 /// State of one transaction being applied.
-pub struct TxnCtx<'a> {
+pub(super) struct TxnCtx<'a> {
     conn: &'a Connection,
     leases: &'a LeaseTable,
     base_rev: i64,
@@ -71,7 +71,7 @@ pub struct TxnCtx<'a> {
 }
 
 impl<'a> TxnCtx<'a> {
-    pub fn new(
+    pub(super) fn new(
         conn: &'a Connection,
         leases: &'a LeaseTable,
         base_rev: i64,
@@ -94,7 +94,7 @@ impl<'a> TxnCtx<'a> {
     }
 
     /// A read-only transaction on a connection whose `kv_current` reflects `head`.
-    pub fn with_head(mut self, head: i64) -> Self {
+    pub(super) fn with_head(mut self, head: i64) -> Self {
         self.head = Some(head);
         self
     }
@@ -114,16 +114,16 @@ impl<'a> TxnCtx<'a> {
     }
 
     /// The revision after the transaction.
-    pub fn final_rev(&self) -> i64 {
+    pub(super) fn final_rev(&self) -> i64 {
         self.read_rev()
     }
 
-    pub fn changed(&self) -> bool {
+    pub(super) fn changed(&self) -> bool {
         self.changed
     }
 
     /// Applies a whole (validated) transaction.
-    pub fn apply(&mut self, req: &PbTxnRequest, compacted: i64) -> Result<PbTxnResponse> {
+    pub(super) fn apply(&mut self, req: &PbTxnRequest, compacted: i64) -> Result<PbTxnResponse> {
         let mut path = Vec::new();
         self.compare_path(req, &mut path)?;
         self.check_requests(req, &path, &mut 0, compacted)?;
@@ -286,7 +286,7 @@ impl<'a> TxnCtx<'a> {
         (self.base_rev + 1, sub)
     }
 
-    pub fn put(
+    pub(super) fn put(
         &mut self,
         key: &[u8],
         value: &[u8],
@@ -363,7 +363,7 @@ impl<'a> TxnCtx<'a> {
         })
     }
 
-    pub fn delete_range(
+    pub(super) fn delete_range(
         &mut self,
         key: &[u8],
         range_end: &[u8],
@@ -458,7 +458,11 @@ fn target_int(c: &PbCompare) -> i64 {
 }
 
 /// Inserts one record; `replicated_at` is set for records that came from elsewhere.
-pub fn insert_record(conn: &Connection, r: &Record, replicated_at: Option<&str>) -> Result<()> {
+pub(super) fn insert_record(
+    conn: &Connection,
+    r: &Record,
+    replicated_at: Option<&str>,
+) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO records (revision, sub, key, created, deleted, create_revision, prev_revision,
             version, lease, dek, value, created_at, compacted_at, leader_id, replicated_at)
@@ -504,7 +508,7 @@ fn set_current(conn: &Connection, r: &Record) -> Result<()> {
 
 /// Imports a record from a data file: a new row, or an identical existing one (idempotent
 /// backfill); a different row at the same (revision, sub) is corruption.
-pub fn import_record(conn: &Connection, r: &Record, now: &str) -> Result<bool> {
+pub(super) fn import_record(conn: &Connection, r: &Record, now: &str) -> Result<bool> {
     let existing: Option<(Vec<u8>, bool, Option<Vec<u8>>, i64, i64)> = conn
         .prepare_cached("SELECT key, deleted, value, version, create_revision FROM records WHERE revision = ?1 AND sub = ?2")?
         .query_row(params![r.revision, r.sub], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))

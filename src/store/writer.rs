@@ -66,7 +66,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
-pub enum Command {
+pub(super) enum Command {
     Txn {
         req: PbTxnRequest,
         reply: oneshot::Sender<Result<PbTxnResponse>>,
@@ -127,7 +127,7 @@ const CHECKPOINT_EVERY: u64 = 2000;
 /// after each pass it raises `backfilled`, and the writer finishes with a checkpoint of the
 /// few frames written since, between two groups — which lets the next commit start the WAL
 /// over instead of growing it. Ends when the writer does.
-pub struct Checkpointer {
+pub(super) struct Checkpointer {
     ask: Option<std::sync::mpsc::SyncSender<()>>,
     backfilled: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -156,7 +156,7 @@ fn checkpoint(conn: &Connection) -> bool {
     }
 }
 
-pub fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer> {
+pub(super) fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer> {
     use std::sync::atomic::Ordering;
     let conn = schema::open_write(path)?;
     let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
@@ -186,7 +186,7 @@ const COMPACTION_WINDOW: i64 = 2000;
 /// Under a steady load, a compaction step runs at most this often between write groups.
 const COMPACTION_PACE: std::time::Duration = std::time::Duration::from_millis(20);
 
-pub struct Writer {
+pub(super) struct Writer {
     conn: Connection,
     rx: mpsc::Receiver<Command>,
     revs: Arc<Revisions>,
@@ -236,7 +236,7 @@ enum Pending {
     Rev(oneshot::Sender<Result<i64>>, Result<i64>),
 }
 
-pub fn spawn(writer: Writer) -> Result<std::thread::JoinHandle<()>> {
+pub(super) fn spawn(writer: Writer) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("netsy-writer".into())
         .spawn(move || writer.run())
@@ -244,7 +244,7 @@ pub fn spawn(writer: Writer) -> Result<std::thread::JoinHandle<()>> {
 }
 
 impl Writer {
-    pub fn new(
+    pub(super) fn new(
         conn: Connection,
         rx: mpsc::Receiver<Command>,
         revs: Arc<Revisions>,
@@ -272,7 +272,7 @@ impl Writer {
     }
 
     /// Reports indeterminate writes to `fatal` (the node's channel to `main`).
-    pub fn with_fatal(mut self, fatal: FatalChannel) -> Writer {
+    pub(super) fn with_fatal(mut self, fatal: FatalChannel) -> Writer {
         self.fatal = fatal;
         self
     }
@@ -293,7 +293,7 @@ impl Writer {
 
     /// Hands WAL checkpoints to `checkpointer` (see [`spawn_checkpointer`]) and turns off
     /// SQLite's automatic ones on the write connection.
-    pub fn with_checkpointer(mut self, checkpointer: Checkpointer) -> Result<Writer> {
+    pub(super) fn with_checkpointer(mut self, checkpointer: Checkpointer) -> Result<Writer> {
         self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         self.checkpointer = Some(checkpointer);
         Ok(self)

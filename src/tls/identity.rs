@@ -11,7 +11,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Longest identifier (node id) accepted.
-pub const MAX_IDENTIFIER_LEN: usize = 32;
+pub(super) const MAX_IDENTIFIER_LEN: usize = 32;
 
 /// What a certificate holder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -40,9 +40,9 @@ use super::{TlsError, provider};
 /// Default limit for a TLS handshake, from TCP accept to verified connection.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on handshakes in flight (plus verified connections not yet taken by tonic).
-pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+pub(super) const DEFAULT_MAX_HANDSHAKES: usize = 256;
 /// A refusal with the same reason and subject is logged at most once per window.
-pub const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(600);
+pub(super) const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(600);
 const MAX_REMEMBERED_REFUSALS: usize = 4096;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
