@@ -13,7 +13,9 @@ pub(crate) fn range(r: &PbRangeRequest) -> Result<(), RequestError> {
     if r.key.is_empty() {
         return Err(RequestError::EmptyKey);
     }
-    if !(0..=2).contains(&r.sort_order) || !(0..=4).contains(&r.sort_target) {
+    if etcd_client::SortOrder::try_from(r.sort_order).is_err()
+        || etcd_client::SortTarget::try_from(r.sort_target).is_err()
+    {
         return Err(RequestError::InvalidSortOption);
     }
     Ok(())

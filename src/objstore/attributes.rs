@@ -125,8 +125,8 @@ impl ObjectStore for DefaultAttributes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::{Attribute, ObjectStoreExt};
     use object_store::memory::InMemory;
+    use object_store::{Attribute, ObjectStoreExt};
     use std::sync::{Arc, Mutex};
 
     /// Records the attributes of each put.

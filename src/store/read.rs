@@ -2,23 +2,12 @@
 //! event history for watches.
 
 use etcd_client::proto::{PbEvent, PbKeyValue, PbRangeRequest, PbRangeResponse, PbResponseHeader};
+use etcd_client::{SortOrder, SortTarget};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 
 use super::{DbSize, Error, Result, Revisions};
 use crate::watch::EventBatch;
-
-/// etcd's sort orders and targets (field values of `RangeRequest`).
-pub(crate) mod sort {
-    pub(crate) const NONE: i32 = 0;
-    pub(crate) const ASCEND: i32 = 1;
-    pub(crate) const DESCEND: i32 = 2;
-    pub(crate) const KEY: i32 = 0;
-    pub(crate) const VERSION: i32 = 1;
-    pub(crate) const CREATE: i32 = 2;
-    pub(crate) const MOD: i32 = 3;
-    pub(crate) const VALUE: i32 = 4;
-}
 
 /// etcd event types.
 pub(super) const EVENT_PUT: i32 = 0;
@@ -352,18 +341,21 @@ pub(super) fn range_at(
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
     let limit = usize::try_from(req.limit).unwrap_or(0);
-    let by_key = req.sort_target == sort::KEY;
+    // Both validated by the api; anything else reads as etcd's defaults.
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    let requested = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    let by_key = target == SortTarget::Key;
     let fetch = if limit > 0 { limit + 1 } else { 0 };
-    let mut kvs = if !filtered && by_key && req.sort_order == sort::DESCEND {
+    let mut kvs = if !filtered && by_key && requested == SortOrder::Descend {
         live_query(conn, &range, rev, head, None, "DESC", fetch, req.keys_only)?
     } else if !filtered && by_key {
         live_query(conn, &range, rev, head, None, "ASC", fetch, req.keys_only)?
     } else {
         // etcd reads everything only when it must sort or filter; with sort order NONE on
         // another target it sorts the first limit+1 keys (in key order) it read.
-        let fetch_all = filtered || req.sort_order != sort::NONE;
+        let fetch_all = filtered || requested != SortOrder::None;
         // Sorting by value needs the values even for keys_only (cleared afterwards).
-        let values_needed = req.sort_target == sort::VALUE;
+        let values_needed = target == SortTarget::Value;
         let mut all = live_query(
             conn,
             &range,
@@ -380,19 +372,19 @@ pub(super) fn range_at(
                 || req.max_create_revision != 0 && kv.create_revision > req.max_create_revision
                 || req.min_create_revision != 0 && kv.create_revision < req.min_create_revision)
         });
-        let mut order = req.sort_order;
-        if !by_key && order == sort::NONE {
-            order = sort::ASCEND;
-        }
-        if order != sort::NONE {
-            let cmp = |a: &PbKeyValue, b: &PbKeyValue| match req.sort_target {
-                sort::VERSION => a.version.cmp(&b.version),
-                sort::CREATE => a.create_revision.cmp(&b.create_revision),
-                sort::MOD => a.mod_revision.cmp(&b.mod_revision),
-                sort::VALUE => a.value.cmp(&b.value),
-                _ => a.key.cmp(&b.key),
+        let order = match requested {
+            SortOrder::None if !by_key => SortOrder::Ascend,
+            other => other,
+        };
+        if order != SortOrder::None {
+            let cmp = |a: &PbKeyValue, b: &PbKeyValue| match target {
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+                SortTarget::Key => a.key.cmp(&b.key),
             };
-            if order == sort::DESCEND {
+            if order == SortOrder::Descend {
                 all.sort_by(|a, b| cmp(b, a));
             } else {
                 all.sort_by(cmp);

@@ -360,15 +360,17 @@ impl KeepAliveConn {
 // Request builders (etcd's enums are plain i32 in prost)
 // ---------------------------------------------------------------------------------------------
 
+/// etcd's sort orders and targets as the wire's i32 (from etcd-client's enums).
 pub mod sort {
-    pub const NONE: i32 = 0;
-    pub const ASCEND: i32 = 1;
-    pub const DESCEND: i32 = 2;
-    pub const KEY: i32 = 0;
-    pub const VERSION: i32 = 1;
-    pub const CREATE: i32 = 2;
-    pub const MOD: i32 = 3;
-    pub const VALUE: i32 = 4;
+    use etcd_client::{SortOrder, SortTarget};
+    pub const NONE: i32 = SortOrder::None as i32;
+    pub const ASCEND: i32 = SortOrder::Ascend as i32;
+    pub const DESCEND: i32 = SortOrder::Descend as i32;
+    pub const KEY: i32 = SortTarget::Key as i32;
+    pub const VERSION: i32 = SortTarget::Version as i32;
+    pub const CREATE: i32 = SortTarget::Create as i32;
+    pub const MOD: i32 = SortTarget::Mod as i32;
+    pub const VALUE: i32 = SortTarget::Value as i32;
 }
 pub mod cmp {
     pub const EQUAL: i32 = 0;
