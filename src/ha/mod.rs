@@ -411,6 +411,17 @@ enum Forwarded {
 /// Primary): the request may be sent again, to the next Primary.
 pub(crate) const NOT_EXECUTED: &str = "netsy-not-executed";
 
+/// The peer's refusal while this node is not the Primary: nothing ran, so the sender may send
+/// it again, to the next Primary.
+pub(crate) fn not_primary() -> Status {
+    let mut refused = Status::failed_precondition("netsy: this node is not the primary");
+    refused.metadata_mut().insert(
+        NOT_EXECUTED,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    refused
+}
+
 /// Sorts a failed forward. Sent again (after the next election, within the route's wait) only
 /// when it certainly did not run: the peer refused with [`NOT_EXECUTED`], or no connection was
 /// ever made. Everything else is final: a request that may have run is never resent.
@@ -484,12 +495,7 @@ mod tests {
 
     #[test]
     fn only_a_marked_refusal_or_no_connection_is_sent_again() {
-        let mut refused = Status::failed_precondition("netsy: this node is not the primary");
-        refused.metadata_mut().insert(
-            NOT_EXECUTED,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-        assert!(sent_again(refused));
+        assert!(sent_again(not_primary()));
         let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
         assert!(sent_again(Status::from_error(Box::new(timeout))));
 

@@ -33,16 +33,7 @@ impl PeerService {
     fn epoch(&self) -> Result<u64, Status> {
         match self.cluster.role() {
             Role::Primary { epoch } => Ok(epoch),
-            _ => {
-                let mut refused =
-                    Status::failed_precondition("netsy: this node is not the primary");
-                // Nothing ran: the sender may send it again, to the next Primary.
-                refused.metadata_mut().insert(
-                    super::NOT_EXECUTED,
-                    tonic::metadata::MetadataValue::from_static("1"),
-                );
-                Err(refused)
-            }
+            _ => Err(super::not_primary()),
         }
     }
 }
