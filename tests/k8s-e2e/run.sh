@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node Kubernetes assembled from upstream parts, its control plane storing its data in a
-# netsy node (issue #16). See README.md beside this file.
+# netsy node, and the Helm chart installed on it (issue #16). See README.md beside this file.
 #
 #   NETSY_BIN=target/release/netsy tests/k8s-e2e/run.sh
 #
@@ -10,9 +10,12 @@
 #                 already built (default: build them into .work/bin from ../kube-apiserver's
 #                 pinned module graph; ~4 min each on an empty build cache)
 #   K8S_KEEP=1    leave everything running at the end (prints how to reach it)
+#   NETSY_OCI     the OCI layout tar packaging/release.sh wrote (default: run it with NETSY_BIN)
+#   HELM          helm binary (default: the one tests/helm/run.sh fetches into its cache)
 # Prints "ok - …" / "FAIL - …" per assertion and ends with `N passed, M failed`.
 # Needs root (containerd, runc, network namespaces), apt's containerd and runc, Debian's
-# containernetworking-plugins (/usr/lib/cni), go >= 1.26, openssl, curl, python3.
+# containernetworking-plugins (/usr/lib/cni), go >= 1.26, openssl, curl, python3, etcdctl,
+# weed (seaweedfs), unshare and mount (util-linux).
 set -euo pipefail
 # shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"   # ok/ko, free_ports, wait_http, stop_pids
@@ -387,7 +390,7 @@ build_tool cert-manager-csi-driver "$here/csi-driver" github.com/cert-manager/cs
 build_tool coredns "$here/coredns" github.com/coredns/coredns
 modver() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
 cm_dir="$(cd "$here" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
-step "cert-manager $(modver "$here" github.com/cert-manager/cert-manager) (controllers), csi-driver $(modver "$here/csi-driver" github.com/cert-manager/csi-driver), CoreDNS $(modver "$here/coredns" github.com/coredns/coredns)"
+step "cert-manager $(modver "$here" github.com/cert-manager/cert-manager) (controllers), csi-driver $(modver "$here/csi-driver" github.com/cert-manager/csi-driver), CoreDNS $(modver "$here/coredns" github.com/coredns/coredns), seaweedfs $(weed version 2>&1 | awk 'NR == 1 { print $3 }'), $(etcdctl version | head -1)"
 
 dns_ready=$(free_port)
 cat > "$run/Corefile" <<EOF
@@ -485,6 +488,7 @@ if [ ! -x "$HELM" ]; then
 fi
 [ -x "$HELM" ] || die "helm missing ($HELM); run tests/helm/run.sh once"
 h() { timeout 600 "$HELM" --kubeconfig "$run/admin.kubeconfig" "$@"; }
+step "helm $("$HELM" version --short)"
 ns=netsy
 cat > "$run/values.yaml" <<EOF
 image: {tag: "$version", pullPolicy: Never}
@@ -537,6 +541,23 @@ if ectl put /e2e/first hello >/dev/null 2>&1 && [ "$(ectl get /e2e/first --print
   ok "etcdctl put/get over mTLS by the pods' DNS names"
 else
   ko "etcdctl put/get over mTLS"; ectl put /e2e/first hello || true
+fi
+# A watch sees a put made after it started; a txn's compare chooses its branch.
+ectl watch /e2e/watched --prefix > "$run/watch.out" 2>&1 &
+watch_pid=$!
+start=$SECONDS
+until ectl put /e2e/watched/a 1 >/dev/null 2>&1 && grep -q "^/e2e/watched/a$" "$run/watch.out"; do
+  [ $((SECONDS - start)) -lt 20 ] || break
+  sleep 0.5
+done
+kill "$watch_pid" 2>/dev/null || true
+if grep -q "^/e2e/watched/a$" "$run/watch.out"; then ok "etcdctl watch over mTLS sees a put"; else
+  ko "etcdctl watch over mTLS sees a put (20 s)"; cat "$run/watch.out"; fi
+txn_out="$(printf 'value("/e2e/first") = "hello"\n\nput /e2e/txn yes\n\nput /e2e/txn no\n\n' | ectl txn 2>&1 || true)"
+if [ "$(head -1 <<< "$txn_out")" = SUCCESS ] && [ "$(ectl get /e2e/txn --print-value-only 2>/dev/null)" = yes ]; then
+  ok "etcdctl txn over mTLS takes the success branch"
+else
+  ko "etcdctl txn over mTLS (got: $(tr '\n' ' ' <<< "$txn_out"))"
 fi
 primaries() {   # names of the pods that report themselves as leader
   ectl endpoint status -w json 2>/dev/null | python3 -c '
@@ -621,6 +642,106 @@ if [ -n "$s0" ] && [ "$s1" != "$s0" ] && [ "$restarts1" = "$restarts0" ]; then
     ok "mTLS to netsy-0 works on the renewed certificate"; else ko "mTLS to netsy-0 after renewal"; fi
 else
   ko "netsy-0 serves a renewed certificate without a restart (serial $s0 -> $s1, restarts $restarts0 -> $restarts1)"
+fi
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. helm upgrade to a new image tag while a client writes the whole time: the StatefulSet
+#     rolls pod by pod and no write fails.
+# ---------------------------------------------------------------------------------------------
+fetch_client_cert() {
+  k -n "$ns" wait --for=condition=Ready certificate/netsy-client-kube-apiserver --timeout=60s >/dev/null 2>&1 || true
+  local f
+  for f in ca.crt tls.crt tls.key; do
+    k -n "$ns" get secret netsy-client-kube-apiserver -o "jsonpath={.data.${f//./\\.}}" | base64 -d > "$run/client/$f"
+  done
+}
+# One etcdctl process per write (a new connection each time), until told to stop.
+writer() {   # prefix
+  local n=0 acked=0 failed=0
+  : > "$run/writer.acked"
+  while [ ! -e "$run/writer.stop" ]; do
+    n=$((n + 1))
+    if ectl put "$1/$n" "$n" >/dev/null 2>>"$run/logs/writer.err"; then
+      acked=$((acked + 1)); echo "$1/$n" >> "$run/writer.acked"
+    else
+      failed=$((failed + 1)); echo "$(date +%T.%N) $1/$n failed" >> "$run/logs/writer.err"
+    fi
+  done
+  echo "$n $acked $failed" > "$run/writer.counts"
+}
+wait_lines() {   # file count seconds
+  local start=$SECONDS
+  while [ "$(wc -l < "$1" 2>/dev/null || echo 0)" -lt "$2" ]; do
+    [ $((SECONDS - start)) -lt "$3" ] || return 1
+    sleep 0.5
+  done
+}
+holds_all() {   # label file-of-keys: every key in the file on every pod
+  local i got missing total
+  total="$(grep -c . "$2" || true)"
+  for i in 0 1 2; do
+    got="$(ectl --endpoints="$(pod_endpoint "netsy-$i")" get /e2e/ --prefix --keys-only --consistency=s 2>/dev/null || true)"
+    missing="$(grep -cvxF -f <(grep . <<< "$got") "$2" || true)"
+    if [ "$missing" -eq 0 ]; then ok "$1: netsy-$i holds all $total keys"; else ko "$1: netsy-$i misses $missing of $total keys"; fi
+  done
+}
+upgrade_tag="$version-e2e-upgrade"
+ctr_ images tag "$image_ref" "ghcr.io/netsy-dev/netsy:$upgrade_tag" >/dev/null
+rm -f "$run/writer.stop" "$run/writer.counts"
+writer /e2e/upgrade &
+wpid=$!
+wait_lines "$run/writer.acked" 10 60 || ko "the writer is acknowledged before the upgrade (60 s)"
+start=$SECONDS
+h upgrade netsy "$repo/deploy/helm" -n "$ns" -f "$run/values.yaml" --set image.tag="$upgrade_tag" \
+  > "$run/logs/helm-upgrade.log" 2>&1 || { cat "$run/logs/helm-upgrade.log"; ko "helm upgrade"; }
+if k -n "$ns" rollout status statefulset/netsy --timeout=300s >/dev/null 2>&1; then
+  images="$(k -n "$ns" get pods -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort -u)"
+  if [ "$images" = "ghcr.io/netsy-dev/netsy:$upgrade_tag" ]; then
+    ok "helm upgrade rolled all 3 pods to $upgrade_tag ($((SECONDS - start)) s)"
+  else
+    ko "helm upgrade rolled all pods to $upgrade_tag (images: $(tr '\n' ' ' <<< "$images"))"
+  fi
+else
+  ko "helm upgrade: the StatefulSet rolled out (300 s)"; k -n "$ns" get pods -o wide
+fi
+# A few more writes after the last pod is back, then stop the writer.
+n0="$(wc -l < "$run/writer.acked")"
+wait_lines "$run/writer.acked" $((n0 + 10)) 60 || true
+touch "$run/writer.stop"
+wait "$wpid" || true
+read -r sent acked failed < "$run/writer.counts"
+if [ "$failed" -eq 0 ] && [ "$acked" -gt 0 ]; then
+  ok "writes during the upgrade: $sent sent, $acked acknowledged, $failed failed"
+else
+  ko "writes during the upgrade: $sent sent, $acked acknowledged, $failed failed (want 0 failed)"
+  tail -n 5 "$run/logs/writer.err"
+fi
+holds_all "after the upgrade" "$run/writer.acked"
+p="$(primaries || true)"
+if [ "$(grep -c . <<< "$p")" -eq 1 ]; then ok "after the upgrade exactly one Primary: $p"; else
+  ko "after the upgrade exactly one Primary (got: $(tr '\n' ' ' <<< "$p"))"; fi
+
+# ---------------------------------------------------------------------------------------------
+# 13. helm uninstall keeps the bucket; a new install serves the same data.
+# ---------------------------------------------------------------------------------------------
+ectl get /e2e/ --prefix --keys-only 2>/dev/null | grep . > "$run/before-uninstall.keys" || true
+h uninstall netsy -n "$ns" --wait > "$run/logs/helm-uninstall.log" 2>&1 || ko "helm uninstall"
+start=$SECONDS
+while [ -n "$(k -n "$ns" get pods -o name 2>/dev/null)" ]; do
+  [ $((SECONDS - start)) -lt 120 ] || { ko "the pods are gone after helm uninstall (120 s)"; break; }
+  sleep 1
+done
+objects="$(find "$run/seaweed" -type f | wc -l)"
+start=$SECONDS
+h install netsy "$repo/deploy/helm" -n "$ns" -f "$run/values.yaml" --set image.tag="$upgrade_tag" \
+  > "$run/logs/helm-reinstall.log" 2>&1 || { cat "$run/logs/helm-reinstall.log"; ko "helm reinstall"; }
+if k -n "$ns" rollout status statefulset/netsy --timeout=300s >/dev/null 2>&1; then
+  ok "reinstalled: 3 pods Ready ($((SECONDS - start)) s) from the same bucket ($objects files in seaweedfs' directory)"
+  fetch_client_cert
+  holds_all "after uninstall and reinstall" "$run/before-uninstall.keys"
+else
+  ko "reinstalled: 3 pods Ready (300 s)"; k -n "$ns" get pods -o wide
 fi
 
 # What the cluster stored in netsy.

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
@@ -37,8 +38,9 @@ func (r *registrar) GetInfo(context.Context, *registration.InfoRequest) (*regist
 
 func (r *registrar) NotifyRegistrationStatus(_ context.Context, s *registration.RegistrationStatus) (*registration.RegistrationStatusResponse, error) {
 	if !s.PluginRegistered {
-		klog.ErrorS(nil, "the kubelet refused the driver", "driver", r.name, "error", s.Error)
-		os.Exit(1)
+		// The kubelet tries again later while this socket exists.
+		klog.ErrorS(nil, "the kubelet did not register the driver", "driver", r.name, "error", s.Error)
+		return &registration.RegistrationStatusResponse{}, nil
 	}
 	klog.InfoS("registered with the kubelet", "driver", r.name, "endpoint", r.endpoint)
 	return &registration.RegistrationStatusResponse{}, nil
@@ -53,6 +55,12 @@ func main() {
 	if *name == "" || *endpoint == "" {
 		fmt.Fprintln(os.Stderr, "csi-registrar: --driver-name and --csi-address are required")
 		os.Exit(2)
+	}
+	// Like node-driver-registrar: offer the driver to the kubelet only once its CSI socket
+	// accepts connections, so the kubelet's first attempt can reach it.
+	if err := waitForSocket(*endpoint, 60*time.Second); err != nil {
+		klog.ErrorS(err, "the driver's CSI socket", "path", *endpoint)
+		os.Exit(1)
 	}
 	socket := filepath.Join(*registry, *name+"-reg.sock")
 	_ = os.Remove(socket)
@@ -74,5 +82,20 @@ func main() {
 	if err := srv.Serve(l); err != nil {
 		klog.ErrorS(err, "serve")
 		os.Exit(1)
+	}
+}
+
+// waitForSocket dials the unix socket at path until it accepts a connection or timeout passes.
+func waitForSocket(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			return c.Close()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no connection within %s: %w", timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
