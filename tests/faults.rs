@@ -994,9 +994,32 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
         out.watch_events,
         out.wgl_ops
     );
+    // A violation may not come back on replay (timing): keep the whole recorded history and
+    // the store's events, with the fault log, for reading afterwards.
+    let kept = if report.violations.is_empty() {
+        String::new()
+    } else {
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("faults-{}-{seed}.txt", nemesis.name()));
+        let mut text = format!(
+            "violations:\n{}\n\nfaults: {log:?}\n\nops (call and ret in ns since the start):\n",
+            report.violations.join("\n")
+        );
+        for o in &ops {
+            text.push_str(&format!("{o:?}\n"));
+        }
+        text.push_str("\nevents:\n");
+        for e in &events {
+            text.push_str(&format!("{e:?}\n"));
+        }
+        match std::fs::write(&path, text) {
+            Ok(()) => format!("\nhistory kept in {}", path.display()),
+            Err(e) => format!("\nhistory not kept ({}: {e})", path.display()),
+        }
+    };
     assert!(
         report.violations.is_empty(),
-        "{} seed {seed} (replay: NETSY_TEST_SEED={seed}): {} violations:\n{}\nfaults: {:?}",
+        "{} seed {seed} (replay: NETSY_TEST_SEED={seed}): {} violations:\n{}\nfaults: {:?}{kept}",
         nemesis.name(),
         report.violations.len(),
         report.violations.join("\n"),
