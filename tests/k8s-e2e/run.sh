@@ -524,12 +524,17 @@ done
 
 # etcdctl over mTLS with the chart's client certificate, by the headless Service's pod names
 # (resolved by CoreDNS: a private mount namespace gets a resolv.conf naming it).
-k -n "$ns" wait --for=condition=Ready certificate/netsy-client-kube-apiserver --timeout=60s >/dev/null 2>&1 || true
-mkdir -p "$run/client"
-for f in ca.crt tls.crt tls.key; do
-  k -n "$ns" get secret netsy-client-kube-apiserver -o "jsonpath={.data.${f//./\\.}}" | base64 -d > "$run/client/$f"
-done
-chmod 600 "$run/client/tls.key"
+# The chart's client certificate (its Secret), as etcdctl's files.
+fetch_client_cert() {
+  k -n "$ns" wait --for=condition=Ready certificate/netsy-client-kube-apiserver --timeout=60s >/dev/null 2>&1 || true
+  local f
+  mkdir -p "$run/client"
+  for f in ca.crt tls.crt tls.key; do
+    k -n "$ns" get secret netsy-client-kube-apiserver -o "jsonpath={.data.${f//./\\.}}" | base64 -d > "$run/client/$f"
+  done
+  chmod 600 "$run/client/tls.key"
+}
+fetch_client_cert
 printf 'nameserver %s\n' "$bridge_ip" > "$run/resolv.conf"
 endpoints="https://netsy-0.netsy.$ns.svc.cluster.local:2378,https://netsy-1.netsy.$ns.svc.cluster.local:2378,https://netsy-2.netsy.$ns.svc.cluster.local:2378"
 ectl() {   # etcdctl against the cluster's endpoints (or --endpoints=... first)
@@ -576,6 +581,15 @@ if [ "$(grep -c . <<< "$p")" -eq 1 ]; then ok "exactly one Primary: $p"; else ko
 #     lost, the StatefulSet's replacement rejoins.
 # ---------------------------------------------------------------------------------------------
 pod_endpoint() { echo "https://$1.netsy.$ns.svc.cluster.local:2378"; }
+holds_all() {   # label file-of-keys: every key in the file on every pod
+  local i got missing total
+  total="$(grep -c . "$2" || true)"
+  for i in 0 1 2; do
+    got="$(ectl --endpoints="$(pod_endpoint "netsy-$i")" get /e2e/ --prefix --keys-only --consistency=s 2>/dev/null || true)"
+    missing="$(grep -cvxF -f <(grep . <<< "$got") "$2" || true)"
+    if [ "$missing" -eq 0 ]; then ok "$1: netsy-$i holds all $total keys"; else ko "$1: netsy-$i misses $missing of $total keys"; fi
+  done
+}
 acked=()
 for i in $(seq 1 20); do
   ectl put "/e2e/before/$i" "v$i" >/dev/null 2>&1 && acked+=("/e2e/before/$i")
@@ -608,14 +622,8 @@ if [ -n "$victim" ]; then
     ko "the replacement $victim is Ready (180 s)"; k -n "$ns" get pods -o wide
   fi
   # Every acknowledged key, read from each pod's own endpoint (serializable: its local copy).
-  for i in 0 1 2; do
-    have="$(ectl --endpoints="$(pod_endpoint "netsy-$i")" get /e2e/ --prefix --keys-only --consistency=s 2>/dev/null | grep -c . || true)"
-    missing=0
-    got="$(ectl --endpoints="$(pod_endpoint "netsy-$i")" get /e2e/ --prefix --keys-only --consistency=s 2>/dev/null || true)"
-    for key in "${acked[@]}"; do grep -qx "$key" <<< "$got" || missing=$((missing + 1)); done
-    if [ "$missing" -eq 0 ]; then ok "netsy-$i holds all ${#acked[@]} acknowledged keys ($have keys under /e2e/)"; else
-      ko "netsy-$i holds all ${#acked[@]} acknowledged keys ($missing missing)"; fi
-  done
+  printf '%s\n' "${acked[@]}" > "$run/failover.acked"
+  holds_all "after the failover" "$run/failover.acked"
   p="$(primaries || true)"
   if [ "$(grep -c . <<< "$p")" -eq 1 ]; then ok "after the failover exactly one Primary: $p"; else
     ko "after the failover exactly one Primary (got: $(tr '\n' ' ' <<< "$p"))"; fi
@@ -649,13 +657,6 @@ fi
 # 12. helm upgrade to a new image tag while a client writes the whole time: the StatefulSet
 #     rolls pod by pod and no write fails.
 # ---------------------------------------------------------------------------------------------
-fetch_client_cert() {
-  k -n "$ns" wait --for=condition=Ready certificate/netsy-client-kube-apiserver --timeout=60s >/dev/null 2>&1 || true
-  local f
-  for f in ca.crt tls.crt tls.key; do
-    k -n "$ns" get secret netsy-client-kube-apiserver -o "jsonpath={.data.${f//./\\.}}" | base64 -d > "$run/client/$f"
-  done
-}
 # One etcdctl process per write (a new connection each time), until told to stop.
 writer() {   # prefix
   local n=0 acked=0 failed=0
@@ -675,15 +676,6 @@ wait_lines() {   # file count seconds
   while [ "$(wc -l < "$1" 2>/dev/null || echo 0)" -lt "$2" ]; do
     [ $((SECONDS - start)) -lt "$3" ] || return 1
     sleep 0.5
-  done
-}
-holds_all() {   # label file-of-keys: every key in the file on every pod
-  local i got missing total
-  total="$(grep -c . "$2" || true)"
-  for i in 0 1 2; do
-    got="$(ectl --endpoints="$(pod_endpoint "netsy-$i")" get /e2e/ --prefix --keys-only --consistency=s 2>/dev/null || true)"
-    missing="$(grep -cvxF -f <(grep . <<< "$got") "$2" || true)"
-    if [ "$missing" -eq 0 ]; then ok "$1: netsy-$i holds all $total keys"; else ko "$1: netsy-$i misses $missing of $total keys"; fi
   done
 }
 upgrade_tag="$version-e2e-upgrade"
