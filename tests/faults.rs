@@ -1189,6 +1189,46 @@ fn the_checkers_reject_broken_histories() {
     assert!(!r.violations.is_empty());
     assert_eq!(lincheck::check_wgl(&reordered, 1000).1.len(), 1);
 
+    // Two deletes of the same version with unknown outcomes, the later-called one recorded
+    // first (its error came back sooner): the event belongs to the earlier one, which a read
+    // that completed before the later one began already reflects. Not a violation.
+    let delete_unknown = |client: usize, call: u64| Op {
+        client,
+        node: 0,
+        input: Input::Delete {
+            key: key.clone(),
+            expect_rev: 3,
+            expect_value: "b".into(),
+        },
+        call,
+        ret: u64::MAX,
+        output: Output::Unknown,
+    };
+    let mut deleted = events.clone();
+    deleted.push(Event {
+        rev: 4,
+        key: key.clone(),
+        kv: None,
+        prev: Some(k("b", 3, 2, 2)),
+    });
+    let mut two_deletes = good.clone();
+    two_deletes.push(get(None, 70, 80, 4));
+    two_deletes.push(delete_unknown(3, 90));
+    two_deletes.push(delete_unknown(4, 60));
+    let r = lincheck::check_revisions(&two_deletes, &BTreeMap::new(), 2, &deleted);
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(lincheck::check_wgl(&two_deletes, 1000).1, vec![]);
+    // With only the later one, the read saw its effect before it began.
+    let mut late_delete = good.clone();
+    late_delete.push(get(None, 70, 80, 4));
+    late_delete.push(delete_unknown(3, 90));
+    let r = lincheck::check_revisions(&late_delete, &BTreeMap::new(), 2, &deleted);
+    assert!(
+        r.violations.iter().any(|v| v.starts_with("real time")),
+        "{:?}",
+        r.violations
+    );
+
     // An event nobody wrote.
     let r = lincheck::check_revisions(&good[..1], &BTreeMap::new(), 2, &events);
     assert!(

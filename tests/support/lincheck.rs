@@ -282,11 +282,16 @@ pub fn check_revisions(
             .filter(|i| !applied_at.contains_key(i))
             .find(|&i| matches!(ops[i].output, Output::Write { succeeded: true, rev, .. } if rev == e.rev))
             .or_else(|| {
+                // Several deletes of the same version may have an unknown outcome (clients that
+                // read the same version). They share the compare, so the one called first fits
+                // every real-time order a later one fits: taking another could report a
+                // violation the history does not have.
                 candidates
                     .iter()
                     .copied()
                     .filter(|i| !applied_at.contains_key(i))
-                    .find(|&i| matches!(ops[i].output, Output::Unknown))
+                    .filter(|&i| matches!(ops[i].output, Output::Unknown))
+                    .min_by_key(|&i| ops[i].call)
             });
         let Some(i) = pick else {
             let who: Vec<String> = candidates
