@@ -281,7 +281,12 @@ async fn crud_phase(
         Phase::Update => "update",
         Phase::Delete => "delete",
     };
-    let mut m = line(p, name, workers.len(), &mut lat, errors, seconds);
+    // `--label L` names the phases "L create", "L update", "L delete".
+    let name = match &p.label {
+        Some(l) => format!("{l} {name}"),
+        None => name.to_string(),
+    };
+    let mut m = line(p, &name, workers.len(), &mut lat, errors, seconds);
     m.extend(p.targets.finish(&probe, lat.len() as u64).await);
     print(m);
     Ok(workers)

@@ -26,6 +26,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod delay_proxy;
 mod etcd_tool;
 mod history;
 mod k8s;
@@ -119,7 +120,7 @@ enum Cmd {
         /// get: get this existing key.
         #[arg(long)]
         existing: Option<String>,
-        /// Workload name in the JSON line (default: the workload's own).
+        /// Workload name in the JSON line (default: the workload's own; crud: a prefix of "create", "update", "delete").
         #[arg(long)]
         label: Option<String>,
         #[command(flatten)]
@@ -185,6 +186,16 @@ enum Cmd {
         endpoint: String,
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// A TCP proxy adding `delay` to every response of `upstream` (the S3 server), until
+    /// killed: a bucket as far away as S3 Express (~5 ms) or S3 Standard (~100 ms).
+    DelayProxy {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        upstream: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Duration,
     },
     /// Waits until GET `url` answers 200.
     WaitHttp {
@@ -362,6 +373,13 @@ async fn main() {
             cmd,
         } => etcd_tool::run(&system, &workload, clients, timeout, &targets.into(), &cmd).await,
         Cmd::WaitEtcd { endpoint, timeout } => wait_etcd(&endpoint, timeout).await,
+        Cmd::DelayProxy {
+            listen,
+            upstream,
+            delay,
+        } => delay_proxy::run(&listen, &upstream, delay)
+            .await
+            .map_err(|e| e.to_string()),
         Cmd::WaitHttp { url, timeout } => wait_http(&url, timeout).await,
         Cmd::WaitS3 { bucket, timeout } => wait_s3(&bucket, timeout).await,
         Cmd::Table { file } => table(&file),

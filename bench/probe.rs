@@ -18,7 +18,7 @@ pub struct Start {
     at: Instant,
     cpu_ticks: u64,
     aux_cpu_ticks: u64,
-    objstore_requests: Option<f64>,
+    objstore_requests: Option<ObjstoreCounts>,
 }
 
 /// The kernel's clock ticks per second for `/proc/PID/stat` (USER_HZ; 100 on Linux x86-64).
@@ -57,26 +57,44 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Sum of `netsy_object_storage_writes_total` and `netsy_object_storage_reads_total` over all
-/// label sets at each URL; None when no URL is given or none answers.
-async fn objstore_requests(urls: &[String]) -> Option<f64> {
-    let mut total = None;
+/// Object-store request counters summed over every metrics URL.
+#[derive(Clone, Copy, Debug, Default)]
+struct ObjstoreCounts {
+    /// `netsy_object_storage_writes_total` + `netsy_object_storage_reads_total`, every label set.
+    requests: f64,
+    /// `netsy_object_storage_writes_total`, every label set (PUTs, DELETEs, copies).
+    writes: f64,
+    /// Chunk objects created (`kind="chunk",mode="create"`, any result).
+    chunk_puts: f64,
+}
+
+/// The counters at each URL, summed; None when no URL is given or none answers.
+async fn objstore_requests(urls: &[String]) -> Option<ObjstoreCounts> {
+    let mut total: Option<ObjstoreCounts> = None;
     for url in urls {
         let Some(body) = http_get(url).await else {
             continue;
         };
-        let sum: f64 = body
-            .lines()
-            .filter(|l| {
-                l.starts_with("netsy_object_storage_writes_total")
-                    || l.starts_with("netsy_object_storage_reads_total")
-            })
-            .filter_map(|l| {
-                l.rsplit_once(' ')
-                    .and_then(|(_, v)| v.trim().parse::<f64>().ok())
-            })
-            .sum();
-        total = Some(total.unwrap_or(0.0) + sum);
+        let t = total.get_or_insert_with(ObjstoreCounts::default);
+        for l in body.lines() {
+            let write = l.starts_with("netsy_object_storage_writes_total");
+            if !write && !l.starts_with("netsy_object_storage_reads_total") {
+                continue;
+            }
+            let Some(v) = l
+                .rsplit_once(' ')
+                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            else {
+                continue;
+            };
+            t.requests += v;
+            if write {
+                t.writes += v;
+                if l.contains("kind=\"chunk\"") && l.contains("mode=\"create\"") {
+                    t.chunk_puts += v;
+                }
+            }
+        }
     }
     total
 }
@@ -163,9 +181,18 @@ impl Targets {
             start.objstore_requests,
             objstore_requests(&self.metrics_urls).await,
         ) {
-            m.insert("objstore_req_per_sec".into(), ((b - a) / seconds).into());
+            m.insert(
+                "objstore_req_per_sec".into(),
+                ((b.requests - a.requests) / seconds).into(),
+            );
             if ops > 0 {
-                m.insert("objstore_req_per_op".into(), ((b - a) / ops as f64).into());
+                let per_op = |x: f64, y: f64| serde_json::Value::from((x - y) / ops as f64);
+                m.insert("objstore_req_per_op".into(), per_op(b.requests, a.requests));
+                m.insert("objstore_writes_per_op".into(), per_op(b.writes, a.writes));
+                m.insert(
+                    "chunk_puts_per_op".into(),
+                    per_op(b.chunk_puts, a.chunk_puts),
+                );
             }
         }
         m

@@ -37,6 +37,15 @@ def is_history(r):
     return str(r.get("workload", "")).startswith("history ")
 
 
+def is_latency(r):
+    return str(r.get("workload", "")).startswith("latency ")
+
+
+def is_side_phase(r):
+    """Rows of the history and bucket-latency phases, kept out of the cross-system tables."""
+    return is_history(r) or is_latency(r)
+
+
 def verdict(r):
     """'pass', 'fail: why', 'unsupported: why' or 'skipped: why'."""
     if r.get("skipped"):
@@ -109,7 +118,7 @@ def systems_of(rows):
 
 
 def comparison_table(rows, field="ops_per_sec", digits=0):
-    rows = [r for r in rows if not is_history(r)]
+    rows = [r for r in rows if not is_side_phase(r)]
     systems = [s for s in systems_of(rows) if any(r.get("system") == s and not r.get("skipped") for r in rows)]
     cells = []
     for r in rows:
@@ -139,7 +148,7 @@ def ratios(rows, num, den):
     """Geometric mean and range of num/den throughput over the cells both passed."""
     # Watch throughput is set by the writer's fixed rate, so it is left out (compare its latency).
     by = {(r.get("system"), r.get("workload"), r.get("clients")): r for r in rows
-          if verdict(r) == "pass" and r.get("workload") != "watch" and not is_history(r)}
+          if verdict(r) == "pass" and r.get("workload") != "watch" and not is_side_phase(r)}
     rs = []
     for (s, w, c), r in by.items():
         if s != num:
@@ -206,6 +215,44 @@ def plots(rows, outdir):
         plt.close(fig)
         made.append((workload, name))
     return made
+
+
+def latency_table(rows):
+    """The bucket-latency phase (issue #15): netsy-ha3 with delayed object-store responses."""
+    lat = [r for r in rows if is_latency(r)]
+    if not lat:
+        return "(not run)"
+    etcd3 = {(r.get("workload"), r.get("clients")): r for r in rows
+             if r.get("system") == "etcd-3" and verdict(r) == "pass"}
+    out = ["| system | workload | clients | ops/s | p50 ms | p99 ms | object-store writes per write "
+           "| chunk PUTs per write | etcd-3 ops/s | ÷ etcd-3 |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(lat, key=lambda r: (r.get("system", ""), r.get("clients", 0), r.get("workload", ""))):
+        v = verdict(r)
+        if v != "pass":
+            out.append(f"| {r.get('system')} | {r.get('workload')} | {r.get('clients')} | {v[:60]} "
+                       "|  |  |  |  |  |  |")
+            continue
+        e = etcd3.get((r["workload"].removeprefix("latency "), r.get("clients")))
+        ratio = f"{r['ops_per_sec'] / e['ops_per_sec']:.2f}×" if e else ""
+        out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r.get("system"), r["workload"].removeprefix("latency "), r.get("clients"),
+            fmt(r.get("ops_per_sec")), fmt(r.get("p50_ms"), 2), fmt(r.get("p99_ms"), 2),
+            fmt(r.get("objstore_writes_per_op"), 3), fmt(r.get("chunk_puts_per_op"), 3),
+            fmt(e.get("ops_per_sec")) if e else "", ratio))
+    return "\n".join(out)
+
+
+LATENCY_PROSE = """Issue #15: what a far-away bucket costs. `bench/run-all.sh` puts `netsy-bench delay-proxy`
+in front of seaweedfs, adding 5 ms (S3 Express One Zone-like) or 100 ms (S3 Standard-like) to
+every object-store response, and runs a fresh 3-node netsy cell on it (heartbeat 500 ms, load
+spread over the three nodes) with `replication.quorum` 0 and -1: the create/update/delete cells
+of the first phase at 1, 16 and 100 clients. *Object-store writes per write* counts every write
+request (chunks, heartbeats, the writer lock's renewals) over the cell; *chunk PUTs per write*
+only the chunk objects. etcd-3 is the first phase's 3-member etcd on loopback, which pays no
+bucket. Only the phase: `BENCH_PHASES=latency BENCH_SYSTEMS="netsy-ha3 etcd-3" bench/run-all.sh`
+(add `cells` for etcd-3's column); `BENCH_LATENCIES="100"` for one delay.
+"""
 
 
 def history_tables(rows):
@@ -313,6 +360,8 @@ def main():
     print(comparison_table(rows))
     print("\n### History: churn + compaction\n")
     print(history_tables(rows))
+    print("\n### Bucket latency: netsy-ha3 with delayed object-store responses\n")
+    print(latency_table(rows))
     print("\n### Cold start (netsy on seaweedfs S3, empty data dir)\n")
     print(cold_start_table(cold))
     print()
@@ -428,6 +477,9 @@ def render_doc(meta, rows, cold, made, rel):
     p.append("\n## History: churn + compaction\n")
     p.append(HISTORY_PROSE)
     p.append(history_tables(rows))
+    p.append("\n## Bucket latency\n")
+    p.append(LATENCY_PROSE)
+    p.append(latency_table(rows))
     p.append("\n## Cold start\n")
     p.append("netsy on seaweedfs: load N keys of 1 KiB, stop netsy, delete its data directory, start it again, "
              "and time from process start until `/readyz` answers 200; backfill figures come from netsy's "

