@@ -248,8 +248,9 @@ in front of seaweedfs, adding 5 ms (S3 Express One Zone-like) or 100 ms (S3 Stan
 every object-store response, and runs a fresh 3-node netsy cell on it (heartbeat 500 ms, load
 spread over the three nodes) with `replication.quorum` 0 and -1: the create/update/delete cells
 of the first phase at 1, 16 and 100 clients. *Object-store writes per write* counts every write
-request (chunks, heartbeats, the writer lock's renewals) over the cell; *chunk PUTs per write*
-only the chunk objects. etcd-3 is the first phase's 3-member etcd on loopback, which pays no
+request (chunks, heartbeats, the writer lock's renewals, and each chunk key deleted after a
+snapshot, although S3 deletes them in bulk requests) over the cell; *chunk PUTs per write* only
+the chunk objects created. etcd-3 is the first phase's 3-member etcd on loopback, which pays no
 bucket. Only the phase: `BENCH_PHASES=latency BENCH_SYSTEMS="netsy-ha3 etcd-3" bench/run-all.sh`
 (add `cells` for etcd-3's column); `BENCH_LATENCIES="100"` for one delay.
 """
