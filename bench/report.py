@@ -8,6 +8,7 @@ plus PNG latency plots).
 A cell passes when it ran and its numbers are sane: ops > 0, p50 <= p99 <= p999, errors
 (failed requests, lost watch events) at most 1 % of ops, and the server's CPU was measured.
 A cell the server refuses by design (kine has no plain Put) is listed as unsupported, not failed.
+A bucket-latency cell also needs a p50 at least the delay added to the bucket's responses.
 The history phase's "history sizes" line (Maintenance.Status around a Defragment) has no latency;
 it passes when every size it reports is positive.
 """
@@ -71,7 +72,19 @@ def verdict(r):
         return "fail: %d errors for %d ops" % (r["errors"], ops)
     if "cpu_us_per_op" not in r:
         return "fail: server CPU not measured"
+    # A write through the delay proxy waits for at least one delayed bucket response.
+    delay = added_delay_ms(r)
+    if delay and p50 < delay:
+        return "fail: p50 %.2f ms below the bucket's added %d ms (is the delay proxy in the path?)" % (p50, delay)
     return "pass"
+
+
+def added_delay_ms(r):
+    """The delay the bucket-latency phase added ("netsy-ha3 q=0 +100ms" → 100), else 0."""
+    if not is_latency(r):
+        return 0
+    last = str(r.get("system", "")).split()[-1]
+    return int(last[1:-2]) if last.startswith("+") and last.endswith("ms") and last[1:-2].isdigit() else 0
 
 
 def order_key(r):
