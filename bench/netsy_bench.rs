@@ -209,6 +209,23 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// One client's create-only PUTs of `value_size` bytes straight to `bucket` (credentials
+    /// and endpoint from AWS_*), through the object_store client netsy uses: the floor under a
+    /// 1-client write on an S3 bucket. Prints one JSON line (`--pid`: the S3 server).
+    S3Put {
+        #[arg(long)]
+        bucket: String,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 1024)]
+        value_size: usize,
+        #[arg(long, default_value = "")]
+        system: String,
+        #[arg(long, default_value = "bucket PUT alone")]
+        label: String,
+        #[command(flatten)]
+        targets: TargetArgs,
+    },
     /// Prints the JSON lines of `run` (a file) as a markdown table.
     Table { file: std::path::PathBuf },
     /// Prints the backfill figures of the last `loading_stage_completed` line of a netsy log.
@@ -382,6 +399,24 @@ async fn main() {
             .map_err(|e| e.to_string()),
         Cmd::WaitHttp { url, timeout } => wait_http(&url, timeout).await,
         Cmd::WaitS3 { bucket, timeout } => wait_s3(&bucket, timeout).await,
+        Cmd::S3Put {
+            bucket,
+            duration,
+            value_size,
+            system,
+            label,
+            targets,
+        } => {
+            s3_put(
+                &bucket,
+                duration,
+                value_size,
+                &system,
+                &label,
+                &targets.into(),
+            )
+            .await
+        }
         Cmd::Table { file } => table(&file),
         Cmd::Loading {
             log,
@@ -735,6 +770,72 @@ async fn wait_s3(bucket: &str, timeout: Duration) -> Result<(), String> {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+async fn s3_put(
+    bucket: &str,
+    duration: Duration,
+    value_size: usize,
+    system: &str,
+    label: &str,
+    targets: &probe::Targets,
+) -> Result<(), String> {
+    let cfg = netsy::objstore::StorageConfig {
+        provider: netsy::objstore::Provider::S3,
+        bucket_name: bucket.to_string(),
+        ..Default::default()
+    };
+    let storage = netsy::objstore::ObjectStorage::from_config(
+        &cfg,
+        &netsy::objstore::config::process_env(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ run as u64;
+    let (mut lat, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+    let probe = targets.start().await;
+    let started = Instant::now();
+    let mut i = 0u64;
+    while started.elapsed() < duration {
+        let key = object_store::path::Path::from(format!("bench-s3-put/{run}/{i:010}"));
+        i += 1;
+        let body = value(&mut rng, value_size);
+        let t = Instant::now();
+        match storage
+            .store()
+            .put_opts(&key, body.into(), object_store::PutMode::Create.into())
+            .await
+        {
+            Ok(_) => lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let ops = lat.len() as u64;
+    let mut m = serde_json::Map::new();
+    m.insert("system".into(), system.into());
+    m.insert("workload".into(), label.into());
+    m.insert("clients".into(), 1.into());
+    m.insert("ops".into(), ops.into());
+    m.insert("errors".into(), errors.into());
+    if let Some(e) = first_error {
+        m.insert("first_error".into(), e.into());
+    }
+    m.insert("seconds".into(), seconds.into());
+    m.insert(
+        "ops_per_sec".into(),
+        (ops as f64 / seconds.max(1e-9)).into(),
+    );
+    m.extend(latency_fields(&mut lat));
+    m.extend(targets.finish(&probe, ops).await);
+    println!("{}", serde_json::Value::Object(m));
+    Ok(())
 }
 
 fn table(file: &std::path::Path) -> Result<(), String> {

@@ -260,6 +260,12 @@ run_cells() { # $1 = system
   for c in $clients_list; do
     cell "$sys" crud "$c" "$to" "${k8s[@]}" --workload crud --clients "$c"
   done
+  if [ "$sys" = netsy-s3 ]; then
+    # The floor under netsy-s3's 1-client writes: one client's create-only PUTs of 1 KiB straight
+    # to seaweedfs through the same object_store client (server CPU = seaweedfs's).
+    cell "$sys" "bucket PUT alone" 1 "$to" "$bench" s3-put --bucket bench --system "$sys" \
+      --duration "$duration" --value-size 1024 --pid "$weed_pid"
+  fi
   cell "$sys" list "$list_clients" "$to" "${k8s[@]}" --workload list --clients "$list_clients" \
     --list-keys "$list_keys" --page-size 500
   cell "$sys" watch "$watchers" "$to" "${k8s[@]}" --workload watch --watchers "$watchers" \
