@@ -825,13 +825,25 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
         head(&endpoints[p]).await
     })
     .await;
-    for e in &endpoints {
-        support::wait::poll(
-            "every node at the head",
-            Duration::from_secs(30),
-            || async { (head(e).await? >= target).then_some(()) },
-        )
-        .await;
+    // A node may still stop itself after the heal: a Primary whose lock renewals failed under
+    // the faults finds out a moment later and exits 75 to stay fenced. The supervisor starts it
+    // again meanwhile, as systemd or the StatefulSet would (found by the soak: `bucket-faults`
+    // left a fenced node down, and the wait below timed out).
+    let converged = Instant::now() + Duration::from_secs(60);
+    for (i, e) in endpoints.iter().enumerate() {
+        loop {
+            h.supervise(i, &mut log).await;
+            if head(e).await.is_some_and(|r| r >= target) {
+                break;
+            }
+            assert!(
+                Instant::now() < converged,
+                "{} seed {seed}: node-{} not at the head {target} within 60 s",
+                nemesis.name(),
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     // The watches catch up, then stop.
     for (_, last, _) in &watches {
