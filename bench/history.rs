@@ -21,7 +21,7 @@ use etcd_client::{Client, CompactionOptions, GetOptions};
 use serde_json::{Map, Value};
 
 use crate::probe::Targets;
-use crate::{connect, connect_with_timeout, latency_fields, value};
+use crate::{connect, connect_with_timeout, result_line, value};
 
 type Res<T> = Result<T, String>;
 
@@ -124,18 +124,7 @@ pub async fn churn(p: ChurnParams) -> Res<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let ops = lat.len();
-    let mut m = Map::new();
-    m.insert("system".into(), p.system.clone().into());
-    m.insert("workload".into(), p.label.clone().into());
-    m.insert("clients".into(), p.clients.into());
-    m.insert("ops".into(), ops.into());
-    m.insert("errors".into(), errors.into());
-    m.insert("seconds".into(), seconds.into());
-    m.insert(
-        "ops_per_sec".into(),
-        (ops as f64 / seconds.max(1e-9)).into(),
-    );
-    m.extend(latency_fields(&mut lat));
+    let mut m = result_line(&p.system, &p.label, p.clients, &mut lat, errors, seconds);
     m.extend(p.targets.finish(&probe, ops as u64).await);
     let (size1, in_use1, rev1) = status(&mut admin).await?;
     m.insert("keys".into(), p.keys.into());

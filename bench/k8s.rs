@@ -33,7 +33,7 @@ use clap::ValueEnum;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
 
 use crate::probe::Targets;
-use crate::{connect, latency_fields, value};
+use crate::{connect, result_line, value};
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
 pub enum K8sWorkload {
@@ -157,19 +157,7 @@ fn line(
     errors: u64,
     seconds: f64,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let mut m = serde_json::Map::new();
-    m.insert("system".into(), p.system.clone().into());
-    m.insert("workload".into(), workload.into());
-    m.insert("clients".into(), clients.into());
-    m.insert("ops".into(), lat.len().into());
-    m.insert("errors".into(), errors.into());
-    m.insert("seconds".into(), seconds.into());
-    m.insert(
-        "ops_per_sec".into(),
-        (lat.len() as f64 / seconds.max(1e-9)).into(),
-    );
-    m.extend(latency_fields(lat));
-    m
+    result_line(&p.system, workload, clients, lat, errors, seconds)
 }
 
 fn print(m: serde_json::Map<String, serde_json::Value>) {

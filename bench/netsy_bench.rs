@@ -525,6 +525,31 @@ fn latency_fields(lat: &mut [u32]) -> serde_json::Map<String, serde_json::Value>
     m
 }
 
+/// The common fields of one measured phase's JSON line: who, what, how many, how fast, and the
+/// latency distribution of `lat` (µs; sorted in place).
+fn result_line(
+    system: &str,
+    workload: &str,
+    clients: usize,
+    lat: &mut [u32],
+    errors: u64,
+    seconds: f64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("system".into(), system.into());
+    m.insert("workload".into(), workload.into());
+    m.insert("clients".into(), clients.into());
+    m.insert("ops".into(), lat.len().into());
+    m.insert("errors".into(), errors.into());
+    m.insert("seconds".into(), seconds.into());
+    m.insert(
+        "ops_per_sec".into(),
+        (lat.len() as f64 / seconds.max(1e-9)).into(),
+    );
+    m.extend(latency_fields(lat));
+    m
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -738,19 +763,20 @@ async fn wait_etcd(endpoint: &str, timeout: Duration) -> Result<(), String> {
     }
 }
 
-async fn wait_s3(bucket: &str, timeout: Duration) -> Result<(), String> {
-    use object_store::ObjectStoreExt;
+/// `bucket` on S3, with credentials and endpoint from AWS_* (as netsy reads them).
+fn s3_storage(bucket: &str) -> Result<netsy::objstore::ObjectStorage, String> {
     let cfg = netsy::objstore::StorageConfig {
         provider: netsy::objstore::Provider::S3,
         bucket_name: bucket.to_string(),
         ..Default::default()
     };
-    let storage = netsy::objstore::ObjectStorage::from_config(
-        &cfg,
-        &netsy::objstore::config::process_env(),
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    netsy::objstore::ObjectStorage::from_config(&cfg, &netsy::objstore::config::process_env(), None)
+        .map_err(|e| e.to_string())
+}
+
+async fn wait_s3(bucket: &str, timeout: Duration) -> Result<(), String> {
+    use object_store::ObjectStoreExt;
+    let storage = s3_storage(bucket)?;
     let probe = object_store::path::Path::from("bench-probe");
     let deadline = Instant::now() + timeout;
     loop {
@@ -780,17 +806,7 @@ async fn s3_put(
     label: &str,
     targets: &probe::Targets,
 ) -> Result<(), String> {
-    let cfg = netsy::objstore::StorageConfig {
-        provider: netsy::objstore::Provider::S3,
-        bucket_name: bucket.to_string(),
-        ..Default::default()
-    };
-    let storage = netsy::objstore::ObjectStorage::from_config(
-        &cfg,
-        &netsy::objstore::config::process_env(),
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let storage = s3_storage(bucket)?;
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -818,21 +834,10 @@ async fn s3_put(
     }
     let seconds = started.elapsed().as_secs_f64();
     let ops = lat.len() as u64;
-    let mut m = serde_json::Map::new();
-    m.insert("system".into(), system.into());
-    m.insert("workload".into(), label.into());
-    m.insert("clients".into(), 1.into());
-    m.insert("ops".into(), ops.into());
-    m.insert("errors".into(), errors.into());
+    let mut m = result_line(system, label, 1, &mut lat, errors, seconds);
     if let Some(e) = first_error {
         m.insert("first_error".into(), e.into());
     }
-    m.insert("seconds".into(), seconds.into());
-    m.insert(
-        "ops_per_sec".into(),
-        (ops as f64 / seconds.max(1e-9)).into(),
-    );
-    m.extend(latency_fields(&mut lat));
     m.extend(targets.finish(&probe, ops).await);
     println!("{}", serde_json::Value::Object(m));
     Ok(())
