@@ -76,7 +76,9 @@ stop_pids() {
 
 # start_seaweedfs DIR BUCKET: starts `${NETSY_WEED:-weed} mini` with its data in DIR (created)
 # and its output in DIR.log, every port free and on 127.0.0.1, telemetry, the admin UI, WebDAV
-# and the Iceberg/Lance endpoints off, and BUCKET created. Sets SEAWEEDFS_PID, SEAWEEDFS_PORT
+# and the Iceberg/Lance endpoints off, a fixed budget of 64 sparse 128 MB volumes (by default
+# the count is free disk space / volume size, which on a nearly full disk leaves no room for a
+# bucket), and BUCKET created. Sets SEAWEEDFS_PID, SEAWEEDFS_PORT
 # (the S3 port) and SEAWEEDFS_ENDPOINT (http://127.0.0.1:PORT), and exports what an S3 client
 # (netsy's `s3` provider, the AWS SDKs) needs to reach it: AWS_ACCESS_KEY_ID=k,
 # AWS_SECRET_ACCESS_KEY=s, AWS_REGION=us-east-1, AWS_ENDPOINT_URL, AWS_S3_USE_PATH_STYLE=true.
@@ -92,6 +94,7 @@ start_seaweedfs() {
   mkdir -p "$dir"
   AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s "${NETSY_WEED:-weed}" mini -dir="$dir" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -master.telemetry=false -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -master.volumeSizeLimitMB=128 -volume.max=64 \
     -s3.port="$SEAWEEDFS_PORT" -bucket="$bucket" \
     -master.port="${ports[1]}" -master.port.grpc="${ports[2]}" -volume.port="${ports[3]}" \
     -volume.port.grpc="${ports[4]}" -filer.port="${ports[5]}" -filer.port.grpc="${ports[6]}" \

@@ -454,7 +454,8 @@ read -r s3 wm wmg wv wvg wf wfg wa wag wd ww <<<"$(free_ports 11)"
 mkdir -p "$run/seaweed"
 AWS_ACCESS_KEY_ID=e2e AWS_SECRET_ACCESS_KEY=e2e-secret weed mini -dir="$run/seaweed" \
   -ip="$bridge_ip" -ip.bind="$bridge_ip" -master.telemetry=false -admin.ui=false -webdav=false \
-  -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3" -bucket=netsy \
+  -s3.port.iceberg=0 -s3.port.lance=0 -master.volumeSizeLimitMB=128 -volume.max=64 \
+  -s3.port="$s3" -bucket=netsy \
   -master.port="$wm" -master.port.grpc="$wmg" -volume.port="$wv" -volume.port.grpc="$wvg" \
   -filer.port="$wf" -filer.port.grpc="$wfg" -admin.port="$wa" -admin.port.grpc="$wag" \
   -debug.port="$wd" -webdav.port="$ww" > "$run/logs/seaweedfs.log" 2>&1 &

@@ -27,8 +27,44 @@ impl Drop for Weed {
     }
 }
 
-/// Starts `weed mini` serving S3 on a free loopback port with `bucket` created.
+/// Starts `weed mini` serving S3 on a free loopback port with `bucket` created, and returns once
+/// its S3 port accepts connections. A server that exits before that (one of its 11 ports taken
+/// by another test between choosing and binding) is started again on fresh ports, twice at most.
 pub fn start_weed(bucket: &str) -> Weed {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut weed = spawn_weed(bucket);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = weed.child.try_wait().expect("try_wait") {
+                let log = std::fs::read_to_string(&weed.log).unwrap_or_default();
+                assert!(
+                    attempt < 3,
+                    "weed exited early ({status}), 3 times; log:\n{log}"
+                );
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                eprintln!(
+                    "weed exited early ({status}); starting it again on other ports. Its log ended:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", weed.s3_port)).is_ok() {
+                return weed;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weed's S3 port {} did not open within 20 s; log:\n{}",
+                weed.s3_port,
+                std::fs::read_to_string(&weed.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50)); // polling a port, bounded above
+        }
+    }
+}
+
+fn spawn_weed(bucket: &str) -> Weed {
     let weed = std::env::var("NETSY_WEED").unwrap_or_else(|_| "weed".to_string());
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("weed.log");
@@ -41,6 +77,11 @@ pub fn start_weed(bucket: &str) -> Weed {
         "-master.telemetry=false".into(),
         "-admin.ui=false".into(),
         "-webdav=false".into(),
+        // A fixed budget of small sparse volumes: by default the volume count is free disk space
+        // divided by the volume size, so on a nearly full disk (or with several servers started
+        // at once) the server starts with no room for a bucket and every PUT times out.
+        "-master.volumeSizeLimitMB=64".into(),
+        "-volume.max=16".into(),
         // Fixed default ports (8181, 9101) would collide between parallel tests.
         "-s3.port.iceberg=0".into(),
         "-s3.port.lance=0".into(),
@@ -136,7 +177,9 @@ impl Weed {
             };
             assert!(
                 Instant::now() < deadline,
-                "seaweedfs not ready within 20 s: {err}; log:\n{}",
+                "seaweedfs not ready within 20 s: {err}\n(it marks volumes read-only when its disk \
+                 is less than 1 % free)\n{}log:\n{}",
+                disk_free(&self.log),
                 std::fs::read_to_string(&self.log)
                     .unwrap_or_default()
                     .lines()
@@ -147,4 +190,14 @@ impl Weed {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// `df -h` for the filesystem holding `path`, for a readiness failure's message.
+fn disk_free(path: &std::path::Path) -> String {
+    Command::new("df")
+        .arg("-h")
+        .arg(path)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
