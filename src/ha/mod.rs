@@ -14,6 +14,8 @@
 mod follower;
 pub(crate) mod lock;
 pub(crate) mod members;
+#[allow(dead_code)] // Used by the quorum write path as it lands (docs/design/0010).
+pub(crate) mod pending;
 pub(crate) mod peer;
 pub(crate) mod supervisor;
 
