@@ -11,12 +11,14 @@
 //! writes; a read that must be linearizable first asks the Primary for its committed revision
 //! and waits until the local copy has applied it.
 
+#[allow(dead_code)] // Used by the quorum write path as it lands (docs/design/0010).
+mod collect;
 mod follower;
 pub(crate) mod lock;
 pub(crate) mod members;
+pub(crate) mod peer;
 #[allow(dead_code)] // Used by the quorum write path as it lands (docs/design/0010).
 pub(crate) mod pending;
-pub(crate) mod peer;
 pub(crate) mod supervisor;
 
 use std::collections::HashMap;

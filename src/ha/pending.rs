@@ -363,7 +363,10 @@ mod tests {
             })
         ));
         let err = log.append(4, "n1", 1, &[rec(2, "b")]).unwrap_err();
-        assert!(matches!(err, PendingError::StaleEpoch { got: 4, .. }), "{err}");
+        assert!(
+            matches!(err, PendingError::StaleEpoch { got: 4, .. }),
+            "{err}"
+        );
         drop(log);
         let mut log = PendingLog::open(dir.path()).unwrap();
         assert_eq!(log.promised(), 5);
@@ -385,7 +388,16 @@ mod tests {
         let mut log = PendingLog::open(dir.path()).unwrap();
         log.append(1, "n1", 5, &[rec(6, "a")]).unwrap();
         let err = log.append(1, "n1", 7, &[rec(8, "c")]).unwrap_err();
-        assert!(matches!(err, PendingError::Gap { got: 8, expected: 7 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                PendingError::Gap {
+                    got: 8,
+                    expected: 7
+                }
+            ),
+            "{err}"
+        );
         log.append(1, "n1", 6, &[rec(7, "b"), rec(8, "c")]).unwrap();
         log.applied(7).unwrap();
         assert_eq!(revisions(log.above(0)), [8]);
