@@ -97,6 +97,9 @@ pub async fn run(
         peer_tls,
         Some(membership.clone()),
     );
+    cluster
+        .open_pending(&cfg.data_dir.join("pending"))
+        .with_context(|| format!("NETSY_DATA_DIR: {}", cfg.data_dir.display()))?;
     let ctx = Context {
         store: store.clone(),
         hub,

@@ -107,7 +107,7 @@ mod tests {
                     continue;
                 };
                 // Answers come from the n − 1 nodes other than the old Primary.
-                assert!(c <= nodes - 1, "n={nodes} r={required} c={c}");
+                assert!(c < nodes, "n={nodes} r={required} c={c}");
                 // Any r Replicas and any c answers among n − 1 nodes share one node.
                 assert!(c + required > nodes - 1, "n={nodes} r={required} c={c}");
                 // One answer fewer could miss a group: c is the least that meets every one.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::pending::{PendingError, PendingLog};
 use super::{Cluster, PrimaryInfo, Role};
 use crate::durability::from_proto;
 use crate::proto as pb;
@@ -31,6 +32,9 @@ enum Ended {
     IncompleteCopy,
     #[error("gap: got revision {got} after local head {head}")]
     Gap { got: i64, head: i64 },
+    /// The pending log refused the records (an epoch older than a promise) or failed.
+    #[error("{0}")]
+    Pending(#[from] PendingError),
     /// Applying to the local copy failed; its [`store::Error::action`] says what to do.
     #[error("local copy: {0}")]
     Store(#[from] store::Error),
@@ -111,6 +115,7 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
                 known: primary.epoch,
             });
         }
+        cluster.followed(msg.epoch);
         if msg.replace_through > 0 {
             // The whole copy of the Primary (this node was behind its compaction revision).
             if !replacing {
@@ -135,23 +140,27 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
         if replacing {
             return Err(Ended::IncompleteCopy);
         }
-        if !msg.records.is_empty() {
-            let head = store.current_revision();
-            let records: Vec<_> = msg
-                .records
-                .into_iter()
-                .filter(|r| r.revision > head)
-                .map(from_proto)
-                .collect();
-            if let Some(first) = records.first() {
-                if first.revision != head + 1 {
-                    return Err(Ended::Gap {
-                        got: first.revision,
-                        head,
-                    });
-                }
-                store.import(records).await?;
+        if msg.commit_index > 0 {
+            let Some(pending) = cluster.pending() else {
+                return Err(Ended::Pending(PendingError::Io {
+                    path: "pending".into(),
+                    source: std::io::Error::other("the pending log is not open"),
+                }));
+            };
+            let receipt = take_quorum(
+                pending,
+                store,
+                msg.epoch,
+                &primary.node_id,
+                msg.records,
+                msg.commit_index,
+            )
+            .await?;
+            if let Some(revision) = receipt {
+                send_receipt(cluster, primary, msg.epoch, revision);
             }
+        } else {
+            apply_committed(store, msg.records).await?;
         }
         if msg.compaction_revision > store.compact_revision()
             && msg.compaction_revision <= store.current_revision()
@@ -161,5 +170,218 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
                 Err(e) => return Err(Ended::Store(e)),
             }
         }
+    }
+}
+
+/// Applies `records` (committed, in order) above the local head; older ones were applied.
+async fn apply_committed(store: &Store, records: Vec<pb::Record>) -> Result<(), Ended> {
+    let head = store.current_revision();
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|r| r.revision > head)
+        .map(from_proto)
+        .collect();
+    if let Some(first) = records.first() {
+        if first.revision != head + 1 {
+            return Err(Ended::Gap {
+                got: first.revision,
+                head,
+            });
+        }
+        store.import(records).await?;
+    }
+    Ok(())
+}
+
+/// Runs `f` on the pending log off the async threads (it fsyncs).
+async fn with_log<T: Send + 'static>(
+    log: tokio::sync::OwnedMutexGuard<PendingLog>,
+    f: impl FnOnce(&mut PendingLog) -> Result<T, PendingError> + Send + 'static,
+) -> Result<(tokio::sync::OwnedMutexGuard<PendingLog>, T), Ended> {
+    tokio::task::spawn_blocking(move || {
+        let mut log = log;
+        f(&mut log).map(|t| (log, t))
+    })
+    .await
+    .map_err(|e| {
+        Ended::Pending(PendingError::Io {
+            path: "pending".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?
+    .map_err(Ended::Pending)
+}
+
+/// A quorum-mode message of writer `epoch`: the records at or below `commit_index` are
+/// applied, and so are the pending records of this epoch it now covers; the records above it
+/// go to the pending log. Returns the revision to receipt (the pending log's last record of
+/// this epoch), if the message held pending records.
+async fn take_quorum(
+    pending: &std::sync::Arc<tokio::sync::Mutex<PendingLog>>,
+    store: &Store,
+    epoch: u64,
+    leader: &str,
+    records: Vec<pb::Record>,
+    commit_index: i64,
+) -> Result<Option<i64>, Ended> {
+    let (committed, held): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|r| r.revision <= commit_index);
+    apply_committed(store, committed).await?;
+    let log = pending.clone().lock_owned().await;
+    // Only this epoch's pending records are covered: an older writer's may differ.
+    if log.epoch() == epoch {
+        let covered: Vec<_> = log
+            .above(store.current_revision())
+            .iter()
+            .take_while(|r| r.revision <= commit_index)
+            .cloned()
+            .collect();
+        apply_committed(store, covered).await?;
+    }
+    let head = store.current_revision();
+    let (log, ()) = with_log(log, move |l| l.applied(head)).await?;
+    if held.is_empty() {
+        return Ok(None);
+    }
+    let last = if log.epoch() == epoch {
+        log.last_revision().unwrap_or(head).max(head)
+    } else {
+        head
+    };
+    let held: Vec<_> = held.into_iter().filter(|r| r.revision > last).collect();
+    let Some(revision) = held.last().map(|r| r.revision) else {
+        return Ok(Some(last));
+    };
+    let leader = leader.to_string();
+    with_log(log, move |l| l.append(epoch, &leader, head, &held)).await?;
+    Ok(Some(revision))
+}
+
+/// Tells the Primary that this node holds `epoch`'s records up to `revision` (in the
+/// background: the stream goes on; a lost receipt only makes the Primary wait or fall back).
+fn send_receipt(cluster: &Cluster, primary: &PrimaryInfo, epoch: u64, revision: i64) {
+    let Ok(mut client) = cluster.peer(&primary.peer_addr) else {
+        return;
+    };
+    let req = pb::ReceiptRequest {
+        node_id: cluster.node_id().to_string(),
+        epoch,
+        revision,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = client.receipt(req).await {
+            tracing::debug!(error = %e, revision, "receipt not delivered");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn rec(revision: i64, value: &str) -> pb::Record {
+        pb::Record {
+            revision,
+            key: format!("k{revision}").into_bytes(),
+            created: true,
+            create_revision: revision,
+            version: 1,
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    async fn value_at(store: &Store, revision: i64) -> Vec<u8> {
+        let got = store
+            .export(
+                revision,
+                revision,
+                Vec::new(),
+                |_: &mut Vec<Vec<u8>>, _| Ok(()),
+                |v, r| {
+                    v.push(r.value.unwrap_or_default().to_vec());
+                    Ok(())
+                },
+            )
+            .await
+            .unwrap();
+        got.into_iter().next().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn pending_records_wait_for_the_commit_index_of_their_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            crate::store::StoreOptions {
+                data_dir: dir.path().join("db"),
+                node_id: "b".into(),
+                readers: 1,
+                fatal: Default::default(),
+            },
+            crate::watch::WatchHub::new(Default::default()),
+            Box::new(crate::store::NoopCommitHook),
+        )
+        .unwrap();
+        let log = Arc::new(tokio::sync::Mutex::new(
+            PendingLog::open(&dir.path().join("pending")).unwrap(),
+        ));
+        let h = store.current_revision();
+        let take = |epoch, records, commit| {
+            let (log, store) = (log.clone(), store.clone());
+            async move { take_quorum(&log, &store, epoch, "a", records, commit).await }
+        };
+
+        // Pending: on disk and receipted, not applied.
+        assert_eq!(
+            take(3, vec![rec(h + 1, "x")], h).await.unwrap(),
+            Some(h + 1)
+        );
+        assert_eq!(store.current_revision(), h);
+        // The next message commits it and brings another pending record.
+        assert_eq!(
+            take(3, vec![rec(h + 2, "x")], h + 1).await.unwrap(),
+            Some(h + 2)
+        );
+        assert_eq!(store.current_revision(), h + 1);
+        // A record sent again is receipted, not appended twice.
+        assert_eq!(
+            take(3, vec![rec(h + 2, "x")], h + 1).await.unwrap(),
+            Some(h + 2)
+        );
+        assert_eq!(log.lock().await.above(0).len(), 1);
+        // A commit index alone applies what it covers and empties the log.
+        assert_eq!(take(3, vec![], h + 2).await.unwrap(), None);
+        assert_eq!(store.current_revision(), h + 2);
+        assert_eq!(log.lock().await.last_revision(), None);
+
+        // A pending record of epoch 3 that its writer never committed ...
+        take(3, vec![rec(h + 3, "old")], h + 2).await.unwrap();
+        // ... is not what epoch 4's commit index covers: epoch 4's own record is applied.
+        assert_eq!(take(4, vec![rec(h + 3, "new")], h + 3).await.unwrap(), None);
+        assert_eq!(store.current_revision(), h + 3);
+        assert_eq!(value_at(&store, h + 3).await, b"new");
+        // And epoch 4's pending records replace epoch 3's in the log.
+        take(3, vec![rec(h + 4, "old")], h + 3).await.unwrap();
+        assert_eq!(
+            take(4, vec![rec(h + 4, "new")], h + 3).await.unwrap(),
+            Some(h + 4)
+        );
+        assert_eq!(take(4, vec![], h + 4).await.unwrap(), None);
+        assert_eq!(value_at(&store, h + 4).await, b"new");
+
+        // A promise refuses the older writer's records; a gap is refused too.
+        log.lock().await.promise(5).unwrap();
+        let err = take(4, vec![rec(h + 5, "x")], h + 4).await.unwrap_err();
+        assert!(
+            matches!(err, Ended::Pending(PendingError::StaleEpoch { .. })),
+            "{err}"
+        );
+        let err = take(5, vec![rec(h + 7, "x")], h + 6).await.unwrap_err();
+        assert!(
+            matches!(err, Ended::Pending(PendingError::Gap { .. })),
+            "{err}"
+        );
     }
 }

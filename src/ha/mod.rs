@@ -17,8 +17,9 @@ mod follower;
 pub(crate) mod lock;
 pub(crate) mod members;
 pub(crate) mod peer;
-#[allow(dead_code)] // Used by the quorum write path as it lands (docs/design/0010).
 pub(crate) mod pending;
+#[allow(dead_code)] // Used by the quorum write path as it lands (docs/design/0010).
+mod quorum;
 pub(crate) mod supervisor;
 
 use std::collections::HashMap;
@@ -109,6 +110,12 @@ struct Inner {
     fence: Mutex<Option<Fence>>,
     /// Registered nodes (member ids, MemberList).
     membership: Option<members::Membership>,
+    /// Quorum mode: receipts from Replicas (on the Primary).
+    receipts: quorum::Receipts,
+    /// Quorum mode: this node's pending log (opened by [`Cluster::open_pending`]).
+    pending: std::sync::OnceLock<Arc<tokio::sync::Mutex<pending::PendingLog>>>,
+    /// The newest writer epoch whose stream this node has followed.
+    followed: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -133,6 +140,9 @@ impl Cluster {
                 hub,
                 fence: Mutex::new(None),
                 membership,
+                receipts: quorum::Receipts::new(),
+                pending: std::sync::OnceLock::new(),
+                followed: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -195,6 +205,45 @@ impl Cluster {
         self.inner
             .stopping
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Opens this node's pending log (`dir`), for the quorum write path.
+    pub(crate) fn open_pending(&self, dir: &std::path::Path) -> Result<(), pending::PendingError> {
+        let log = pending::PendingLog::open(dir)?;
+        let _ = self
+            .inner
+            .pending
+            .set(Arc::new(tokio::sync::Mutex::new(log)));
+        Ok(())
+    }
+
+    /// This node's pending log, once opened.
+    pub(crate) fn pending(&self) -> Option<&Arc<tokio::sync::Mutex<pending::PendingLog>>> {
+        self.inner.pending.get()
+    }
+
+    pub(crate) fn receipts(&self) -> &quorum::Receipts {
+        &self.inner.receipts
+    }
+
+    /// Notes that this node has followed a stream of writer `epoch`.
+    pub(crate) fn followed(&self, epoch: u64) {
+        self.inner
+            .followed
+            .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The newest writer epoch this node has followed, or held itself.
+    pub(crate) fn followed_epoch(&self) -> u64 {
+        let own = match self.role() {
+            Role::Primary { epoch } => epoch,
+            _ => 0,
+        };
+        own.max(
+            self.inner
+                .followed
+                .load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     /// Where a Primary publishes committed records for its followers.

@@ -96,6 +96,7 @@ impl pb::peer_server::Peer for PeerService {
                                 committed_revision: 0,
                                 compaction_revision: compaction,
                                 replace_through: through,
+                                commit_index: 0,
                             };
                         }
                         let (through, compaction) = export
@@ -108,6 +109,7 @@ impl pb::peer_server::Peer for PeerService {
                             committed_revision: through,
                             compaction_revision: compaction,
                             replace_through: through,
+                            commit_index: 0,
                         };
                         next = through + 1;
                         continue;
@@ -125,6 +127,7 @@ impl pb::peer_server::Peer for PeerService {
                         committed_revision: to,
                         compaction_revision: store.compact_revision(),
                         replace_through: 0,
+                        commit_index: 0,
                     };
                     next = to + 1;
                 }
@@ -139,6 +142,7 @@ impl pb::peer_server::Peer for PeerService {
                                     committed_revision: next - 1,
                                     compaction_revision: msg.compaction_revision,
                                     replace_through: 0,
+                                    commit_index: 0,
                                 };
                             } else if first == next {
                                 next = msg.committed_revision + 1;
@@ -157,6 +161,7 @@ impl pb::peer_server::Peer for PeerService {
                                 committed_revision: next - 1,
                                 compaction_revision: store.compact_revision(),
                                 replace_through: 0,
+                                commit_index: 0,
                             };
                         }
                     }
@@ -181,6 +186,40 @@ impl pb::peer_server::Peer for PeerService {
             pb::ForwardMethod::try_from(req.method).unwrap_or(pb::ForwardMethod::ForwardUnknown);
         let response = api::local::execute(&self.ctx, method, &req.request).await?;
         Ok(Response::new(pb::ForwardResponse { response }))
+    }
+
+    async fn receipt(
+        &self,
+        request: Request<pb::ReceiptRequest>,
+    ) -> Result<Response<pb::ReceiptResponse>, Status> {
+        self.epoch()?;
+        let req = request.into_inner();
+        self.cluster
+            .receipts()
+            .record(&req.node_id, req.epoch, req.revision);
+        Ok(Response::new(pb::ReceiptResponse {}))
+    }
+
+    async fn collect(
+        &self,
+        request: Request<pb::CollectRequest>,
+    ) -> Result<Response<pb::CollectResponse>, Status> {
+        let req = request.into_inner();
+        let Some(pending) = self.cluster.pending() else {
+            return Err(Status::unavailable(
+                "netsy: this node has no pending log yet",
+            ));
+        };
+        tracing::info!(collector = %req.node_id, epoch = req.epoch, from = req.from_revision, "collect: promising the epoch");
+        let answer = super::quorum::answer(
+            &self.ctx.store,
+            pending,
+            self.cluster.followed_epoch(),
+            req.epoch,
+            req.from_revision,
+        )
+        .await?;
+        Ok(Response::new(answer))
     }
 
     async fn read_index(
@@ -210,6 +249,7 @@ impl Fanout for Cluster {
             committed_revision: revision,
             compaction_revision: 0,
             replace_through: 0,
+            commit_index: 0,
         };
         let _ = self.feed().send(Arc::new(msg));
     }
@@ -221,6 +261,7 @@ impl Fanout for Cluster {
             committed_revision: 0,
             compaction_revision: revision,
             replace_through: 0,
+            commit_index: 0,
         };
         let _ = self.feed().send(Arc::new(msg));
     }
