@@ -135,18 +135,21 @@ impl pb::peer_server::Peer for PeerService {
                     msg = live.recv() => match msg {
                         Ok(msg) => {
                             let first = msg.records.first().map_or(i64::MAX, |r| r.revision);
-                            if msg.records.is_empty() {
+                            if !msg.records.is_empty() && first == next {
+                                next = msg.committed_revision + 1;
+                                yield pb::FollowMessage { epoch, ..(*msg).clone() };
+                            } else if msg.records.is_empty() || (first < next && msg.commit_index > 0) {
+                                // Nothing new to send but the compaction revision and, in quorum
+                                // mode, the commit index (records sent as pending that then went
+                                // to the bucket come back here committed).
                                 yield pb::FollowMessage {
                                     epoch,
                                     records: Vec::new(),
                                     committed_revision: next - 1,
                                     compaction_revision: msg.compaction_revision,
                                     replace_through: 0,
-                                    commit_index: 0,
+                                    commit_index: msg.commit_index,
                                 };
-                            } else if first == next {
-                                next = msg.committed_revision + 1;
-                                yield pb::FollowMessage { epoch, ..(*msg).clone() };
                             }
                             // Older: already sent as history. Newer: a gap, read as history.
                         }

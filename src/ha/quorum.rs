@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, watch};
 use tonic::Status;
 
+use tokio::runtime::Handle;
+
 use super::pending::{PendingError, PendingLog};
-use crate::durability::to_proto;
+use crate::durability::{BucketHook, Fence, to_proto};
 use crate::proto as pb;
-use crate::store::Store;
+use crate::store::{CommitHook, HookError, Record, Store};
 
 /// The newest receipt of one Replica.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,9 +155,506 @@ pub(crate) async fn answer(
     })
 }
 
+/// Acknowledged records not yet in the bucket, in revision order (the original's chunk buffer).
+pub(crate) struct ChunkBuffer {
+    records: Vec<Record>,
+    bytes: u64,
+    oldest: Option<Instant>,
+    threshold_bytes: u64,
+    threshold_age: Duration,
+}
+
+impl ChunkBuffer {
+    /// A buffer flushed at `threshold_bytes` (0: no size trigger) or when its oldest record is
+    /// `threshold_age` old.
+    pub(crate) fn new(threshold_bytes: u64, threshold_age: Duration) -> Self {
+        ChunkBuffer {
+            records: Vec::new(),
+            bytes: 0,
+            oldest: None,
+            threshold_bytes,
+            threshold_age,
+        }
+    }
+
+    pub(crate) fn push(&mut self, records: &[Record], now: Instant) {
+        self.bytes += records.iter().map(record_bytes).sum::<u64>();
+        self.oldest.get_or_insert(now);
+        self.records.extend_from_slice(records);
+    }
+
+    /// Whether a flush is due (size or age).
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        (self.threshold_bytes > 0 && self.bytes >= self.threshold_bytes)
+            || self
+                .oldest
+                .is_some_and(|t| now.duration_since(t) >= self.threshold_age)
+    }
+
+    /// Over twice the size threshold (a flush keeps failing): new groups take the sync path.
+    pub(crate) fn over_limit(&self) -> bool {
+        self.threshold_bytes > 0 && self.bytes >= 2 * self.threshold_bytes
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Empties the buffer, returning its records.
+    pub(crate) fn take(&mut self) -> Vec<Record> {
+        self.bytes = 0;
+        self.oldest = None;
+        std::mem::take(&mut self.records)
+    }
+
+    /// Puts records taken by [`Self::take`] back in front (their upload was refused outright).
+    pub(crate) fn restore(&mut self, mut records: Vec<Record>, since: Instant) {
+        self.bytes += records.iter().map(record_bytes).sum::<u64>();
+        self.oldest = Some(self.oldest.map_or(since, |t| t.min(since)));
+        records.append(&mut self.records);
+        self.records = records;
+    }
+}
+
+/// A record's share of a chunk (its key and value, and a fixed allowance for the rest).
+fn record_bytes(r: &Record) -> u64 {
+    (r.key.len() + r.value.as_ref().map_or(0, |v| v.len()) + 64) as u64
+}
+
+/// How the quorum hook is set up (from `replication.*` and the heartbeat).
+pub(crate) struct QuorumSettings {
+    /// Receipts a group needs.
+    pub required: usize,
+    /// A Replica whose last receipt is older than this is not counted as healthy.
+    pub healthy_within: Duration,
+    /// How long a group waits for its receipts before it falls back to the bucket.
+    pub receipt_timeout: Duration,
+    pub threshold_bytes: u64,
+    pub threshold_age: Duration,
+}
+
+/// The Primary's commit hook in quorum mode (docs/design/0010, "The write path"): a group is
+/// acknowledged once enough Replicas hold it, and reaches the bucket later in a batch; without
+/// enough healthy Replicas, or without their receipts in time, it goes to the bucket at once,
+/// after the buffer, in one chunk.
+pub(crate) struct QuorumHook {
+    bucket: BucketHook,
+    receipts: Receipts,
+    feed: tokio::sync::broadcast::Sender<Arc<pb::FollowMessage>>,
+    rt: Handle,
+    fence: Option<Fence>,
+    epoch: u64,
+    settings: QuorumSettings,
+    buffer: ChunkBuffer,
+    /// The last revision committed (acknowledged or in the bucket): the commit index.
+    committed: i64,
+    /// The last group was acknowledged by receipts (its records have been sent already).
+    last_by_quorum: bool,
+}
+
+impl QuorumHook {
+    /// `bucket` makes groups durable when receipts do not (it must have no fan-out of its
+    /// own: this hook feeds the Replicas); `committed` is the local head at promotion.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        bucket: BucketHook,
+        receipts: Receipts,
+        feed: tokio::sync::broadcast::Sender<Arc<pb::FollowMessage>>,
+        rt: Handle,
+        fence: Option<Fence>,
+        epoch: u64,
+        settings: QuorumSettings,
+        committed: i64,
+    ) -> Self {
+        let buffer = ChunkBuffer::new(settings.threshold_bytes, settings.threshold_age);
+        QuorumHook {
+            bucket,
+            receipts,
+            feed,
+            rt,
+            fence,
+            epoch,
+            settings,
+            buffer,
+            committed,
+            last_by_quorum: false,
+        }
+    }
+
+    /// Records in the buffer and their size (metrics, tests).
+    pub(crate) fn buffered(&self) -> (usize, u64) {
+        (self.buffer.len(), self.buffer.bytes())
+    }
+
+    /// Uploads the whole buffer as one chunk. The records are acknowledged: if they cannot be
+    /// confirmed in the bucket the node must stop (it cannot tell, and a successor collects).
+    fn flush(&mut self, trigger: &str) -> Result<(), HookError> {
+        if self.buffer.len() == 0 {
+            return Ok(());
+        }
+        let records = self.buffer.take();
+        tracing::debug!(trigger, records = records.len(), "chunk buffer flush");
+        self.bucket.persist(&records).map_err(|e| match e {
+            HookError::Rejected(e) | HookError::Indeterminate(e) => HookError::Indeterminate(
+                format!("flushing {} acknowledged records: {e}", records.len()),
+            ),
+        })
+    }
+
+    fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|f| !f.holds())
+    }
+}
+
+impl CommitHook for QuorumHook {
+    fn persist(&mut self, records: &[Record]) -> Result<(), HookError> {
+        let Some(last) = records.last().map(|r| r.revision) else {
+            return Ok(());
+        };
+        self.last_by_quorum = false;
+        let now = Instant::now();
+        if self.buffer.due(now) {
+            self.flush("threshold")?;
+        }
+        let healthy = self
+            .receipts
+            .healthy(self.epoch, self.settings.healthy_within);
+        let mut sent = false;
+        if healthy >= self.settings.required && !self.buffer.over_limit() {
+            let msg = pb::FollowMessage {
+                epoch: self.epoch,
+                records: records.iter().map(to_proto).collect(),
+                committed_revision: last,
+                compaction_revision: 0,
+                replace_through: 0,
+                commit_index: self.committed,
+            };
+            sent = self.feed.send(Arc::new(msg)).is_ok();
+            let (receipts, epoch, needed, timeout) = (
+                self.receipts.clone(),
+                self.epoch,
+                self.settings.required,
+                self.settings.receipt_timeout,
+            );
+            let met = sent
+                && self
+                    .rt
+                    .block_on(async move { receipts.wait(epoch, last, needed, timeout).await });
+            if met && !self.fenced() {
+                self.buffer.push(records, now);
+                self.last_by_quorum = true;
+                return Ok(());
+            }
+            tracing::warn!(
+                revision = last,
+                receipts = self.receipts.count(self.epoch, last),
+                required = self.settings.required,
+                "quorum not met in time; writing the group to the bucket"
+            );
+        }
+        // The synchronous path, behind the buffer: one chunk, in revision order.
+        let mut all = self.buffer.take();
+        let buffered = all.len();
+        all.extend_from_slice(records);
+        match self.bucket.persist(&all) {
+            Ok(()) => Ok(()),
+            Err(HookError::Rejected(e)) if buffered > 0 || sent => {
+                // Acknowledged records, or records Replicas hold: the outcome is not ours to
+                // decide any more.
+                Err(HookError::Indeterminate(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lease_granted(&mut self, id: i64, ttl: i64) -> Result<(), HookError> {
+        self.bucket.lease_granted(id, ttl)
+    }
+
+    fn lease_revoked(&mut self, id: i64) {
+        self.bucket.lease_revoked(id);
+    }
+
+    fn compacted(&mut self, rev: i64) -> Result<(), HookError> {
+        // The compaction object must not point above records only peers hold.
+        self.flush("compaction")?;
+        self.bucket.compacted(rev)
+    }
+
+    fn published(&mut self, records: &[Record], revision: i64) {
+        self.committed = revision;
+        let records = if self.last_by_quorum {
+            Vec::new()
+        } else {
+            records.iter().map(to_proto).collect()
+        };
+        let _ = self.feed.send(Arc::new(pb::FollowMessage {
+            epoch: self.epoch,
+            records,
+            committed_revision: revision,
+            compaction_revision: 0,
+            replace_through: 0,
+            commit_index: revision,
+        }));
+    }
+
+    fn compaction_published(&mut self, rev: i64) {
+        let _ = self.feed.send(Arc::new(pb::FollowMessage {
+            epoch: self.epoch,
+            records: Vec::new(),
+            committed_revision: 0,
+            compaction_revision: rev,
+            replace_through: 0,
+            commit_index: 0,
+        }));
+    }
+
+    fn tick(&mut self) -> Result<(), HookError> {
+        if self.buffer.due(Instant::now()) {
+            self.flush("age")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for QuorumHook {
+    /// Replaced at a role change or at shutdown (on the writer thread): the buffer goes to the
+    /// bucket first. If that fails, the records stay on the Replicas that receipted them and
+    /// the next Primary collects them (0010, "Failover").
+    fn drop(&mut self) {
+        let records = self.buffer.len();
+        if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) = self.flush("handover") {
+            tracing::warn!(records, error = %e, "chunk buffer not flushed at handover; a successor collects it from the replicas");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod hook {
+        use super::super::*;
+        use crate::durability::{EpochLog, from_proto};
+        use crate::objstore::{Layout, ObjectStorage};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Mutex as StdMutex, RwLock};
+
+        const EPOCH: u64 = 3;
+
+        struct Rig {
+            rt: tokio::runtime::Runtime,
+            storage: ObjectStorage,
+            receipts: Receipts,
+            feed: tokio::sync::broadcast::Sender<Arc<pb::FollowMessage>>,
+            /// Messages the fake Replica saw.
+            seen: Arc<StdMutex<Vec<pb::FollowMessage>>>,
+            /// Whether the fake Replica receipts pending records.
+            receipting: Arc<AtomicBool>,
+        }
+
+        fn rig() -> Rig {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let storage = ObjectStorage::from_parts(
+                Arc::new(object_store::memory::InMemory::new()),
+                Layout::new("").unwrap(),
+            );
+            let receipts = Receipts::new();
+            let (feed, mut rx) = tokio::sync::broadcast::channel::<Arc<pb::FollowMessage>>(64);
+            let seen = Arc::new(StdMutex::new(Vec::new()));
+            let receipting = Arc::new(AtomicBool::new(true));
+            // The fake Replica: receipts what arrives pending, as a follower would.
+            rt.spawn({
+                let (receipts, seen, receipting) =
+                    (receipts.clone(), seen.clone(), receipting.clone());
+                async move {
+                    while let Ok(msg) = rx.recv().await {
+                        let pending = msg.records.last().map(|r| r.revision);
+                        if let Some(last) = pending.filter(|&l| l > msg.commit_index)
+                            && receipting.load(std::sync::atomic::Ordering::Acquire)
+                        {
+                            receipts.record("b", msg.epoch, last);
+                        }
+                        seen.lock().unwrap().push((*msg).clone());
+                    }
+                }
+            });
+            receipts.record("b", EPOCH, 0);
+            Rig {
+                rt,
+                storage,
+                receipts,
+                feed,
+                seen,
+                receipting,
+            }
+        }
+
+        fn hook(rig: &Rig, age: Duration) -> QuorumHook {
+            let (tx, _rx) = tokio::sync::mpsc::channel(64);
+            let bucket = BucketHook::new(
+                rig.storage.clone(),
+                "a".into(),
+                rig.rt.handle().clone(),
+                tx,
+                EPOCH,
+                Arc::new(RwLock::new(EpochLog::default())),
+                Arc::new(AtomicBool::new(false)),
+            );
+            QuorumHook::new(
+                bucket,
+                rig.receipts.clone(),
+                rig.feed.clone(),
+                rig.rt.handle().clone(),
+                None,
+                EPOCH,
+                QuorumSettings {
+                    required: 1,
+                    healthy_within: Duration::from_secs(60),
+                    receipt_timeout: Duration::from_millis(200),
+                    threshold_bytes: 1 << 20,
+                    threshold_age: age,
+                },
+                0,
+            )
+        }
+
+        fn group(revision: i64) -> Vec<Record> {
+            vec![from_proto(pb::Record {
+                revision,
+                key: format!("k{revision}").into_bytes(),
+                created: true,
+                create_revision: revision,
+                version: 1,
+                value: b"v".to_vec(),
+                ..Default::default()
+            })]
+        }
+
+        /// The chunks in the bucket: (last revision, number of records).
+        fn chunks(rig: &Rig) -> Vec<(i64, usize)> {
+            rig.rt.block_on(async {
+                let mut out = Vec::new();
+                for f in rig.storage.list_chunks_after(0).await.unwrap() {
+                    use futures::TryStreamExt;
+                    let records: Vec<_> = rig
+                        .storage
+                        .records(&f.key, Some(crate::datafile::FileKind::KindChunk))
+                        .try_collect()
+                        .await
+                        .unwrap();
+                    out.push((f.revision, records.len()));
+                }
+                out
+            })
+        }
+
+        fn commit(hook: &mut QuorumHook, revision: i64) -> Result<(), HookError> {
+            let g = group(revision);
+            hook.persist(&g)?;
+            hook.published(&g, revision);
+            Ok(())
+        }
+
+        #[test]
+        fn receipted_groups_wait_in_the_buffer_and_a_missing_receipt_flushes_it() {
+            let rig = rig();
+            let mut hook = hook(&rig, Duration::from_secs(3600));
+            commit(&mut hook, 1).unwrap();
+            commit(&mut hook, 2).unwrap();
+            assert_eq!(hook.buffered().0, 2);
+            assert!(
+                chunks(&rig).is_empty(),
+                "acknowledged by receipts, not uploaded"
+            );
+            // Without a receipt the group goes to the bucket with the buffer, in one chunk.
+            rig.receipting
+                .store(false, std::sync::atomic::Ordering::Release);
+            commit(&mut hook, 3).unwrap();
+            assert_eq!(chunks(&rig), [(3, 3)]);
+            assert_eq!(hook.buffered().0, 0);
+            // The Replica saw each group pending, then its commit index.
+            let seen = rig.seen.lock().unwrap().clone();
+            let summary: Vec<(Vec<i64>, i64)> = seen
+                .iter()
+                .map(|m| {
+                    (
+                        m.records.iter().map(|r| r.revision).collect(),
+                        m.commit_index,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                summary,
+                [
+                    (vec![1], 0),
+                    (vec![], 1),
+                    (vec![2], 1),
+                    (vec![], 2),
+                    (vec![3], 2),
+                    (vec![3], 3), // went to the bucket: sent again, committed
+                ]
+            );
+        }
+
+        #[test]
+        fn without_healthy_replicas_every_group_goes_to_the_bucket() {
+            let rig = rig();
+            let mut hook = hook(&rig, Duration::from_secs(3600));
+            hook.settings.required = 2; // one Replica receipts: never enough
+            commit(&mut hook, 1).unwrap();
+            commit(&mut hook, 2).unwrap();
+            assert_eq!(chunks(&rig), [(1, 1), (2, 1)]);
+        }
+
+        #[test]
+        fn age_compaction_and_handover_flush_the_buffer() {
+            let rig = rig();
+            let mut hook = hook(&rig, Duration::ZERO);
+            commit(&mut hook, 1).unwrap();
+            assert!(chunks(&rig).is_empty());
+            hook.tick().unwrap();
+            assert_eq!(chunks(&rig), [(1, 1)]);
+            hook.settings.threshold_age = Duration::from_secs(3600);
+            hook.buffer = ChunkBuffer::new(1 << 20, Duration::from_secs(3600));
+            commit(&mut hook, 2).unwrap();
+            hook.tick().unwrap();
+            assert_eq!(chunks(&rig).len(), 1, "not due yet");
+            hook.compacted(2).unwrap();
+            assert_eq!(chunks(&rig), [(1, 1), (2, 1)]);
+            commit(&mut hook, 3).unwrap();
+            drop(hook);
+            assert_eq!(chunks(&rig), [(1, 1), (2, 1), (3, 1)]);
+        }
+
+        #[test]
+        fn the_buffer_counts_size_and_age() {
+            let t0 = Instant::now();
+            let mut b = ChunkBuffer::new(200, Duration::from_secs(60));
+            assert!(!b.due(t0));
+            b.push(&group(1), t0);
+            assert!(!b.due(t0));
+            assert!(b.due(t0 + Duration::from_secs(60)));
+            b.push(&group(2), t0);
+            b.push(&group(3), t0);
+            assert!(b.due(t0), "size: {} bytes", b.bytes());
+            assert!(!b.over_limit());
+            let taken = b.take();
+            assert_eq!((taken.len(), b.len(), b.bytes()), (3, 0, 0));
+            b.push(&group(4), t0 + Duration::from_secs(30));
+            b.restore(taken, t0);
+            let order: Vec<i64> = b.take().iter().map(|r| r.revision).collect();
+            assert_eq!(order, [1, 2, 3, 4]);
+        }
+    }
 
     #[tokio::test]
     async fn receipts_count_distinct_replicas_of_one_epoch() {

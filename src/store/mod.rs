@@ -406,6 +406,11 @@ impl Store {
             .await
     }
 
+    /// Runs the commit hook's time-driven work between commit groups.
+    pub async fn tick(&self) -> Result<()> {
+        self.call(|reply| writer::Command::Tick { reply }).await
+    }
+
     /// Replaces the writer's commit hook (role changes).
     pub async fn set_hook(&self, hook: Box<dyn CommitHook>) -> Result<()> {
         self.call(|reply| writer::Command::SetHook { hook, reply })

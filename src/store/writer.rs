@@ -48,6 +48,11 @@ pub trait CommitHook: Send + 'static {
     fn published(&mut self, _records: &[Record], _revision: i64) {}
     /// The compaction revision moved to `rev` locally.
     fn compaction_published(&mut self, _rev: i64) {}
+    /// Called now and then (`Store::tick`) between groups: time-driven work such as flushing
+    /// records acknowledged but not yet in the bucket. An indeterminate error stops the writer.
+    fn tick(&mut self) -> std::result::Result<(), HookError> {
+        Ok(())
+    }
 }
 
 /// The local-only hook, for tests of the store alone: nothing is made durable elsewhere, and
@@ -92,6 +97,10 @@ pub(super) enum Command {
     Import {
         records: Vec<Record>,
         reply: oneshot::Sender<Result<i64>>,
+    },
+    /// Runs the hook's time-driven work (`CommitHook::tick`).
+    Tick {
+        reply: oneshot::Sender<Result<()>>,
     },
     /// Replaces the commit hook (a Replica promoted to Primary, or back).
     SetHook {
@@ -431,6 +440,18 @@ impl Writer {
                 } => {
                     self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.replace_end(commit, compaction));
+                }
+                Command::Tick { reply } => {
+                    self.commit_group(std::mem::take(&mut group));
+                    let res = match self.hook.tick() {
+                        Ok(()) => Ok(()),
+                        Err(HookError::Rejected(e)) => Err(Error::Commit(e)),
+                        Err(HookError::Indeterminate(e)) => {
+                            self.stop_indeterminate("a timed flush", &e, Vec::new());
+                            Err(Error::Indeterminate(e))
+                        }
+                    };
+                    let _ = reply.send(res);
                 }
                 Command::SetHook { hook, reply } => {
                     self.commit_group(std::mem::take(&mut group));
@@ -859,6 +880,7 @@ fn reply_err(cmd: Command, e: Error) {
         Command::Defragment { reply }
         | Command::Restore { reply, .. }
         | Command::ReplaceBegin { reply }
+        | Command::Tick { reply }
         | Command::SetHook { reply, .. } => {
             let _ = reply.send(Err(e));
         }
