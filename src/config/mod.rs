@@ -65,6 +65,16 @@ pub struct NodeArgs {
     /// Interval of progress notifications to watches that asked for them ("10m", "5s").
     #[arg(long, env = "NETSY_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
+    /// Turns on the quorum write path (`replication.quorum` not 0 and more than one node):
+    /// writes acknowledged once enough Replicas hold them, the bucket written in batches.
+    /// Experimental until the fault suite runs in quorum mode (docs/design/0010); without it
+    /// every write waits for its chunk whatever `replication.quorum` says.
+    #[arg(
+        long,
+        env = "NETSY_EXPERIMENTAL_QUORUM_WRITES",
+        default_value_t = false
+    )]
+    pub experimental_quorum_writes: bool,
     /// Accepted for compatibility with the original's environment; the election needs no port.
     #[arg(long, env = "NETSY_BIND_ELECTION", hide = true)]
     pub bind_election: Option<String>,
@@ -103,6 +113,8 @@ pub struct NodeConfig {
     pub watch_progress_notify_interval: Duration,
     /// Mutual TLS material; None = plaintext (loopback, or explicitly insecure).
     pub tls: Option<crate::tls::TlsPaths>,
+    /// The quorum write path is on (NETSY_EXPERIMENTAL_QUORUM_WRITES).
+    pub quorum_writes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +233,7 @@ impl NodeArgs {
             max_request_bytes: self.max_request_bytes,
             watch_progress_notify_interval: self.watch_progress_notify_interval,
             tls,
+            quorum_writes: self.experimental_quorum_writes,
         })
     }
 

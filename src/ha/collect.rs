@@ -7,7 +7,18 @@
 //! hold any acknowledged group are all among the `n − 1` nodes other than the old Primary, and
 //! `c + r = n > n − 1`, so at least one answer holds that group.
 
+use std::time::Duration;
+
+use super::Cluster;
 use crate::datafile::Record;
+use crate::durability::Fence;
+use crate::proto as pb;
+use crate::store::Store;
+
+/// How long one node's answer may take.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(2);
+/// Pause between rounds while too few nodes answer.
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
 
 /// Receipts a group needs besides the Primary's own copy: quorum `0` → 0, `N > 0` → `N`,
 /// `-1` (majority) → `⌊n/2⌋`; a cluster of one node needs none (the original's rule).
@@ -78,6 +89,91 @@ pub(crate) fn adopt(head: i64, answers: &[Answer]) -> Vec<Record> {
             answer.records[start..start + len].to_vec()
         }
         _ => Vec::new(),
+    }
+}
+
+/// Collects answers for writer `epoch` above `head` (the bucket's last revision) from this
+/// node and the registered peers until `needed` have answered (this node included), then
+/// returns what to adopt: records that may have been acknowledged without reaching the bucket,
+/// this node's own local copy above `head` among them. Waits, serving nothing, while fewer
+/// answer; gives up once `fence` no longer holds (another node may take the lock).
+pub(crate) async fn collect(
+    cluster: &Cluster,
+    store: &Store,
+    epoch: u64,
+    head: i64,
+    needed: usize,
+    fence: &Fence,
+) -> anyhow::Result<Vec<Record>> {
+    let pending = cluster
+        .pending()
+        .ok_or_else(|| anyhow::anyhow!("the pending log is not open"))?;
+    let mut round = 0u32;
+    loop {
+        anyhow::ensure!(
+            fence.holds(),
+            "the writer lock's lease ran out while collecting"
+        );
+        let own = super::quorum::answer(store, pending, cluster.followed_epoch(), epoch, head)
+            .await
+            .map_err(|s| anyhow::anyhow!("own answer: {}", s.message()))?;
+        let mut answers = vec![Answer {
+            node_id: cluster.node_id().to_string(),
+            epoch: own.epoch,
+            records: own.records,
+        }];
+        let peers: Vec<(String, String)> = cluster
+            .members()
+            .into_iter()
+            .filter(|(id, _)| id != cluster.node_id())
+            .collect();
+        let calls = peers.iter().map(|(id, addr)| async move {
+            let mut client = cluster.peer(addr).ok()?;
+            let req = pb::CollectRequest {
+                node_id: cluster.node_id().to_string(),
+                epoch,
+                from_revision: head,
+            };
+            match tokio::time::timeout(ANSWER_DEADLINE, client.collect(req)).await {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    Some(Answer {
+                        node_id: id.clone(),
+                        epoch: resp.epoch,
+                        records: resp.records,
+                    })
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %id, error = %e, "no collection answer");
+                    None
+                }
+                Err(_) => None,
+            }
+        });
+        answers.extend(futures::future::join_all(calls).await.into_iter().flatten());
+        if answers.len() >= needed {
+            let adopted = adopt(head, &answers);
+            tracing::info!(
+                epoch,
+                answers = ?answers.iter().map(|a| a.node_id.as_str()).collect::<Vec<_>>(),
+                needed,
+                from = head,
+                adopted = adopted.len(),
+                "collection finished"
+            );
+            return Ok(adopted);
+        }
+        if round.is_multiple_of(10) {
+            tracing::warn!(
+                epoch,
+                answers = answers.len(),
+                needed,
+                registered = peers.len() + 1,
+                "collection: too few nodes answer; waiting before serving"
+            );
+        }
+        round += 1;
+        tokio::time::sleep(ROUND_PAUSE).await;
     }
 }
 

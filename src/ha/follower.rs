@@ -154,6 +154,7 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
                 &primary.node_id,
                 msg.records,
                 msg.commit_index,
+                msg.durable_revision,
             )
             .await?;
             if let Some(revision) = receipt {
@@ -214,8 +215,10 @@ async fn with_log<T: Send + 'static>(
 
 /// A quorum-mode message of writer `epoch`: the records at or below `commit_index` are
 /// applied, and so are the pending records of this epoch it now covers; the records above it
-/// go to the pending log. Returns the revision to receipt (the pending log's last record of
-/// this epoch), if the message held pending records.
+/// go to the pending log, which forgets records only once they are in the bucket (`durable`:
+/// the local copy does not fsync every commit). Returns the revision to receipt: the last
+/// pending record of this epoch, or the local head (a receipt also tells the Primary that this
+/// Replica follows it, which makes it count as healthy).
 async fn take_quorum(
     pending: &std::sync::Arc<tokio::sync::Mutex<PendingLog>>,
     store: &Store,
@@ -223,6 +226,7 @@ async fn take_quorum(
     leader: &str,
     records: Vec<pb::Record>,
     commit_index: i64,
+    durable: i64,
 ) -> Result<Option<i64>, Ended> {
     let (committed, held): (Vec<_>, Vec<_>) = records
         .into_iter()
@@ -240,9 +244,9 @@ async fn take_quorum(
         apply_committed(store, covered).await?;
     }
     let head = store.current_revision();
-    let (log, ()) = with_log(log, move |l| l.applied(head)).await?;
+    let (log, ()) = with_log(log, move |l| l.applied(durable.min(head))).await?;
     if held.is_empty() {
-        return Ok(None);
+        return Ok(Some(head));
     }
     let last = if log.epoch() == epoch {
         log.last_revision().unwrap_or(head).max(head)
@@ -330,7 +334,7 @@ mod tests {
         let h = store.current_revision();
         let take = |epoch, records, commit| {
             let (log, store) = (log.clone(), store.clone());
-            async move { take_quorum(&log, &store, epoch, "a", records, commit).await }
+            async move { take_quorum(&log, &store, epoch, "a", records, commit, commit).await }
         };
 
         // Pending: on disk and receipted, not applied.
@@ -352,14 +356,17 @@ mod tests {
         );
         assert_eq!(log.lock().await.above(0).len(), 1);
         // A commit index alone applies what it covers and empties the log.
-        assert_eq!(take(3, vec![], h + 2).await.unwrap(), None);
+        assert_eq!(take(3, vec![], h + 2).await.unwrap(), Some(h + 2));
         assert_eq!(store.current_revision(), h + 2);
         assert_eq!(log.lock().await.last_revision(), None);
 
         // A pending record of epoch 3 that its writer never committed ...
         take(3, vec![rec(h + 3, "old")], h + 2).await.unwrap();
         // ... is not what epoch 4's commit index covers: epoch 4's own record is applied.
-        assert_eq!(take(4, vec![rec(h + 3, "new")], h + 3).await.unwrap(), None);
+        assert_eq!(
+            take(4, vec![rec(h + 3, "new")], h + 3).await.unwrap(),
+            Some(h + 3)
+        );
         assert_eq!(store.current_revision(), h + 3);
         assert_eq!(value_at(&store, h + 3).await, b"new");
         // And epoch 4's pending records replace epoch 3's in the log.
@@ -368,17 +375,28 @@ mod tests {
             take(4, vec![rec(h + 4, "new")], h + 3).await.unwrap(),
             Some(h + 4)
         );
-        assert_eq!(take(4, vec![], h + 4).await.unwrap(), None);
+        assert_eq!(take(4, vec![], h + 4).await.unwrap(), Some(h + 4));
         assert_eq!(value_at(&store, h + 4).await, b"new");
+
+        // Applied but not yet in the bucket: the pending log keeps the record (the local copy
+        // may lose its last commits in a power cut).
+        take(4, vec![rec(h + 5, "x")], h + 4).await.unwrap();
+        take_quorum(&log, &store, 4, "a", vec![], h + 5, h + 4)
+            .await
+            .unwrap();
+        assert_eq!(store.current_revision(), h + 5);
+        assert_eq!(log.lock().await.last_revision(), Some(h + 5));
+        take(4, vec![], h + 5).await.unwrap();
+        assert_eq!(log.lock().await.last_revision(), None);
 
         // A promise refuses the older writer's records; a gap is refused too.
         log.lock().await.promise(5).unwrap();
-        let err = take(4, vec![rec(h + 5, "x")], h + 4).await.unwrap_err();
+        let err = take(4, vec![rec(h + 6, "x")], h + 5).await.unwrap_err();
         assert!(
             matches!(err, Ended::Pending(PendingError::StaleEpoch { .. })),
             "{err}"
         );
-        let err = take(5, vec![rec(h + 7, "x")], h + 6).await.unwrap_err();
+        let err = take(5, vec![rec(h + 8, "x")], h + 7).await.unwrap_err();
         assert!(
             matches!(err, Ended::Pending(PendingError::Gap { .. })),
             "{err}"

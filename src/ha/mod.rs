@@ -11,14 +11,12 @@
 //! writes; a read that must be linearizable first asks the Primary for its committed revision
 //! and waits until the local copy has applied it.
 
-#[allow(dead_code)] // Used by the quorum write path as it lands (docs/design/0010).
 mod collect;
 mod follower;
 pub(crate) mod lock;
 pub(crate) mod members;
 pub(crate) mod peer;
 pub(crate) mod pending;
-#[allow(dead_code)] // Used by the quorum write path as it lands (docs/design/0010).
 mod quorum;
 pub(crate) mod supervisor;
 
@@ -205,6 +203,21 @@ impl Cluster {
         self.inner
             .stopping
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Registered nodes as (node id, peer address), from the last membership read.
+    pub(crate) fn members(&self) -> Vec<(String, String)> {
+        let Some(m) = &self.inner.membership else {
+            return Vec::new();
+        };
+        m.list()
+            .into_iter()
+            .filter_map(|info| {
+                let url = info.peer_urls.first()?;
+                let addr = url.split_once("://").map_or(url.as_str(), |(_, a)| a);
+                Some((info.name, addr.to_string()))
+            })
+            .collect()
     }
 
     /// Opens this node's pending log (`dir`), for the quorum write path.

@@ -76,106 +76,111 @@ impl pb::peer_server::Peer for PeerService {
         let store = self.ctx.store.clone();
         let mut next = req.from_revision.max(1);
         let out = async_stream::try_stream! {
-            let mut tick = tokio::time::interval(IDLE_TICK);
-            loop {
-                // Whatever the local copy has beyond what was sent: history, or the whole copy
-                // when compaction has freed part of the history the Replica needs.
-                let head = store.current_revision();
-                while next <= head {
-                    if next < store.compact_revision() {
-                        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-                        let export = tokio::spawn({
-                            let store = store.clone();
-                            async move { store.stream_all(HISTORY_BATCH as usize, tx).await }
-                        });
-                        tracing::info!(replica = %req.node_id, from = next, compaction = store.compact_revision(), "replica_behind_compaction: sending the whole copy");
-                        while let Some((through, compaction, batch)) = rx.recv().await {
-                            yield pb::FollowMessage {
-                                epoch,
-                                records: batch.iter().map(to_proto).collect(),
-                                committed_revision: 0,
-                                compaction_revision: compaction,
-                                replace_through: through,
-                                commit_index: 0,
-                            };
-                        }
-                        let (through, compaction) = export
-                            .await
-                            .map_err(|e| Status::internal(format!("export task: {e}")))?
-                            .map_err(Status::from)?;
-                        yield pb::FollowMessage {
-                            epoch,
-                            records: Vec::new(),
-                            committed_revision: through,
-                            compaction_revision: compaction,
-                            replace_through: through,
-                            commit_index: 0,
-                        };
-                        next = through + 1;
-                        continue;
-                    }
-                    let to = (next + HISTORY_BATCH - 1).min(head);
-                    let records = history(&store, next, to).await?;
-                    if next < store.compact_revision() {
-                        // Compaction moved past this batch while it was read: rows of it may
-                        // be missing. Send the whole copy instead.
-                        continue;
-                    }
-                    yield pb::FollowMessage {
-                        epoch,
-                        records,
-                        committed_revision: to,
-                        compaction_revision: store.compact_revision(),
-                        replace_through: 0,
-                        commit_index: 0,
-                    };
-                    next = to + 1;
-                }
-                tokio::select! {
-                    msg = live.recv() => match msg {
-                        Ok(msg) => {
-                            let first = msg.records.first().map_or(i64::MAX, |r| r.revision);
-                            if !msg.records.is_empty() && first == next {
-                                next = msg.committed_revision + 1;
-                                yield pb::FollowMessage { epoch, ..(*msg).clone() };
-                            } else if msg.records.is_empty() || (first < next && msg.commit_index > 0) {
-                                // Nothing new to send but the compaction revision and, in quorum
-                                // mode, the commit index (records sent as pending that then went
-                                // to the bucket come back here committed).
+                    let mut tick = tokio::time::interval(IDLE_TICK);
+                    loop {
+                        // Whatever the local copy has beyond what was sent: history, or the whole copy
+                        // when compaction has freed part of the history the Replica needs.
+                        let head = store.current_revision();
+                        while next <= head {
+                            if next < store.compact_revision() {
+                                let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+                                let export = tokio::spawn({
+                                    let store = store.clone();
+                                    async move { store.stream_all(HISTORY_BATCH as usize, tx).await }
+                                });
+                                tracing::info!(replica = %req.node_id, from = next, compaction = store.compact_revision(), "replica_behind_compaction: sending the whole copy");
+                                while let Some((through, compaction, batch)) = rx.recv().await {
+                                    yield pb::FollowMessage {
+                                        epoch,
+                                        records: batch.iter().map(to_proto).collect(),
+                                        committed_revision: 0,
+                                        compaction_revision: compaction,
+                                        replace_through: through,
+                                        commit_index: 0,
+        durable_revision: 0,
+                                    };
+                                }
+                                let (through, compaction) = export
+                                    .await
+                                    .map_err(|e| Status::internal(format!("export task: {e}")))?
+                                    .map_err(Status::from)?;
                                 yield pb::FollowMessage {
                                     epoch,
                                     records: Vec::new(),
-                                    committed_revision: next - 1,
-                                    compaction_revision: msg.compaction_revision,
-                                    replace_through: 0,
-                                    commit_index: msg.commit_index,
+                                    committed_revision: through,
+                                    compaction_revision: compaction,
+                                    replace_through: through,
+                                    commit_index: 0,
+        durable_revision: 0,
                                 };
+                                next = through + 1;
+                                continue;
                             }
-                            // Older: already sent as history. Newer: a gap, read as history.
-                        }
-                        Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => break,
-                    },
-                    _ = tick.tick() => {
-                        if next > store.current_revision() {
+                            let to = (next + HISTORY_BATCH - 1).min(head);
+                            let records = history(&store, next, to).await?;
+                            if next < store.compact_revision() {
+                                // Compaction moved past this batch while it was read: rows of it may
+                                // be missing. Send the whole copy instead.
+                                continue;
+                            }
                             yield pb::FollowMessage {
                                 epoch,
-                                records: Vec::new(),
-                                committed_revision: next - 1,
+                                records,
+                                committed_revision: to,
                                 compaction_revision: store.compact_revision(),
                                 replace_through: 0,
                                 commit_index: 0,
+        durable_revision: 0,
                             };
+                            next = to + 1;
+                        }
+                        tokio::select! {
+                            msg = live.recv() => match msg {
+                                Ok(msg) => {
+                                    let first = msg.records.first().map_or(i64::MAX, |r| r.revision);
+                                    if !msg.records.is_empty() && first == next {
+                                        next = msg.committed_revision + 1;
+                                        yield pb::FollowMessage { epoch, ..(*msg).clone() };
+                                    } else if msg.records.is_empty() || (first < next && msg.commit_index > 0) {
+                                        // Nothing new to send but the compaction revision and, in quorum
+                                        // mode, the commit index (records sent as pending that then went
+                                        // to the bucket come back here committed).
+                                        yield pb::FollowMessage {
+                                            epoch,
+                                            records: Vec::new(),
+                                            committed_revision: next - 1,
+                                            compaction_revision: msg.compaction_revision,
+                                            replace_through: 0,
+                                            commit_index: msg.commit_index,
+        durable_revision: msg.durable_revision,
+                                        };
+                                    }
+                                    // Older: already sent as history. Newer: a gap, read as history.
+                                }
+                                Err(RecvError::Lagged(_)) => {}
+                                Err(RecvError::Closed) => break,
+                            },
+                            _ = tick.tick() => {
+                                if next > store.current_revision() {
+                                    yield pb::FollowMessage {
+                                        epoch,
+                                        records: Vec::new(),
+                                        committed_revision: next - 1,
+                                        compaction_revision: store.compact_revision(),
+                                        replace_through: 0,
+                                        commit_index: 0,
+        durable_revision: 0,
+                                    };
+                                }
+                            }
+                            _ = roles.changed() => {
+                                if !matches!(*roles.borrow(), Role::Primary { .. }) {
+                                    break;
+                                }
+                            }
                         }
                     }
-                    _ = roles.changed() => {
-                        if !matches!(*roles.borrow(), Role::Primary { .. }) {
-                            break;
-                        }
-                    }
-                }
-            }
-        };
+                };
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -253,6 +258,7 @@ impl Fanout for Cluster {
             compaction_revision: 0,
             replace_through: 0,
             commit_index: 0,
+            durable_revision: 0,
         };
         let _ = self.feed().send(Arc::new(msg));
     }
@@ -265,6 +271,7 @@ impl Fanout for Cluster {
             compaction_revision: revision,
             replace_through: 0,
             commit_index: 0,
+            durable_revision: 0,
         };
         let _ = self.feed().send(Arc::new(msg));
     }

@@ -200,6 +200,7 @@ impl ChunkBuffer {
         self.records.len()
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // For the chunk buffer metrics (0010).
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -210,14 +211,6 @@ impl ChunkBuffer {
         self.oldest = None;
         std::mem::take(&mut self.records)
     }
-
-    /// Puts records taken by [`Self::take`] back in front (their upload was refused outright).
-    pub(crate) fn restore(&mut self, mut records: Vec<Record>, since: Instant) {
-        self.bytes += records.iter().map(record_bytes).sum::<u64>();
-        self.oldest = Some(self.oldest.map_or(since, |t| t.min(since)));
-        records.append(&mut self.records);
-        self.records = records;
-    }
 }
 
 /// A record's share of a chunk (its key and value, and a fixed allowance for the rest).
@@ -227,8 +220,10 @@ fn record_bytes(r: &Record) -> u64 {
 
 /// How the quorum hook is set up (from `replication.*` and the heartbeat).
 pub(crate) struct QuorumSettings {
-    /// Receipts a group needs.
-    pub required: usize,
+    /// `replication.quorum` (see [`super::collect::required_receipts`]).
+    pub quorum: i64,
+    /// The number of registered nodes now (the Primary included).
+    pub nodes: Box<dyn Fn() -> usize + Send>,
     /// A Replica whose last receipt is older than this is not counted as healthy.
     pub healthy_within: Duration,
     /// How long a group waits for its receipts before it falls back to the bucket.
@@ -252,6 +247,8 @@ pub(crate) struct QuorumHook {
     buffer: ChunkBuffer,
     /// The last revision committed (acknowledged or in the bucket): the commit index.
     committed: i64,
+    /// The last revision in the bucket.
+    durable: i64,
     /// The last group was acknowledged by receipts (its records have been sent already).
     last_by_quorum: bool,
 }
@@ -281,11 +278,13 @@ impl QuorumHook {
             settings,
             buffer,
             committed,
+            durable: committed,
             last_by_quorum: false,
         }
     }
 
-    /// Records in the buffer and their size (metrics, tests).
+    /// Records in the buffer and their size.
+    #[cfg_attr(not(test), allow(dead_code))] // For the chunk buffer metrics (0010).
     pub(crate) fn buffered(&self) -> (usize, u64) {
         (self.buffer.len(), self.buffer.bytes())
     }
@@ -302,7 +301,11 @@ impl QuorumHook {
             HookError::Rejected(e) | HookError::Indeterminate(e) => HookError::Indeterminate(
                 format!("flushing {} acknowledged records: {e}", records.len()),
             ),
-        })
+        })?;
+        if let Some(last) = records.last() {
+            self.durable = last.revision;
+        }
+        Ok(())
     }
 
     fn fenced(&self) -> bool {
@@ -320,11 +323,13 @@ impl CommitHook for QuorumHook {
         if self.buffer.due(now) {
             self.flush("threshold")?;
         }
+        let required =
+            super::collect::required_receipts(self.settings.quorum, (self.settings.nodes)());
         let healthy = self
             .receipts
             .healthy(self.epoch, self.settings.healthy_within);
         let mut sent = false;
-        if healthy >= self.settings.required && !self.buffer.over_limit() {
+        if required > 0 && healthy >= required && !self.buffer.over_limit() {
             let msg = pb::FollowMessage {
                 epoch: self.epoch,
                 records: records.iter().map(to_proto).collect(),
@@ -332,12 +337,13 @@ impl CommitHook for QuorumHook {
                 compaction_revision: 0,
                 replace_through: 0,
                 commit_index: self.committed,
+                durable_revision: self.durable,
             };
             sent = self.feed.send(Arc::new(msg)).is_ok();
             let (receipts, epoch, needed, timeout) = (
                 self.receipts.clone(),
                 self.epoch,
-                self.settings.required,
+                required,
                 self.settings.receipt_timeout,
             );
             let met = sent
@@ -352,7 +358,7 @@ impl CommitHook for QuorumHook {
             tracing::warn!(
                 revision = last,
                 receipts = self.receipts.count(self.epoch, last),
-                required = self.settings.required,
+                required,
                 "quorum not met in time; writing the group to the bucket"
             );
         }
@@ -361,7 +367,10 @@ impl CommitHook for QuorumHook {
         let buffered = all.len();
         all.extend_from_slice(records);
         match self.bucket.persist(&all) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.durable = last;
+                Ok(())
+            }
             Err(HookError::Rejected(e)) if buffered > 0 || sent => {
                 // Acknowledged records, or records Replicas hold: the outcome is not ours to
                 // decide any more.
@@ -399,6 +408,7 @@ impl CommitHook for QuorumHook {
             compaction_revision: 0,
             replace_through: 0,
             commit_index: revision,
+            durable_revision: self.durable,
         }));
     }
 
@@ -410,6 +420,7 @@ impl CommitHook for QuorumHook {
             compaction_revision: rev,
             replace_through: 0,
             commit_index: 0,
+            durable_revision: 0,
         }));
     }
 
@@ -517,7 +528,8 @@ mod tests {
                 None,
                 EPOCH,
                 QuorumSettings {
-                    required: 1,
+                    quorum: -1,
+                    nodes: Box::new(|| 3),
                     healthy_within: Duration::from_secs(60),
                     receipt_timeout: Duration::from_millis(200),
                     threshold_bytes: 1 << 20,
@@ -609,7 +621,7 @@ mod tests {
         fn without_healthy_replicas_every_group_goes_to_the_bucket() {
             let rig = rig();
             let mut hook = hook(&rig, Duration::from_secs(3600));
-            hook.settings.required = 2; // one Replica receipts: never enough
+            hook.settings.quorum = 2; // one Replica receipts: never enough
             commit(&mut hook, 1).unwrap();
             commit(&mut hook, 2).unwrap();
             assert_eq!(chunks(&rig), [(1, 1), (2, 1)]);
@@ -649,10 +661,9 @@ mod tests {
             assert!(!b.over_limit());
             let taken = b.take();
             assert_eq!((taken.len(), b.len(), b.bytes()), (3, 0, 0));
-            b.push(&group(4), t0 + Duration::from_secs(30));
-            b.restore(taken, t0);
-            let order: Vec<i64> = b.take().iter().map(|r| r.revision).collect();
-            assert_eq!(order, [1, 2, 3, 4]);
+            let order: Vec<i64> = taken.iter().map(|r| r.revision).collect();
+            assert_eq!(order, [1, 2, 3]);
+            assert!(!b.due(t0 + Duration::from_secs(3600)), "empty: never due");
         }
     }
 

@@ -14,7 +14,9 @@ use anyhow::Context as _;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
 
+use super::collect;
 use super::lock::{BucketLock, LockTiming, Watcher};
+use super::quorum::{QuorumHook, QuorumSettings};
 use super::{Cluster, PrimaryInfo, Role};
 use crate::config::NodeConfig;
 use crate::durability::backfill::BackfillError;
@@ -275,13 +277,33 @@ impl Supervisor {
         )
         .await
         .context("loading the bucket's tail")?;
+        // Quorum mode: what Replicas acknowledged and the bucket may not have yet is
+        // collected before anything is served (docs/design/0010, "Failover").
+        let quorum = if cfg.quorum_writes {
+            cfg.cluster.replication.quorum
+        } else {
+            0
+        };
+        let nodes = self.cluster.members().len().max(1);
+        let required = collect::required_receipts(quorum, nodes);
+        let adopted = match collect::collection_size(nodes, required) {
+            Some(needed) => {
+                let head = bucket_head(&self.storage)
+                    .await
+                    .context("reading the bucket's last revision")?;
+                collect::collect(&self.cluster, &self.store, epoch, head, needed, &fence)
+                    .await
+                    .context("collecting the replicas' records")?
+            }
+            None => Vec::new(),
+        };
         let start = self.store.current_revision() + 1;
         let mut log = epochs;
         log.record(&self.storage, epoch, start, &cfg.node_id)
             .await
             .context("recording the writer epoch")?;
         let (tx, rx) = self.committed.take().context("promoted twice")?;
-        let hook = BucketHook::new(
+        let mut bucket = BucketHook::new(
             self.storage.clone(),
             cfg.node_id.clone(),
             Handle::current(),
@@ -290,10 +312,66 @@ impl Supervisor {
             Arc::new(std::sync::RwLock::new(log)),
             self.stopping.clone(),
         )
-        .with_fence(fence)
-        .with_fanout(self.cluster.clone());
+        .with_fence(fence.clone());
+        if !adopted.is_empty() {
+            // Into the bucket (as this epoch's first chunk) before the local copy: the local
+            // copy only ever holds committed records.
+            let records: Vec<_> = adopted.into_iter().map(durability::from_proto).collect();
+            let (back, records, res) = tokio::task::spawn_blocking(move || {
+                let mut bucket = bucket;
+                let res = crate::store::CommitHook::persist(&mut bucket, &records);
+                (bucket, records, res)
+            })
+            .await
+            .context("adoption task")?;
+            bucket = back;
+            res.map_err(|e| anyhow::anyhow!("uploading the adopted records: {e:?}"))?;
+            tracing::info!(
+                records = records.len(),
+                through = records.last().map(|r| r.revision),
+                "adopted records collected from the replicas"
+            );
+            self.store
+                .import(records)
+                .await
+                .context("applying the adopted records")?;
+        }
+        let hook: Box<dyn crate::store::CommitHook> = if quorum != 0 {
+            let chunk_buffer = &cfg.cluster.replication.chunk_buffer;
+            let members = self.cluster.clone();
+            let settings = QuorumSettings {
+                quorum,
+                nodes: Box::new(move || members.members().len().max(1)),
+                healthy_within: cfg.cluster.heartbeat_interval
+                    * cfg.cluster.replication.degradation_count.max(1),
+                receipt_timeout: RECEIPT_TIMEOUT,
+                threshold_bytes: chunk_buffer.threshold_size_mb.saturating_mul(1 << 20),
+                threshold_age: Duration::from_secs(
+                    chunk_buffer.threshold_age_minutes.saturating_mul(60),
+                ),
+            };
+            tracing::info!(
+                quorum,
+                required,
+                nodes,
+                "quorum write path: writes are acknowledged by replicas' receipts"
+            );
+            tokio::spawn(tick(self.store.clone(), self.stop.clone()));
+            Box::new(QuorumHook::new(
+                bucket,
+                self.cluster.receipts().clone(),
+                self.cluster.feed().clone(),
+                Handle::current(),
+                Some(fence),
+                epoch,
+                settings,
+                self.store.current_revision(),
+            ))
+        } else {
+            Box::new(bucket.with_fanout(self.cluster.clone()))
+        };
         self.store
-            .set_hook(Box::new(hook))
+            .set_hook(hook)
             .await
             .context("switching the writer")?;
         // A new Primary gives every lease its full TTL: it cannot know how long the old one had
@@ -360,6 +438,40 @@ impl Supervisor {
         let _ = self.lock_stop.send(true);
         if let Some(t) = self.lock_task.take() {
             let _ = tokio::time::timeout(wait, t).await;
+        }
+    }
+}
+
+/// The last revision the bucket holds (its newest snapshot or chunk).
+async fn bucket_head(storage: &ObjectStorage) -> anyhow::Result<i64> {
+    let snapshot = storage.latest_snapshot().await?.map_or(0, |s| s.revision);
+    let chunk = storage
+        .list_chunks_after(snapshot)
+        .await?
+        .last()
+        .map_or(0, |c| c.revision);
+    Ok(snapshot.max(chunk))
+}
+
+/// How long a group waits for its receipts before it goes to the bucket (the original's 1 s).
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the writer's time-driven work runs (the chunk buffer's age trigger).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs the commit hook's time-driven work until `stop` (a Replica's hook has none).
+async fn tick(store: Store, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                if let Err(e) = store.tick().await
+                    && e.action() == Action::Stop
+                {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
         }
     }
 }

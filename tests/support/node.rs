@@ -44,6 +44,9 @@ pub struct NodeSpec {
     pub bind_ip: String,
     /// The host advertised with the client port (default 127.0.0.1).
     pub advertise_client_host: String,
+    /// `replication.quorum`; non-zero also turns the quorum write path on
+    /// (NETSY_EXPERIMENTAL_QUORUM_WRITES) with a one-minute chunk buffer.
+    pub quorum: i64,
 }
 
 impl NodeSpec {
@@ -61,6 +64,7 @@ impl NodeSpec {
             advertise_peer: None,
             bind_ip: "127.0.0.1".into(),
             advertise_client_host: "127.0.0.1".into(),
+            quorum: 0,
         }
     }
 
@@ -186,6 +190,12 @@ impl Node {
             "replication": {"quorum": 0},
             "snapshot": {"threshold_records": self.spec.snapshot_threshold_records},
         });
+        if self.spec.quorum != 0 {
+            cfg["replication"] = serde_json::json!({
+                "quorum": self.spec.quorum,
+                "chunk_buffer": {"threshold_age_minutes": 1},
+            });
+        }
         if let Some(hb) = &self.spec.heartbeat {
             cfg["heartbeat_interval"] = serde_json::json!(hb);
         }
@@ -231,6 +241,9 @@ impl Node {
         }
         if let Bucket::S3 { endpoint, .. } = &self.spec.bucket {
             cmd.envs(super::weed::Weed::env_at(endpoint));
+        }
+        if self.spec.quorum != 0 {
+            cmd.env("NETSY_EXPERIMENTAL_QUORUM_WRITES", "true");
         }
         cmd.envs(self.spec.env.iter().cloned());
         if let Some(gid) = self.spec.gid {

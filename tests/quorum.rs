@@ -1,0 +1,158 @@
+//! The quorum write path, end to end (docs/design/0010; on with
+//! NETSY_EXPERIMENTAL_QUORUM_WRITES): three real `netsy` processes on one real S3 bucket
+//! (seaweedfs), `replication.quorum` -1, a one-minute chunk buffer.
+//!
+//! * Writes are acknowledged by a Replica's receipt, not by a chunk: after 30 sequential writes
+//!   the bucket holds far fewer chunks than writes.
+//! * kill -9 of the Primary with acknowledged writes only in its buffer and on the Replicas:
+//!   the next Primary collects them before it serves; every acknowledged write is then read
+//!   at its revision, and the bucket holds a chunk through the last one.
+//! * The killed node restarts and follows: it serves the same data.
+//!
+//! Needs `weed` on PATH (tests/install.sh).
+
+#[allow(dead_code)]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use support::node::{Node, NodeSpec};
+use support::weed::start_weed;
+
+const READY: Duration = Duration::from_secs(60);
+
+async fn connect(node: &Node) -> Client {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(10));
+    Client::connect([node.endpoint()], Some(opts))
+        .await
+        .expect("connect")
+}
+
+/// Index of the running node that reports itself as leader.
+async fn primary(nodes: &[Node], skip: Option<usize>) -> usize {
+    support::wait::poll("a primary", Duration::from_secs(30), || async {
+        for (i, n) in nodes.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            let Ok(mut cl) = Client::connect([n.endpoint()], None).await else {
+                continue;
+            };
+            if let Ok(s) = cl.status().await
+                && s.leader() != 0
+                && s.leader() == s.header().map_or(0, |h| h.member_id())
+            {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
+async fn state(c: &mut Client, prefix: &str) -> BTreeMap<String, (i64, String)> {
+    c.get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get")
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                (kv.mod_revision(), kv.value_str().unwrap().to_string()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
+    let bucket = "quorum";
+    let mut weed = start_weed(bucket);
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let mut spec = NodeSpec::cluster_member(tmp.path(), i, bucket, weed.endpoint(), "300ms");
+        spec.quorum = -1;
+        let mut node = Node::start(spec, &tmp.path().join(format!("work-{i}")));
+        node.wait_ready(READY).await;
+        nodes.push(node);
+    }
+    let p = primary(&nodes, None).await;
+    let mut cl = connect(&nodes[p]).await;
+    // The Primary counts receipts once it has read the other registrations and they have
+    // receipted once: until then writes go to the bucket. A write that leaves the bucket's
+    // chunks as they were was acknowledged by a receipt.
+    support::wait::poll("the quorum path in use", Duration::from_secs(20), || {
+        let (mut cl, direct) = (cl.clone(), direct.clone());
+        async move {
+            let before = direct.list_chunks_after(0).await.ok()?.len();
+            cl.put("/probe", "x", None).await.ok()?;
+            let after = direct.list_chunks_after(0).await.ok()?.len();
+            (after == before).then_some(())
+        }
+    })
+    .await;
+    let chunks_before = direct.list_chunks_after(0).await.expect("list").len();
+    let mut acked = BTreeMap::new();
+    for n in 0..30 {
+        let key = format!("/q/{n:02}");
+        let value = format!("v{n}");
+        let rev = cl
+            .put(key.clone(), value.clone(), None)
+            .await
+            .expect("put")
+            .header()
+            .unwrap()
+            .revision();
+        acked.insert(key, (rev, value));
+    }
+    let last = acked.values().map(|(r, _)| *r).max().unwrap();
+    let chunks = direct.list_chunks_after(0).await.expect("list");
+    let new_chunks = chunks.len() - chunks_before;
+    assert!(
+        new_chunks <= 3,
+        "30 writes made {new_chunks} chunks: the quorum path is not in use"
+    );
+    assert!(
+        chunks.iter().all(|c| c.revision < last),
+        "the last acknowledged write is only in the buffer and on the replicas"
+    );
+    eprintln!("30 acknowledged writes, {new_chunks} chunks; last revision {last}");
+
+    nodes[p].kill9();
+    let q = primary(&nodes, Some(p)).await;
+    assert_ne!(q, p);
+    let mut cl = connect(&nodes[q]).await;
+    assert_eq!(
+        state(&mut cl, "/q/").await,
+        acked,
+        "every acknowledged write, at its revision, on the new primary"
+    );
+    let chunks = direct.list_chunks_after(0).await.expect("list");
+    assert!(
+        chunks.iter().any(|c| c.revision >= last),
+        "the new primary put the collected records in the bucket: {:?}",
+        chunks.iter().map(|c| c.revision).collect::<Vec<_>>()
+    );
+    // A write after the failover, and the old Primary back as a Replica with the same data.
+    cl.put("/q/after", "x", None)
+        .await
+        .expect("put after failover");
+    nodes[p].restart();
+    nodes[p].wait_ready(READY).await;
+    let mut old = connect(&nodes[p]).await;
+    let mut want = acked.clone();
+    let got = state(&mut old, "/q/").await;
+    want.insert(
+        "/q/after".into(),
+        got.get("/q/after").cloned().expect("the later write"),
+    );
+    assert_eq!(got, want, "the restarted node serves the same data");
+}
