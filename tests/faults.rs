@@ -26,7 +26,8 @@
 //! Each run is seeded: `NETSY_TEST_SEED=<n>` replays one (the seed picks the node each fault
 //! hits, its timing, and every client's operations). CI runs `fault_suite_fixed_seeds`: every
 //! nemesis once with a fixed seed. `soak` (ignored; `tests/faults/soak.sh HOURS`) cycles
-//! nemeses and seeds until `NETSY_SOAK_SECS` have passed.
+//! nemeses and seeds until `NETSY_SOAK_SECS` have passed. `NETSY_FAULT_QUORUM=-1` runs any of
+//! them on the experimental quorum write path (not in CI yet).
 //!
 //! Needs root, `iptables`, `libfaketime` and `weed` (tests/install.sh).
 
@@ -142,6 +143,7 @@ impl Harness {
             let mut spec =
                 NodeSpec::cluster_member(tmp.path(), i, bucket, proxy.endpoint(), HEARTBEAT);
             spec.gid = Some(base + i);
+            spec.quorum = quorum_mode();
             if skew && i > 1 {
                 // Within S3's allowed request-time skew (15 min).
                 let offset = if i == 2 { "+10m" } else { "-10m" };
@@ -1047,6 +1049,15 @@ fn seed_from_env(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
+}
+
+/// `NETSY_FAULT_QUORUM=-1` runs the cluster with the experimental quorum write path
+/// (replication.quorum -1, NETSY_EXPERIMENTAL_QUORUM_WRITES); default: 0, the synchronous path.
+fn quorum_mode() -> i64 {
+    std::env::var("NETSY_FAULT_QUORUM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// CI: every nemesis once, each with a fixed seed (or NETSY_TEST_SEED), 14 s of faults.

@@ -206,7 +206,17 @@ impl NodeArgs {
             Some(path) => {
                 let (cfg, warnings) = cluster::load(path)?;
                 for w in warnings {
+                    // The experimental quorum path acts on the replication keys.
+                    if self.experimental_quorum_writes && w.starts_with("replication.") {
+                        continue;
+                    }
                     tracing::warn!("{}: {w}", path.display());
+                }
+                if self.experimental_quorum_writes && cfg.replication.quorum != 0 {
+                    tracing::warn!(
+                        "NETSY_EXPERIMENTAL_QUORUM_WRITES: writes are acknowledged once replicas hold them (replication.quorum {}); the bucket is written in batches. Experimental: see docs/design/0010-quorum-replication.md",
+                        cfg.replication.quorum
+                    );
                 }
                 cfg
             }
