@@ -39,7 +39,7 @@ impl PeerService {
 }
 
 /// Records with revisions in `from..=to` from the local copy, in order.
-async fn history(store: &Store, from: i64, to: i64) -> Result<Vec<pb::Record>, Status> {
+pub(super) async fn history(store: &Store, from: i64, to: i64) -> Result<Vec<pb::Record>, Status> {
     store
         .export(
             from,

@@ -129,22 +129,7 @@ pub(crate) async fn answer(
     })?;
     let head = store.current_revision();
     let mut records = if head > from {
-        store
-            .export(
-                from + 1,
-                head,
-                Vec::new(),
-                |v: &mut Vec<pb::Record>, n| {
-                    v.reserve(usize::try_from(n).unwrap_or(0));
-                    Ok(())
-                },
-                |v, r| {
-                    v.push(to_proto(&r));
-                    Ok(())
-                },
-            )
-            .await
-            .map_err(Status::from)?
+        super::peer::history(store, from + 1, head).await?
     } else {
         Vec::new()
     };
