@@ -156,16 +156,31 @@ async fn load_files(
     }
     let chunks = storage.list_chunks_after(after).await?;
     let total = chunks.len();
+    // Where this listing starts: the local copy's head or the snapshot's revision.
+    let base = after;
     let mut head = after;
     for (i, chunk) in chunks.iter().enumerate() {
         let (records, summary) = storage
             .read_file(&chunk.key, Some(FileKind::KindChunk))
             .await?;
         let epoch = summary.header.epoch;
-        if epochs.is_orphan(epoch, chunk.revision) || summary.first_revision() <= head {
-            tracing::warn!(key = %chunk.key, epoch, first = summary.first_revision(), head, "skipping an orphan chunk of a deposed writer");
+        let first = summary.first_revision();
+        // A chunk that starts at or below the head overlaps one loaded before it: a deposed
+        // writer's. The exception is a chunk of a known epoch overlapping the local copy
+        // itself: in quorum mode a node applies acknowledged records before the bucket has
+        // them, and that chunk carries them (each is checked against the local row) and
+        // what follows.
+        let overlaps_local = head == base && epoch > 0;
+        if epochs.is_orphan(epoch, chunk.revision) || (first <= head && !overlaps_local) {
+            tracing::warn!(key = %chunk.key, epoch, first, head, "skipping an orphan chunk of a deposed writer");
             stats.orphans += 1;
             continue;
+        }
+        if head > 0 && first > head + 1 {
+            // Importing past a hole would show watchers a revision skipped; stop here and let
+            // the integrity check name the hole.
+            tracing::warn!(key = %chunk.key, epoch, first, head, "a chunk after a hole in the bucket's history; loading stops");
+            break;
         }
         stats.records += records.len() as u64;
         stats.bytes += chunk.size;
@@ -275,4 +290,125 @@ async fn bucket_state(storage: &ObjectStorage) -> Result<(i64, Vec<(i64, i64)>),
         }
     }
     Ok((compaction, leases))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objstore::Layout;
+    use crate::proto as pb;
+    use std::sync::Arc;
+
+    fn rec(revision: i64, value: &str) -> pb::Record {
+        pb::Record {
+            revision,
+            key: format!("k{revision}").into_bytes(),
+            created: true,
+            create_revision: revision,
+            version: 1,
+            value: value.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    async fn put(storage: &ObjectStorage, epoch: u64, revisions: std::ops::RangeInclusive<i64>) {
+        put_values(storage, epoch, revisions, "v").await;
+    }
+
+    async fn put_values(
+        storage: &ObjectStorage,
+        epoch: u64,
+        revisions: std::ops::RangeInclusive<i64>,
+        value: &str,
+    ) {
+        let records: Vec<_> = revisions.map(|r| rec(r, value)).collect();
+        let chunk = storage
+            .encode_chunk(&records, "a", crate::datafile::now_timestamp(), epoch)
+            .unwrap();
+        storage.put_chunk(&chunk).await.unwrap();
+    }
+
+    async fn load(store: &Store, storage: &ObjectStorage, stats: &mut BackfillStats) -> i64 {
+        let local = store.current_revision();
+        load_files(
+            store,
+            storage,
+            None,
+            local,
+            &EpochLog::default(),
+            stats,
+            Instant::now(),
+            &|_| {},
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Quorum mode: a node's local copy runs ahead of the bucket, and the chunk that later
+    /// carries those records starts below the local head. It is loaded (what follows the head
+    /// included), not skipped as an orphan; a chunk after a hole is never imported (watchers
+    /// would see a revision skipped); a chunk disagreeing with the local copy is refused.
+    #[tokio::test]
+    async fn a_chunk_overlapping_the_local_copy_is_loaded_and_a_hole_stops_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            crate::store::StoreOptions {
+                data_dir: dir.path().join("db"),
+                node_id: "b".into(),
+                readers: 1,
+                fatal: Default::default(),
+            },
+            crate::watch::WatchHub::new(Default::default()),
+            Box::new(crate::store::NoopCommitHook),
+        )
+        .unwrap();
+        let storage = ObjectStorage::from_parts(
+            Arc::new(object_store::memory::InMemory::new()),
+            Layout::new("").unwrap(),
+        );
+        let h = store.current_revision();
+        let mut stats = BackfillStats::default();
+        // Applied locally before the bucket had them.
+        store
+            .import(
+                ((h + 1)..=(h + 3))
+                    .map(|r| from_proto(rec(r, "v")))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        put(&storage, 2, (h + 1)..=(h + 5)).await;
+        assert_eq!(load(&store, &storage, &mut stats).await, h + 5);
+        assert_eq!(store.current_revision(), h + 5);
+        assert_eq!((stats.chunks, stats.orphans), (1, 0));
+
+        // Without an epoch (the original's files) an overlapping chunk stays an orphan.
+        put(&storage, 0, (h + 4)..=(h + 6)).await;
+        // After a hole (h + 6 and h + 7 missing): not imported.
+        put(&storage, 2, (h + 8)..=(h + 9)).await;
+        assert_eq!(load(&store, &storage, &mut stats).await, h + 5);
+        assert_eq!(store.current_revision(), h + 5);
+        assert_eq!((stats.chunks, stats.orphans), (1, 1));
+
+        // A chunk that disagrees with the local copy on a revision they share is refused.
+        put_values(&storage, 3, (h + 5)..=(h + 7), "other").await;
+        let local = store.current_revision();
+        let err = load_files(
+            &store,
+            &storage,
+            None,
+            local,
+            &EpochLog::default(),
+            &mut stats,
+            Instant::now(),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, BackfillError::Store(crate::store::Error::Corrupt(_))),
+            "{err}"
+        );
+        assert_eq!(store.current_revision(), h + 5);
+    }
 }

@@ -297,7 +297,11 @@ impl Supervisor {
             }
             None => Vec::new(),
         };
-        let start = self.store.current_revision() + 1;
+        // The epoch owns everything from the first adopted record on: an older writer's
+        // chunk reaching that far (a late upload) is an orphan; the adopted chunk has it all.
+        let start = adopted
+            .first()
+            .map_or(self.store.current_revision() + 1, |r| r.revision);
         let mut log = epochs;
         log.record(&self.storage, epoch, start, &cfg.node_id)
             .await

@@ -268,6 +268,13 @@ impl Node {
         self.work.join(format!("netsy-{run}.log"))
     }
 
+    /// Copies every run's log into `dir` as `{prefix}-{run}.log` (kept after a failure).
+    pub fn keep_logs(&self, dir: &Path, prefix: &str) {
+        for run in 1..=self.run {
+            let _ = std::fs::copy(self.log_path(run), dir.join(format!("{prefix}-{run}.log")));
+        }
+    }
+
     /// The current run's log.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log_path(self.run)).unwrap_or_default()
