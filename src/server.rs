@@ -119,6 +119,8 @@ pub async fn run(
         router: Arc::new(cluster.clone()),
     };
 
+    let quorum_metrics =
+        crate::ha::QuorumMetrics::register(&metrics.registry).context("quorum metrics")?;
     let mut supervisor = Supervisor::new(
         cfg.clone(),
         storage,
@@ -126,6 +128,7 @@ pub async fn run(
         cluster.clone(),
         fatal.clone(),
         stop_rx.clone(),
+        quorum_metrics,
     );
     // The role is decided before anything is served.
     let decided = tokio::select! {
@@ -161,6 +164,13 @@ pub async fn run(
             cfg.cluster.heartbeat_interval,
             cfg.cluster.elector.deregistration_timeout,
             move || matches!(cluster.role(), crate::ha::Role::Primary { .. }),
+            {
+                let store = store.clone();
+                Box::new(move || {
+                    let store = store.clone();
+                    Box::pin(async move { store.flush().await.is_ok() })
+                })
+            },
             stop_rx.clone(),
         ));
     }

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::objstore::{Error, ObjectStorage, cas};
 
+/// Runs before a Primary removes stale registrations; false keeps them (see
+/// [`Membership::deregister_stale`]).
+pub(crate) type BeforeRemoval = dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync;
+
 /// `members.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(crate) struct MembersFile {
@@ -139,10 +143,15 @@ impl Membership {
     /// (0 = never). Staleness is observed on this node's monotonic clock — a registration's
     /// `last_heartbeat` is written by another node's wall clock, which may be skewed or jump —
     /// so a node only becomes a candidate after this node watched it stand still for `timeout`.
+    ///
+    /// `before_removal` runs once before the first removal and must return true for any to
+    /// happen: in quorum mode it uploads the chunk buffer, whose records may have been
+    /// receipted by the node about to leave the count (docs/design/0010, "Membership").
     pub(crate) async fn deregister_stale(
         &self,
         timeout: Duration,
         seen: &mut HashMap<object_store::path::Path, (String, Instant)>,
+        before_removal: &BeforeRemoval,
     ) -> Result<usize, Error> {
         if timeout.is_zero() {
             return Ok(0);
@@ -156,6 +165,7 @@ impl Membership {
         let records = read_nodes(&self.storage).await?;
         seen.retain(|k, _| records.iter().any(|(key, _)| key == k));
         let mut removed = 0;
+        let mut cleared = false;
         for (key, r) in records {
             let stamp = format!("{}/{}", r.last_heartbeat, r.member_id);
             let since = match seen.get(&key) {
@@ -166,6 +176,13 @@ impl Membership {
                 }
             };
             if r.node_id != mine && now.duration_since(since) > timeout {
+                if !cleared {
+                    if !before_removal().await {
+                        tracing::warn!(node = %r.node_id, "stale registration kept: the chunk buffer could not be uploaded first");
+                        return Ok(removed);
+                    }
+                    cleared = true;
+                }
                 match self.storage.store().delete(&key).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                         tracing::info!(node = %r.node_id, member_id = r.member_id, "node_deregistered: no heartbeat");
@@ -186,6 +203,7 @@ impl Membership {
         every: Duration,
         deregistration_timeout: Duration,
         is_primary: impl Fn() -> bool + Send + 'static,
+        before_removal: Box<BeforeRemoval>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut seen = HashMap::new();
@@ -204,7 +222,7 @@ impl Membership {
                 seen.clear();
             } else {
                 if let Err(e) = self
-                    .deregister_stale(deregistration_timeout, &mut seen)
+                    .deregister_stale(deregistration_timeout, &mut seen, &before_removal)
                     .await
                 {
                     tracing::warn!(error = %e, "removing stale registrations failed");
@@ -332,17 +350,44 @@ mod tests {
         let timeout = Duration::from_millis(300);
         let mut seen = HashMap::new();
         // An hour-old timestamp is not stale on first sight.
-        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 0);
+        assert_eq!(
+            a.deregister_stale(timeout, &mut seen, &|| Box::pin(async { true }))
+                .await
+                .unwrap(),
+            0
+        );
         // A changed record (even if still an hour behind) restarts the observation.
         tokio::time::sleep(Duration::from_millis(200)).await;
         b.me.write().unwrap().last_heartbeat.push('x');
         write_behind(b.clone()).await;
-        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 0);
+        assert_eq!(
+            a.deregister_stale(timeout, &mut seen, &|| Box::pin(async { true }))
+                .await
+                .unwrap(),
+            0
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 0);
-        // Unchanged for longer than the timeout: removed; this node never removes itself.
+        assert_eq!(
+            a.deregister_stale(timeout, &mut seen, &|| Box::pin(async { true }))
+                .await
+                .unwrap(),
+            0
+        );
+        // Unchanged for longer than the timeout: removed, but only once `before_removal`
+        // (the chunk buffer's upload) succeeded; this node never removes itself.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(a.deregister_stale(timeout, &mut seen).await.unwrap(), 1);
+        assert_eq!(
+            a.deregister_stale(timeout, &mut seen, &|| Box::pin(async { false }))
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            a.deregister_stale(timeout, &mut seen, &|| Box::pin(async { true }))
+                .await
+                .unwrap(),
+            1
+        );
         a.refresh().await.unwrap();
         assert_eq!(
             a.list().iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),

@@ -15,6 +15,7 @@ mod collect;
 mod follower;
 pub(crate) mod lock;
 pub(crate) mod members;
+pub(crate) mod metrics;
 pub(crate) mod peer;
 pub(crate) mod pending;
 mod quorum;
@@ -30,6 +31,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 pub(crate) use follower::follow;
+pub(crate) use metrics::QuorumMetrics;
 pub(crate) use supervisor::Supervisor;
 
 use crate::api::status::{leader_changed, timed_out};

@@ -1,9 +1,8 @@
 //! Quorum mode's shared pieces (docs/design/0010-quorum-replication.md): the receipts a Primary
 //! has from its Replicas, and a node's answer to a collection.
 //!
-//! The Primary side that waits for receipts (the quorum commit hook and its chunk buffer) and
-//! the collection a new Primary runs are built on these; until they land the Primary never
-//! marks records pending, so Replicas never receipt and no collection runs.
+//! Also the Primary's side: the quorum commit hook and its chunk buffer (a new Primary's
+//! collection is in `collect`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use tonic::Status;
 
 use tokio::runtime::Handle;
 
+use super::metrics::{QUORUM, QuorumMetrics, SYNC};
 use super::pending::{PendingError, PendingLog};
 use crate::durability::{BucketHook, Fence, to_proto};
 use crate::proto as pb;
@@ -185,9 +185,14 @@ impl ChunkBuffer {
         self.records.len()
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // For the chunk buffer metrics (0010).
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// How long the oldest record has waited (zero when empty).
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        self.oldest
+            .map_or(Duration::ZERO, |t| now.duration_since(t))
     }
 
     /// Empties the buffer, returning its records.
@@ -215,6 +220,7 @@ pub(crate) struct QuorumSettings {
     pub receipt_timeout: Duration,
     pub threshold_bytes: u64,
     pub threshold_age: Duration,
+    pub metrics: QuorumMetrics,
 }
 
 /// The Primary's commit hook in quorum mode (docs/design/0010, "The write path"): a group is
@@ -236,6 +242,8 @@ pub(crate) struct QuorumHook {
     durable: i64,
     /// The last group was acknowledged by receipts (its records have been sent already).
     last_by_quorum: bool,
+    /// The receipts the last group needed.
+    required_before: usize,
 }
 
 impl QuorumHook {
@@ -265,13 +273,25 @@ impl QuorumHook {
             committed,
             durable: committed,
             last_by_quorum: false,
+            required_before: 0,
         }
     }
 
     /// Records in the buffer and their size.
-    #[cfg_attr(not(test), allow(dead_code))] // For the chunk buffer metrics (0010).
+    #[cfg(test)]
     pub(crate) fn buffered(&self) -> (usize, u64) {
         (self.buffer.len(), self.buffer.bytes())
+    }
+
+    /// The chunk buffer gauges, after the buffer changed or time passed.
+    fn gauge_buffer(&self, now: Instant) {
+        let m = &self.settings.metrics;
+        m.buffer_records
+            .set(i64::try_from(self.buffer.len()).unwrap_or(i64::MAX));
+        m.buffer_bytes
+            .set(i64::try_from(self.buffer.bytes()).unwrap_or(i64::MAX));
+        m.buffer_age_seconds
+            .set(i64::try_from(self.buffer.age(now).as_secs()).unwrap_or(i64::MAX));
     }
 
     /// Uploads the whole buffer as one chunk. The records are acknowledged: if they cannot be
@@ -282,7 +302,15 @@ impl QuorumHook {
         }
         let records = self.buffer.take();
         tracing::debug!(trigger, records = records.len(), "chunk buffer flush");
-        self.bucket.persist(&records).map_err(|e| match e {
+        let started = Instant::now();
+        let res = self.bucket.persist(&records);
+        let m = &self.settings.metrics;
+        m.flush_duration.observe(started.elapsed().as_secs_f64());
+        m.flushes
+            .with_label_values(&[trigger, if res.is_ok() { "success" } else { "error" }])
+            .inc();
+        self.gauge_buffer(Instant::now());
+        res.map_err(|e| match e {
             HookError::Rejected(e) | HookError::Indeterminate(e) => HookError::Indeterminate(
                 format!("flushing {} acknowledged records: {e}", records.len()),
             ),
@@ -310,9 +338,22 @@ impl CommitHook for QuorumHook {
         }
         let required =
             super::collect::required_receipts(self.settings.quorum, (self.settings.nodes)());
+        if required > self.required_before {
+            // More nodes: a collection now asks fewer of the others than records acknowledged
+            // with fewer receipts need; those go to the bucket first (0010, "Membership").
+            self.flush("membership")?;
+        }
+        self.required_before = required;
         let healthy = self
             .receipts
             .healthy(self.epoch, self.settings.healthy_within);
+        let metrics = self.settings.metrics.clone();
+        metrics
+            .required_receipts
+            .set(i64::try_from(required).unwrap_or(i64::MAX));
+        metrics
+            .healthy_replicas
+            .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         let mut sent = false;
         if required > 0 && healthy >= required && !self.buffer.over_limit() {
             let msg = pb::FollowMessage {
@@ -335,11 +376,19 @@ impl CommitHook for QuorumHook {
                 && self
                     .rt
                     .block_on(async move { receipts.wait(epoch, last, needed, timeout).await });
-            if met && !self.fenced() {
+            let fenced = self.fenced();
+            if met && !fenced {
                 self.buffer.push(records, now);
                 self.last_by_quorum = true;
+                let done = Instant::now();
+                metrics.group(QUORUM, true, done.duration_since(now).as_secs_f64());
+                self.gauge_buffer(done);
                 return Ok(());
             }
+            metrics
+                .rollbacks
+                .with_label_values(&[if fenced { "fenced" } else { "timeout" }])
+                .inc();
             tracing::warn!(
                 revision = last,
                 receipts = self.receipts.count(self.epoch, last),
@@ -351,7 +400,10 @@ impl CommitHook for QuorumHook {
         let mut all = self.buffer.take();
         let buffered = all.len();
         all.extend_from_slice(records);
-        match self.bucket.persist(&all) {
+        let res = self.bucket.persist(&all);
+        metrics.group(SYNC, res.is_ok(), now.elapsed().as_secs_f64());
+        self.gauge_buffer(Instant::now());
+        match res {
             Ok(()) => {
                 self.durable = last;
                 Ok(())
@@ -409,10 +461,14 @@ impl CommitHook for QuorumHook {
         }));
     }
 
-    fn tick(&mut self) -> Result<(), HookError> {
-        if self.buffer.due(Instant::now()) {
+    fn tick(&mut self, flush: bool) -> Result<(), HookError> {
+        let now = Instant::now();
+        if flush {
+            self.flush("requested")?;
+        } else if self.buffer.due(now) {
             self.flush("age")?;
         }
+        self.gauge_buffer(now);
         Ok(())
     }
 }
@@ -426,6 +482,7 @@ impl Drop for QuorumHook {
         if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) = self.flush("handover") {
             tracing::warn!(records, error = %e, "chunk buffer not flushed at handover; a successor collects it from the replicas");
         }
+        self.settings.metrics.reset();
     }
 }
 
@@ -519,6 +576,7 @@ mod tests {
                     receipt_timeout: Duration::from_millis(200),
                     threshold_bytes: 1 << 20,
                     threshold_age: age,
+                    metrics: QuorumMetrics::new(),
                 },
                 0,
             )
@@ -572,12 +630,27 @@ mod tests {
                 chunks(&rig).is_empty(),
                 "acknowledged by receipts, not uploaded"
             );
+            let m = hook.settings.metrics.clone();
+            let path = |p: &str| m.write_path.with_label_values(&[p]).get();
+            let groups = |p: &str| m.write_groups.with_label_values(&[p, "success"]).get();
+            assert_eq!((path(QUORUM), path(SYNC), groups(QUORUM)), (1, 0, 2));
+            assert_eq!(
+                (m.required_receipts.get(), m.healthy_replicas.get()),
+                (1, 1)
+            );
+            assert_eq!(m.buffer_records.get(), 2);
+            assert!(m.buffer_bytes.get() > 0);
             // Without a receipt the group goes to the bucket with the buffer, in one chunk.
             rig.receipting
                 .store(false, std::sync::atomic::Ordering::Release);
             commit(&mut hook, 3).unwrap();
             assert_eq!(chunks(&rig), [(3, 3)]);
             assert_eq!(hook.buffered().0, 0);
+            assert_eq!((path(QUORUM), path(SYNC), groups(SYNC)), (0, 1, 1));
+            assert_eq!(m.rollbacks.with_label_values(&["timeout"]).get(), 1);
+            assert_eq!(m.buffer_records.get(), 0);
+            drop(hook);
+            assert_eq!(path(SYNC), 0, "not Primary any more");
             // The Replica saw each group pending, then its commit index.
             let seen = rig.seen.lock().unwrap().clone();
             let summary: Vec<(Vec<i64>, i64)> = seen
@@ -618,18 +691,53 @@ mod tests {
             let mut hook = hook(&rig, Duration::ZERO);
             commit(&mut hook, 1).unwrap();
             assert!(chunks(&rig).is_empty());
-            hook.tick().unwrap();
+            hook.tick(false).unwrap();
             assert_eq!(chunks(&rig), [(1, 1)]);
             hook.settings.threshold_age = Duration::from_secs(3600);
             hook.buffer = ChunkBuffer::new(1 << 20, Duration::from_secs(3600));
             commit(&mut hook, 2).unwrap();
-            hook.tick().unwrap();
+            hook.tick(false).unwrap();
             assert_eq!(chunks(&rig).len(), 1, "not due yet");
             hook.compacted(2).unwrap();
             assert_eq!(chunks(&rig), [(1, 1), (2, 1)]);
             commit(&mut hook, 3).unwrap();
             drop(hook);
             assert_eq!(chunks(&rig), [(1, 1), (2, 1), (3, 1)]);
+        }
+
+        #[test]
+        fn a_requested_flush_and_more_required_receipts_empty_the_buffer() {
+            let rig = rig();
+            let mut hook = hook(&rig, Duration::from_secs(3600));
+            commit(&mut hook, 1).unwrap();
+            hook.tick(true).unwrap();
+            assert_eq!(
+                chunks(&rig),
+                [(1, 1)],
+                "a requested flush (before a deregistration)"
+            );
+            let m = hook.settings.metrics.clone();
+            assert_eq!(
+                m.flushes.with_label_values(&["requested", "success"]).get(),
+                1
+            );
+            hook.tick(true).unwrap();
+            assert_eq!(chunks(&rig).len(), 1, "nothing buffered: nothing uploaded");
+
+            // A fourth and fifth node register: groups now need 2 receipts. What was
+            // acknowledged with 1 goes to the bucket before the next group is handled.
+            commit(&mut hook, 2).unwrap();
+            assert!(chunks(&rig).len() == 1 && hook.buffered().0 == 1);
+            hook.settings.nodes = Box::new(|| 5);
+            commit(&mut hook, 3).unwrap();
+            assert_eq!(chunks(&rig)[..2], [(1, 1), (2, 1)]);
+            assert_eq!(
+                m.flushes
+                    .with_label_values(&["membership", "success"])
+                    .get(),
+                1
+            );
+            assert_eq!(m.required_receipts.get(), 2);
         }
 
         #[test]

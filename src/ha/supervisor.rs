@@ -128,6 +128,7 @@ pub(crate) struct Supervisor {
     lock_task: Option<tokio::task::JoinHandle<()>>,
     /// Stops the Primary's background work.
     stop: watch::Receiver<bool>,
+    quorum_metrics: super::QuorumMetrics,
 }
 
 impl Supervisor {
@@ -138,6 +139,7 @@ impl Supervisor {
         cluster: Cluster,
         fatal: FatalChannel,
         stop: watch::Receiver<bool>,
+        quorum_metrics: super::QuorumMetrics,
     ) -> Supervisor {
         let timing = LockTiming::from_heartbeat(
             cfg.cluster.heartbeat_interval,
@@ -156,6 +158,7 @@ impl Supervisor {
             lock_stop: watch::channel(false).0,
             lock_task: None,
             stop,
+            quorum_metrics,
         }
     }
 
@@ -353,6 +356,7 @@ impl Supervisor {
                 threshold_age: Duration::from_secs(
                     chunk_buffer.threshold_age_minutes.saturating_mul(60),
                 ),
+                metrics: self.quorum_metrics.clone(),
             };
             tracing::info!(
                 quorum,

@@ -408,7 +408,18 @@ impl Store {
 
     /// Runs the commit hook's time-driven work between commit groups.
     pub async fn tick(&self) -> Result<()> {
-        self.call(|reply| writer::Command::Tick { reply }).await
+        self.call(|reply| writer::Command::Tick {
+            flush: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes everything acknowledged durable in the bucket now (quorum mode: the chunk
+    /// buffer); a no-op for hooks without a buffer.
+    pub async fn flush(&self) -> Result<()> {
+        self.call(|reply| writer::Command::Tick { flush: true, reply })
+            .await
     }
 
     /// Replaces the writer's commit hook (role changes).

@@ -49,8 +49,9 @@ pub trait CommitHook: Send + 'static {
     /// The compaction revision moved to `rev` locally.
     fn compaction_published(&mut self, _rev: i64) {}
     /// Called now and then (`Store::tick`) between groups: time-driven work such as flushing
-    /// records acknowledged but not yet in the bucket. An indeterminate error stops the writer.
-    fn tick(&mut self) -> std::result::Result<(), HookError> {
+    /// records acknowledged but not yet in the bucket; with `flush`, everything acknowledged
+    /// goes to the bucket now (`Store::flush`). An indeterminate error stops the writer.
+    fn tick(&mut self, _flush: bool) -> std::result::Result<(), HookError> {
         Ok(())
     }
 }
@@ -100,6 +101,7 @@ pub(super) enum Command {
     },
     /// Runs the hook's time-driven work (`CommitHook::tick`).
     Tick {
+        flush: bool,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Replaces the commit hook (a Replica promoted to Primary, or back).
@@ -441,9 +443,9 @@ impl Writer {
                     self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.replace_end(commit, compaction));
                 }
-                Command::Tick { reply } => {
+                Command::Tick { flush, reply } => {
                     self.commit_group(std::mem::take(&mut group));
-                    let res = match self.hook.tick() {
+                    let res = match self.hook.tick(flush) {
                         Ok(()) => Ok(()),
                         Err(HookError::Rejected(e)) => Err(Error::Commit(e)),
                         Err(HookError::Indeterminate(e)) => {
@@ -880,7 +882,7 @@ fn reply_err(cmd: Command, e: Error) {
         Command::Defragment { reply }
         | Command::Restore { reply, .. }
         | Command::ReplaceBegin { reply }
-        | Command::Tick { reply }
+        | Command::Tick { reply, .. }
         | Command::SetHook { reply, .. } => {
             let _ = reply.send(Err(e));
         }
