@@ -21,13 +21,25 @@
 //! * `clock-skew`: nodes 2 and 3 run with wall clocks 10 min ahead and 10 min behind
 //!   (libfaketime; monotonic clocks untouched; S3 itself refuses requests skewed by more than
 //!   15 min) while the Primary is killed repeatedly; membership must not flap (the default
-//!   deregistration timeout is 3 min).
+//!   deregistration timeout is 3 min);
+//! * `kill-primary-full-buffer`: kill -9 of the Primary once its chunk buffer holds at least
+//!   `FULL_BUFFER` acknowledged records that only the Replicas have (quorum mode; in sync mode
+//!   the buffer is always empty and this is `kill-primary`);
+//! * `kill-replica-mid-receipt`: one Replica paused, then the other killed while every write
+//!   waits for its receipt (the Primary must fall back to the bucket, losing nothing);
+//! * `kill-two`: the Primary and a Replica killed together; the survivor alone holds less
+//!   than a quorum's knowledge and must not serve a history without the acknowledged writes.
+//!
+//! In quorum mode `bucket-partition-primary` is the Primary cut from the bucket while its
+//! Replicas still receipt.
 //!
 //! Each run is seeded: `NETSY_TEST_SEED=<n>` replays one (the seed picks the node each fault
-//! hits, its timing, and every client's operations). CI runs `fault_suite_fixed_seeds`: every
-//! nemesis once with a fixed seed. `soak` (ignored; `tests/faults/soak.sh HOURS`) cycles
-//! nemeses and seeds until `NETSY_SOAK_SECS` have passed. `NETSY_FAULT_QUORUM=-1` runs any of
-//! them on the experimental quorum write path (not in CI yet).
+//! hits, its timing, and every client's operations). CI runs `fault_suite_fixed_seeds` (every
+//! nemesis once with a fixed seed, on the synchronous write path) and
+//! `fault_suite_quorum_writes` (the same on the experimental quorum write path,
+//! `replication.quorum -1`). `soak` (ignored; `tests/faults/soak.sh HOURS`) cycles nemeses and
+//! seeds until `NETSY_SOAK_SECS` have passed. `NETSY_FAULT_QUORUM=-1` runs
+//! `fault_suite_fixed_seeds` and `soak` on the quorum path.
 //!
 //! Needs root, `iptables`, `libfaketime` and `weed` (tests/install.sh).
 
@@ -78,9 +90,12 @@ enum Nemesis {
     WipeReplica,
     WipePrimary,
     ClockSkew,
+    KillPrimaryFullBuffer,
+    KillReplicaMidReceipt,
+    KillTwo,
 }
 
-const ALL: [Nemesis; 12] = [
+const ALL: [Nemesis; 15] = [
     Nemesis::KillPrimary,
     Nemesis::KillReplica,
     Nemesis::KillInElection,
@@ -93,7 +108,14 @@ const ALL: [Nemesis; 12] = [
     Nemesis::WipeReplica,
     Nemesis::WipePrimary,
     Nemesis::ClockSkew,
+    Nemesis::KillPrimaryFullBuffer,
+    Nemesis::KillReplicaMidReceipt,
+    Nemesis::KillTwo,
 ];
+
+/// Acknowledged records that must be waiting in the Primary's chunk buffer before
+/// `kill-primary-full-buffer` strikes.
+const FULL_BUFFER: i64 = 40;
 
 impl Nemesis {
     fn name(self) -> &'static str {
@@ -110,6 +132,9 @@ impl Nemesis {
             Nemesis::WipeReplica => "wipe-replica",
             Nemesis::WipePrimary => "wipe-primary",
             Nemesis::ClockSkew => "clock-skew",
+            Nemesis::KillPrimaryFullBuffer => "kill-primary-full-buffer",
+            Nemesis::KillReplicaMidReceipt => "kill-replica-mid-receipt",
+            Nemesis::KillTwo => "kill-two",
         }
     }
 }
@@ -123,12 +148,14 @@ struct Harness {
     net: Partitions,
     /// Nodes stopped with SIGSTOP.
     paused: Vec<bool>,
+    /// `replication.quorum` of every node (0: the synchronous write path).
+    quorum: i64,
     _tmp: tempfile::TempDir,
     _weed: support::weed::Weed,
 }
 
 impl Harness {
-    async fn start(bucket: &str, seed: u64, skew: bool) -> Harness {
+    async fn start(bucket: &str, seed: u64, skew: bool, quorum: i64) -> Harness {
         let mut weed = start_weed(bucket);
         let direct = weed.storage();
         weed.wait_ready(&direct).await;
@@ -143,7 +170,7 @@ impl Harness {
             let mut spec =
                 NodeSpec::cluster_member(tmp.path(), i, bucket, proxy.endpoint(), HEARTBEAT);
             spec.gid = Some(base + i);
-            spec.quorum = quorum_mode();
+            spec.quorum = quorum;
             if skew && i > 1 {
                 // Within S3's allowed request-time skew (15 min).
                 let offset = if i == 2 { "+10m" } else { "-10m" };
@@ -165,6 +192,7 @@ impl Harness {
             gids,
             net: Partitions::new(),
             paused: vec![false; 3],
+            quorum,
             _tmp: tmp,
             _weed: weed,
         }
@@ -197,6 +225,27 @@ impl Harness {
             }
             if Instant::now() > deadline {
                 return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (at most `limit`) until node `i`'s chunk buffer holds at least `records`; returns
+    /// how many it holds then (always 0 on the synchronous path: no wait).
+    async fn buffered_at_least(&self, i: usize, records: i64, limit: Duration) -> i64 {
+        if self.quorum == 0 {
+            return 0;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = self.nodes[i].metrics().await;
+            let n = text
+                .lines()
+                .find_map(|l| l.strip_prefix("netsy_primary_chunk_buffer_records "))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+            if n >= records || Instant::now() >= deadline {
+                return n;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -721,6 +770,50 @@ async fn run_nemesis(
                 sleep(hold).await;
                 h.proxies[p].set(Mode::Pass);
             }
+            Nemesis::KillPrimaryFullBuffer => {
+                let buffered = h
+                    .buffered_at_least(p, FULL_BUFFER, Duration::from_secs(5))
+                    .await;
+                log.push(format!(
+                    "kill -9 node-{} ({buffered} records in its chunk buffer)",
+                    p + 1
+                ));
+                h.nodes[p].kill9();
+                sleep(hold).await;
+                h.nodes[p].restart();
+            }
+            Nemesis::KillReplicaMidReceipt => {
+                let other = Harness::others(p)
+                    .into_iter()
+                    .find(|&q| q != replica)
+                    .expect("two replicas");
+                log.push(format!(
+                    "SIGSTOP node-{}, then kill -9 node-{} while writes wait for its receipts",
+                    other + 1,
+                    replica + 1
+                ));
+                h.nodes[other].signal("STOP");
+                h.paused[other] = true;
+                sleep(300).await;
+                h.nodes[replica].kill9();
+                sleep(hold).await;
+                h.nodes[replica].restart();
+                h.nodes[other].signal("CONT");
+                h.paused[other] = false;
+            }
+            Nemesis::KillTwo => {
+                log.push(format!(
+                    "kill -9 node-{} and node-{} together",
+                    p + 1,
+                    replica + 1
+                ));
+                h.nodes[p].kill9();
+                h.nodes[replica].kill9();
+                sleep(hold).await;
+                h.nodes[replica].restart();
+                sleep(hold / 2).await;
+                h.nodes[p].restart();
+            }
             Nemesis::WipeReplica | Nemesis::WipePrimary => {
                 let n = if nemesis == Nemesis::WipePrimary {
                     p
@@ -755,9 +848,9 @@ struct Outcome {
 }
 
 /// One seeded run of one nemesis; panics with the violations found.
-async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
+async fn run(nemesis: Nemesis, seed: u64, duration: Duration, quorum: i64) -> Outcome {
     let bucket = format!("faults-{}-{seed}", nemesis.name());
-    let mut h = Harness::start(&bucket, seed, nemesis == Nemesis::ClockSkew).await;
+    let mut h = Harness::start(&bucket, seed, nemesis == Nemesis::ClockSkew, quorum).await;
     let mut rng = StdRng::seed_from_u64(seed);
     let endpoints = h.endpoints();
     let start = head(&endpoints[0]).await.expect("head") + 1;
@@ -1008,6 +1101,7 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
         out.watch_events,
         out.wgl_ops
     );
+    println!("  injected: {}", log.join("; "));
     // A violation may not come back on replay (timing): keep the whole recorded history and
     // the store's events, with the fault log, for reading afterwards.
     let kept = if report.violations.is_empty() {
@@ -1026,8 +1120,17 @@ async fn run(nemesis: Nemesis, seed: u64, duration: Duration) -> Outcome {
         for e in &events {
             text.push_str(&format!("{e:?}\n"));
         }
+        let logs = path.with_extension("logs");
+        let _ = std::fs::create_dir_all(&logs);
+        for (i, n) in h.nodes.iter().enumerate() {
+            n.keep_logs(&logs, &format!("node-{}", i + 1));
+        }
         match std::fs::write(&path, text) {
-            Ok(()) => format!("\nhistory kept in {}", path.display()),
+            Ok(()) => format!(
+                "\nhistory kept in {}, node logs in {}",
+                path.display(),
+                logs.display()
+            ),
             Err(e) => format!("\nhistory not kept ({}: {e})", path.display()),
         }
     };
@@ -1060,10 +1163,14 @@ fn quorum_mode() -> i64 {
         .unwrap_or(0)
 }
 
-/// CI: every nemesis once, each with a fixed seed (or NETSY_TEST_SEED), 14 s of faults.
-/// `NETSY_NEMESIS=a,b` runs only those.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fault_suite_fixed_seeds() {
+/// One fault suite at a time: two clusters of three nodes on two cores would turn the lock's
+/// timing into the thing under test.
+static SUITE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Every nemesis once, nemesis `i` with seed `first_seed + i` (or NETSY_TEST_SEED), 14 s of
+/// faults each. `NETSY_NEMESIS=a,b` runs only those.
+async fn fault_suite(first_seed: u64, quorum: i64) {
+    let _one = SUITE.lock().await;
     let only = std::env::var("NETSY_NEMESIS").ok();
     let mut totals = (0, 0, 0, 0);
     for (i, nemesis) in ALL.iter().enumerate() {
@@ -1073,17 +1180,30 @@ async fn fault_suite_fixed_seeds() {
         {
             continue;
         }
-        let seed = seed_from_env(1000 + i as u64);
-        let o = run(*nemesis, seed, Duration::from_secs(14)).await;
+        let seed = seed_from_env(first_seed + i as u64);
+        let o = run(*nemesis, seed, Duration::from_secs(14), quorum).await;
         totals.0 += 1;
         totals.1 += o.ops;
         totals.2 += o.faults;
         totals.3 += o.watch_events;
     }
     println!(
-        "faults total: {} runs, {} faults injected, {} operations checked, {} watch events checked",
+        "faults total (quorum {quorum}): {} runs, {} faults injected, {} operations checked, {} watch events checked",
         totals.0, totals.2, totals.1, totals.3
     );
+}
+
+/// CI: the synchronous write path (or the quorum one with NETSY_FAULT_QUORUM=-1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_suite_fixed_seeds() {
+    fault_suite(1000, quorum_mode()).await;
+}
+
+/// CI: the quorum write path (`replication.quorum -1`, NETSY_EXPERIMENTAL_QUORUM_WRITES),
+/// every nemesis with its own seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fault_suite_quorum_writes() {
+    fault_suite(2000, -1).await;
 }
 
 /// Hours of faults: cycles every nemesis with fresh seeds until NETSY_SOAK_SECS (default 3600)
@@ -1104,7 +1224,7 @@ async fn soak() {
     let mut runs = 0;
     while Instant::now() < end {
         for nemesis in ALL {
-            run(nemesis, seed, Duration::from_secs(60)).await;
+            run(nemesis, seed, Duration::from_secs(60), quorum_mode()).await;
             runs += 1;
             seed += 1;
             if Instant::now() >= end {
@@ -1302,7 +1422,7 @@ fn the_checkers_reject_broken_histories() {
 /// the newer value or fail, never with the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_woken_after_its_lease_serves_no_stale_read() {
-    let mut h = Harness::start("faults-stale-read", seed_from_env(7), false).await;
+    let mut h = Harness::start("faults-stale-read", seed_from_env(7), false, 0).await;
     let opts = || {
         ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
