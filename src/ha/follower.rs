@@ -40,6 +40,9 @@ enum Ended {
     Store(#[from] store::Error),
 }
 
+/// A Replica with nothing new to receipt still receipts this often (the Primary counts a
+/// Replica as healthy for a heartbeat × `replication.degradation_count` after its last one).
+const RECEIPT_REFRESH: Duration = Duration::from_millis(100);
 /// Pause before reconnecting after a broken stream.
 const RETRY: Duration = Duration::from_millis(200);
 /// The Primary sends at least one message a second; a stream silent this long is dead.
@@ -102,6 +105,7 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
         .into_inner();
     tracing::info!(primary = %primary.node_id, from, "following");
     let mut replacing = false;
+    let mut last_receipt: Option<(u64, std::time::Instant)> = None;
     loop {
         let msg = match tokio::time::timeout(IDLE, stream.message()).await {
             Err(_) => return Err(Ended::Idle),
@@ -147,19 +151,28 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
                     source: std::io::Error::other("the pending log is not open"),
                 }));
             };
-            let receipt = take_quorum(
+            let epoch = msg.epoch;
+            // Pending records are receipted at once (the Primary waits); a message without
+            // them only when the last receipt is getting old (it keeps this node healthy).
+            let pending_records = msg.records.iter().any(|r| r.revision > msg.commit_index);
+            let due = pending_records
+                || last_receipt.is_none_or(|(e, at)| e != epoch || at.elapsed() >= RECEIPT_REFRESH);
+            take_quorum(
                 pending,
                 store,
-                msg.epoch,
+                epoch,
                 &primary.node_id,
                 msg.records,
                 msg.commit_index,
                 msg.durable_revision,
+                |revision| {
+                    if due {
+                        send_receipt(cluster, primary, epoch, revision);
+                        last_receipt = Some((epoch, std::time::Instant::now()));
+                    }
+                },
             )
             .await?;
-            if let Some(revision) = receipt {
-                send_receipt(cluster, primary, msg.epoch, revision);
-            }
         } else {
             apply_committed(store, msg.records).await?;
         }
@@ -216,9 +229,13 @@ async fn with_log<T: Send + 'static>(
 /// A quorum-mode message of writer `epoch`: the records at or below `commit_index` are
 /// applied, and so are the pending records of this epoch it now covers; the records above it
 /// go to the pending log, which forgets records only once they are in the bucket (`durable`:
-/// the local copy does not fsync every commit). Returns the revision to receipt: the last
-/// pending record of this epoch, or the local head (a receipt also tells the Primary that this
-/// Replica follows it, which makes it count as healthy).
+/// the local copy does not fsync every commit). `receipt` gets the revision to receipt: the
+/// last pending record of this epoch, or the local head (a receipt also tells the Primary that
+/// this Replica follows it, which makes it count as healthy).
+///
+/// A message of new pending records only (the usual one) is receipted as soon as they are in
+/// the pending log, before what the commit index covers is applied: the Primary is waiting.
+#[allow(clippy::too_many_arguments)]
 async fn take_quorum(
     pending: &std::sync::Arc<tokio::sync::Mutex<PendingLog>>,
     store: &Store,
@@ -227,12 +244,63 @@ async fn take_quorum(
     records: Vec<pb::Record>,
     commit_index: i64,
     durable: i64,
-) -> Result<Option<i64>, Ended> {
+    receipt: impl FnOnce(i64),
+) -> Result<(), Ended> {
     let (committed, held): (Vec<_>, Vec<_>) = records
         .into_iter()
         .partition(|r| r.revision <= commit_index);
+    if committed.is_empty() && !held.is_empty() {
+        let log = pending.clone().lock_owned().await;
+        let head = store.current_revision();
+        let (log, revision) = hold(log, epoch, leader, head, held).await?;
+        receipt(revision);
+        apply_covered(log, store, epoch, commit_index, durable).await?;
+        return Ok(());
+    }
     apply_committed(store, committed).await?;
     let log = pending.clone().lock_owned().await;
+    let log = apply_covered(log, store, epoch, commit_index, durable).await?;
+    let head = store.current_revision();
+    let (_, revision) = hold(log, epoch, leader, head, held).await?;
+    receipt(revision);
+    Ok(())
+}
+
+/// Appends the `held` records the log does not have yet (above the local `head` and the log's
+/// own last record of this epoch); returns the revision to receipt.
+async fn hold(
+    log: tokio::sync::OwnedMutexGuard<PendingLog>,
+    epoch: u64,
+    leader: &str,
+    head: i64,
+    held: Vec<pb::Record>,
+) -> Result<(tokio::sync::OwnedMutexGuard<PendingLog>, i64), Ended> {
+    if held.is_empty() {
+        return Ok((log, head));
+    }
+    let last = if log.epoch() == epoch {
+        log.last_revision().unwrap_or(head).max(head)
+    } else {
+        head
+    };
+    let held: Vec<_> = held.into_iter().filter(|r| r.revision > last).collect();
+    let Some(revision) = held.last().map(|r| r.revision) else {
+        return Ok((log, last));
+    };
+    let leader = leader.to_string();
+    let (log, ()) = with_log(log, move |l| l.append(epoch, &leader, head, &held)).await?;
+    Ok((log, revision))
+}
+
+/// Applies this epoch's pending records that `commit_index` covers, then lets the log forget
+/// what is both applied and in the bucket (`durable`).
+async fn apply_covered(
+    log: tokio::sync::OwnedMutexGuard<PendingLog>,
+    store: &Store,
+    epoch: u64,
+    commit_index: i64,
+    durable: i64,
+) -> Result<tokio::sync::OwnedMutexGuard<PendingLog>, Ended> {
     // Only this epoch's pending records are covered: an older writer's may differ.
     if log.epoch() == epoch {
         let covered: Vec<_> = log
@@ -243,23 +311,12 @@ async fn take_quorum(
             .collect();
         apply_committed(store, covered).await?;
     }
-    let head = store.current_revision();
-    let (log, ()) = with_log(log, move |l| l.applied(durable.min(head))).await?;
-    if held.is_empty() {
-        return Ok(Some(head));
+    let forget = durable.min(store.current_revision());
+    if !log.holds_through(forget) {
+        return Ok(log);
     }
-    let last = if log.epoch() == epoch {
-        log.last_revision().unwrap_or(head).max(head)
-    } else {
-        head
-    };
-    let held: Vec<_> = held.into_iter().filter(|r| r.revision > last).collect();
-    let Some(revision) = held.last().map(|r| r.revision) else {
-        return Ok(Some(last));
-    };
-    let leader = leader.to_string();
-    with_log(log, move |l| l.append(epoch, &leader, head, &held)).await?;
-    Ok(Some(revision))
+    let (log, ()) = with_log(log, move |l| l.applied(forget)).await?;
+    Ok(log)
 }
 
 /// Tells the Primary that this node holds `epoch`'s records up to `revision` (in the
@@ -314,6 +371,23 @@ mod tests {
         got.into_iter().next().unwrap_or_default()
     }
 
+    /// `take_quorum`, returning the revision it receipted.
+    async fn receipted(
+        log: &Arc<tokio::sync::Mutex<PendingLog>>,
+        store: &Store,
+        epoch: u64,
+        records: Vec<pb::Record>,
+        commit: i64,
+        durable: i64,
+    ) -> Result<Option<i64>, Ended> {
+        let mut got = None;
+        take_quorum(log, store, epoch, "a", records, commit, durable, |r| {
+            got = Some(r)
+        })
+        .await?;
+        Ok(got)
+    }
+
     #[tokio::test]
     async fn pending_records_wait_for_the_commit_index_of_their_epoch() {
         let dir = tempfile::tempdir().unwrap();
@@ -334,7 +408,7 @@ mod tests {
         let h = store.current_revision();
         let take = |epoch, records, commit| {
             let (log, store) = (log.clone(), store.clone());
-            async move { take_quorum(&log, &store, epoch, "a", records, commit, commit).await }
+            async move { receipted(&log, &store, epoch, records, commit, commit).await }
         };
 
         // Pending: on disk and receipted, not applied.
@@ -381,7 +455,7 @@ mod tests {
         // Applied but not yet in the bucket: the pending log keeps the record (the local copy
         // may lose its last commits in a power cut).
         take(4, vec![rec(h + 5, "x")], h + 4).await.unwrap();
-        take_quorum(&log, &store, 4, "a", vec![], h + 5, h + 4)
+        receipted(&log, &store, 4, vec![], h + 5, h + 4)
             .await
             .unwrap();
         assert_eq!(store.current_revision(), h + 5);

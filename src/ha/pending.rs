@@ -158,6 +158,11 @@ impl PendingLog {
         self.records.last().map(|r| r.revision)
     }
 
+    /// Whether [`Self::applied`]`(revision)` would forget anything.
+    pub(crate) fn holds_through(&self, revision: i64) -> bool {
+        self.records.first().is_some_and(|r| r.revision <= revision)
+    }
+
     /// Promises `epoch`: from now on records of older epochs are refused. Durable on return.
     /// Promising the same epoch again is a no-op; an older one is refused.
     pub(crate) fn promise(&mut self, epoch: u64) -> Result<(), PendingError> {
