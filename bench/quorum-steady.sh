@@ -23,7 +23,7 @@ cat >"$work/config.jsonc" <<JSON
  "replication": {"quorum": -1, "chunk_buffer": {"threshold_size_mb": 4, "threshold_age_minutes": 1}}}
 JSON
 read -ra ports <<<"$(free_ports 9)"
-endpoints= metrics=()
+endpoints="" metrics=()
 for i in 0 1 2; do
   c=${ports[$((3 * i))]} h=${ports[$((3 * i + 1))]} p=${ports[$((3 * i + 2))]}
   AWS_ENDPOINT_URL=$SEAWEEDFS_ENDPOINT NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json \
