@@ -9,7 +9,8 @@
 # Needs a release build (cargo build --release) and weed (tests/install.sh).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-. "$root/scripts/lib.sh" # free_ports, stop_pids, start_seaweedfs
+# shellcheck source=SCRIPTDIR/../scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh" # free_ports, stop_pids, start_seaweedfs
 rate=${1:-100} duration=${2:-150s}
 netsy=$root/target/release/netsy bench=$root/target/release/netsy-bench
 for b in "$netsy" "$bench"; do [ -x "$b" ] || { echo "missing $b: cargo build --release" >&2; exit 1; }; done
