@@ -50,5 +50,7 @@ pub mod server;
 pub mod store;
 pub(crate) mod systemd;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod tls;
 pub mod watch;

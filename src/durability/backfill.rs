@@ -296,20 +296,9 @@ async fn bucket_state(storage: &ObjectStorage) -> Result<(i64, Vec<(i64, i64)>),
 mod tests {
     use super::*;
     use crate::objstore::Layout;
-    use crate::proto as pb;
     use std::sync::Arc;
 
-    fn rec(revision: i64, value: &str) -> pb::Record {
-        pb::Record {
-            revision,
-            key: format!("k{revision}").into_bytes(),
-            created: true,
-            create_revision: revision,
-            version: 1,
-            value: value.as_bytes().to_vec(),
-            ..Default::default()
-        }
-    }
+    use crate::testutil::created as rec;
 
     async fn put(storage: &ObjectStorage, epoch: u64, revisions: std::ops::RangeInclusive<i64>) {
         put_values(storage, epoch, revisions, "v").await;
@@ -351,17 +340,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_overlapping_the_local_copy_is_loaded_and_a_hole_stops_loading() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            crate::store::StoreOptions {
-                data_dir: dir.path().join("db"),
-                node_id: "b".into(),
-                readers: 1,
-                fatal: Default::default(),
-            },
-            crate::watch::WatchHub::new(Default::default()),
-            Box::new(crate::store::NoopCommitHook),
-        )
-        .unwrap();
+        let store = crate::testutil::local_store(dir.path());
         let storage = ObjectStorage::from_parts(
             Arc::new(object_store::memory::InMemory::new()),
             Layout::new("").unwrap(),

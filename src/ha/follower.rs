@@ -342,17 +342,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn rec(revision: i64, value: &str) -> pb::Record {
-        pb::Record {
-            revision,
-            key: format!("k{revision}").into_bytes(),
-            created: true,
-            create_revision: revision,
-            version: 1,
-            value: value.as_bytes().to_vec(),
-            ..Default::default()
-        }
-    }
+    use crate::testutil::created as rec;
 
     async fn value_at(store: &Store, revision: i64) -> Vec<u8> {
         let got = store
@@ -391,17 +381,7 @@ mod tests {
     #[tokio::test]
     async fn pending_records_wait_for_the_commit_index_of_their_epoch() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            crate::store::StoreOptions {
-                data_dir: dir.path().join("db"),
-                node_id: "b".into(),
-                readers: 1,
-                fatal: Default::default(),
-            },
-            crate::watch::WatchHub::new(Default::default()),
-            Box::new(crate::store::NoopCommitHook),
-        )
-        .unwrap();
+        let store = crate::testutil::local_store(dir.path());
         let log = Arc::new(tokio::sync::Mutex::new(
             PendingLog::open(&dir.path().join("pending")).unwrap(),
         ));

@@ -820,17 +820,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_promises_and_holds_committed_then_pending_records() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            crate::store::StoreOptions {
-                data_dir: dir.path().join("db"),
-                node_id: "b".into(),
-                readers: 1,
-                fatal: Default::default(),
-            },
-            crate::watch::WatchHub::new(Default::default()),
-            Box::new(crate::store::NoopCommitHook),
-        )
-        .unwrap();
+        let store = crate::testutil::local_store(dir.path());
         let h = store.current_revision();
         store
             .import(vec![
