@@ -19,27 +19,42 @@ pub(crate) use crate::durability::Fence;
 use crate::fatal::{Fatal, FatalChannel};
 use crate::objstore::{Error, ObjectStorage, cas};
 
-/// How often the holder renews and how long a silent holder is trusted.
+/// How often the holder renews, how often watchers look, and how long a silent holder is
+/// trusted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct LockTiming {
     pub renew_every: Duration,
+    pub look_every: Duration,
     pub ttl: Duration,
+    /// How far below the TTL the holder's own trust ends (see [`LockTiming::holder_validity`]).
+    margin: Duration,
 }
 
 impl LockTiming {
-    /// From the cluster config: renew twice per `heartbeat_interval`; a holder is gone after
-    /// `degradation_count + 1` heartbeat intervals without a renewal.
+    /// From the cluster config: the holder renews once per `heartbeat_interval` (one PUT a
+    /// second at the default: the lock is most of the bucket's steady write cost, see
+    /// docs/design/0010) and retries a failed renewal four times as often; a holder is gone
+    /// after `degradation_count + 1` heartbeat intervals without a renewal; watchers look four
+    /// times per interval (reads only), so a takeover follows within a quarter interval.
     pub(crate) fn from_heartbeat(heartbeat: Duration, degradation_count: u32) -> LockTiming {
         LockTiming {
-            renew_every: heartbeat / 2,
+            renew_every: heartbeat,
+            look_every: heartbeat / 4,
             ttl: heartbeat * (degradation_count.max(1) + 1),
+            margin: heartbeat / 2,
         }
     }
 
-    /// How long the holder trusts a renewal it sent: a margin of one renewal interval below
-    /// the TTL.
+    /// How long the holder trusts a renewal it sent: half an interval below the TTL. A watcher
+    /// counts the TTL from when it first saw the record, which is after the holder sent it, so
+    /// the margin only has to cover the two clocks' rates and the holder's reaction time.
     fn holder_validity(&self) -> Duration {
-        self.ttl.saturating_sub(self.renew_every)
+        self.ttl.saturating_sub(self.margin)
+    }
+
+    /// How soon a failed renewal is tried again.
+    fn retry_after(&self) -> Duration {
+        self.renew_every / 4
     }
 }
 
@@ -245,20 +260,22 @@ impl BucketLock {
         mut shutdown: tokio::sync::watch::Receiver<bool>,
         fatal: FatalChannel,
     ) {
-        let mut tick = tokio::time::interval(self.timing.renew_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let fence = self.fence();
+        let mut next = tokio::time::Instant::now() + self.timing.renew_every;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.changed() => {
                     self.release().await;
                     return;
                 }
             }
+            let started = tokio::time::Instant::now();
+            // A failure below tries again soon; a success waits a whole interval.
+            next = started + self.timing.retry_after();
             let left = fence.remaining();
             match tokio::time::timeout(left.max(Duration::from_millis(1)), self.renew()).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => next = started + self.timing.renew_every,
                 Ok(Err(Error::Precondition { .. })) => {
                     fatal.record(Fatal::LostLock(
                         "the writer lock was taken over by another node".into(),
@@ -305,10 +322,14 @@ mod tests {
 
     #[test]
     fn timing_follows_the_heartbeat() {
-        let t = LockTiming::from_heartbeat(Duration::from_millis(500), 2);
-        assert_eq!(t.renew_every, Duration::from_millis(250));
-        assert_eq!(t.ttl, Duration::from_millis(1500));
-        assert_eq!(t.holder_validity(), Duration::from_millis(1250));
+        let t = LockTiming::from_heartbeat(Duration::from_millis(1000), 2);
+        assert_eq!(t.renew_every, Duration::from_millis(1000));
+        assert_eq!(t.look_every, Duration::from_millis(250));
+        assert_eq!(t.ttl, Duration::from_millis(3000));
+        // Trusted until half an interval before a watcher may take over, so a renewal that
+        // failed once (retried after a quarter interval) still lands in time.
+        assert_eq!(t.holder_validity(), Duration::from_millis(2500));
+        assert_eq!(t.retry_after(), Duration::from_millis(250));
     }
 
     #[test]

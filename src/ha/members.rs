@@ -1,4 +1,5 @@
-//! Membership: every node registers `nodes/{node_id}.json` and refreshes it every heartbeat;
+//! Membership: every node registers `nodes/{node_id}.json` and rewrites it periodically
+//! ([`registration_every`]);
 //! `members.json` maps node ids to etcd member ids, allocated once (max + 1, by compare-and-swap)
 //! and never reused, so a restarted node keeps its id. The Primary removes registrations that
 //! it has not seen refreshed for `elector.deregistration_timeout` (by its own monotonic clock:
@@ -196,8 +197,9 @@ impl Membership {
         Ok(removed)
     }
 
-    /// Heartbeats and refreshes every `every` until `stop`; a Primary also deregisters stale
-    /// nodes (`is_primary`).
+    /// Re-reads the member list every `every` until `stop`, and rewrites this node's
+    /// registration every [`registration_every`]; a Primary also deregisters stale nodes
+    /// (`is_primary`).
     pub(crate) async fn run(
         self,
         every: Duration,
@@ -209,13 +211,19 @@ impl Membership {
         let mut seen = HashMap::new();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let rewrite_every = registration_every(every, deregistration_timeout);
+        // `register` has just written it.
+        let mut written = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            if let Err(e) = self.heartbeat().await {
-                tracing::warn!(error = %e, "node registration heartbeat failed");
+            if written.elapsed() >= rewrite_every {
+                match self.heartbeat().await {
+                    Ok(()) => written = Instant::now(),
+                    Err(e) => tracing::warn!(error = %e, "node registration heartbeat failed"),
+                }
             }
             if !is_primary() {
                 // A new term observes afresh.
@@ -232,6 +240,22 @@ impl Membership {
                 tracing::warn!(error = %e, "reading the member list failed");
             }
         }
+    }
+}
+
+/// How often a node rewrites its registration: six times per deregistration timeout (every
+/// 30 s at the default 3 min), never more often than once per heartbeat. Liveness within a
+/// term comes from the peer connections (receipts and heartbeats); the registration only has to
+/// outlive the timeout, and every rewrite is a billed PUT per node. With deregistration
+/// disabled (0) it is rewritten once a minute, which restores it if it was removed by hand.
+pub(crate) fn registration_every(
+    heartbeat: Duration,
+    deregistration_timeout: Duration,
+) -> Duration {
+    if deregistration_timeout.is_zero() {
+        Duration::from_secs(60).max(heartbeat)
+    } else {
+        (deregistration_timeout / 6).max(heartbeat)
     }
 }
 
@@ -315,6 +339,21 @@ mod tests {
             RetryConfig::default(),
             None,
         )
+    }
+
+    #[test]
+    fn registrations_are_rewritten_six_times_per_deregistration_timeout() {
+        let hb = Duration::from_secs(1);
+        assert_eq!(
+            registration_every(hb, Duration::from_secs(180)),
+            Duration::from_secs(30)
+        );
+        // Never more often than the heartbeat, and rarely when nobody deregisters.
+        assert_eq!(registration_every(hb, Duration::from_secs(3)), hb);
+        assert_eq!(
+            registration_every(hb, Duration::ZERO),
+            Duration::from_secs(60)
+        );
     }
 
     /// A node whose wall clock is far behind writes old-looking timestamps; it stays

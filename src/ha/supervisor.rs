@@ -171,7 +171,7 @@ impl Supervisor {
                 return true;
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.timing.renew_every / 2) => {}
+                _ = tokio::time::sleep(self.timing.look_every) => {}
                 _ = cancel.changed() => return false,
             }
         }
@@ -184,7 +184,7 @@ impl Supervisor {
         cancel: &mut watch::Receiver<bool>,
         on_role: impl Fn(&Role),
     ) {
-        let mut tick = tokio::time::interval(self.timing.renew_every / 2);
+        let mut tick = tokio::time::interval(self.timing.look_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
