@@ -1214,13 +1214,10 @@ async fn fault_suite_fixed_seeds() {
 }
 
 /// The quorum write path (`replication.quorum -1`, NETSY_EXPERIMENTAL_QUORUM_WRITES), every
-/// nemesis with its own seeds. Not in CI yet: a fresh-clone CI run (2026-12-06) failed
-/// `pause-primary` seed 2003 with the nodes' final histories differing, which the local full
-/// run before it had passed (docs/design/0010, "Not done yet"). Run it with
-/// `cargo test --release --features fault-injection --test faults fault_suite_quorum_writes
-/// -- --ignored --nocapture`.
+/// nemesis with its own seeds. In CI again since its one failure (`pause-primary` seed 2003: a
+/// Primary paused past its lease woke up and uploaded a chunk its successor had orphaned, and a
+/// node loading the bucket in that moment kept it) was fixed (docs/design/0010).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "quorum mode: pause-primary seed 2003 failed once in CI (histories differ); see 0010"]
 async fn fault_suite_quorum_writes() {
     fault_suite(2000, -1).await;
 }

@@ -226,6 +226,24 @@ impl CommitHook for BucketHook {
                     chunk.key
                 )));
             }
+            // No attempt starts once the lease may have run out: a successor may be reading the
+            // bucket's head to start its epoch, and a chunk landing now would be read by nodes
+            // loading in that moment and orphaned by the successor (found by the fault suite:
+            // a Primary paused past its lease woke up in the middle of a commit and uploaded).
+            if let Some(fence) = &self.fence
+                && !fence.holds()
+            {
+                let msg = format!(
+                    "the writer lock's lease ran out before {} was uploaded",
+                    chunk.key
+                );
+                return Err(if failures == 0 {
+                    HookError::Rejected(msg)
+                } else {
+                    // An earlier attempt may still land.
+                    HookError::Indeterminate(msg)
+                });
+            }
             let storage = self.storage.clone();
             let attempt = chunk.clone();
             let res = self.rt.block_on(async move {

@@ -552,8 +552,12 @@ mod tests {
         }
 
         fn hook(rig: &Rig, age: Duration) -> QuorumHook {
+            hook_with_fence(rig, age, None)
+        }
+
+        fn hook_with_fence(rig: &Rig, age: Duration, fence: Option<Fence>) -> QuorumHook {
             let (tx, _rx) = tokio::sync::mpsc::channel(64);
-            let bucket = BucketHook::new(
+            let mut bucket = BucketHook::new(
                 rig.storage.clone(),
                 "a".into(),
                 rig.rt.handle().clone(),
@@ -562,12 +566,15 @@ mod tests {
                 Arc::new(RwLock::new(EpochLog::default())),
                 Arc::new(AtomicBool::new(false)),
             );
+            if let Some(f) = &fence {
+                bucket = bucket.with_fence(f.clone());
+            }
             QuorumHook::new(
                 bucket,
                 rig.receipts.clone(),
                 rig.feed.clone(),
                 rig.rt.handle().clone(),
-                None,
+                fence,
                 EPOCH,
                 QuorumSettings {
                     quorum: -1,
@@ -672,6 +679,40 @@ mod tests {
                     (vec![3], 2),
                     (vec![3], 3), // went to the bucket: sent again, committed
                 ]
+            );
+        }
+
+        /// Regression (fault suite, `pause-primary` seed 2003, quorum mode): a Primary paused
+        /// past its lease woke up in the middle of a group and uploaded it (and its buffer) as
+        /// a chunk that its successor had already orphaned. Once the lease has run out nothing
+        /// is uploaded any more; the writer stops with the outcome unknown (Replicas hold the
+        /// group).
+        #[test]
+        fn a_primary_whose_lease_ran_out_uploads_nothing() {
+            let rig = rig();
+            let fence = Fence::new();
+            fence.extend(std::time::Instant::now(), Duration::from_secs(3600));
+            let mut hook = hook_with_fence(&rig, Duration::from_secs(3600), Some(fence.clone()));
+            commit(&mut hook, 1).unwrap();
+            assert_eq!(hook.buffered().0, 1);
+            // The lease runs out (the process was stopped, say) while the next group waits.
+            fence.extend(
+                std::time::Instant::now() - Duration::from_secs(10),
+                Duration::ZERO,
+            );
+            let err = hook.persist(&group(2)).unwrap_err();
+            assert!(
+                matches!(&err, HookError::Indeterminate(m) if m.contains("lease ran out before")),
+                "{err:?}"
+            );
+            assert!(chunks(&rig).is_empty(), "nothing uploaded after the lease");
+            assert_eq!(
+                hook.settings
+                    .metrics
+                    .rollbacks
+                    .with_label_values(&["fenced"])
+                    .get(),
+                1
             );
         }
 

@@ -289,26 +289,42 @@ impl Supervisor {
         };
         let nodes = self.cluster.members().len().max(1);
         let required = collect::required_receipts(quorum, nodes);
-        let adopted = match collect::collection_size(nodes, required) {
+        let mut log = epochs;
+        let (start, adopted) = match collect::collection_size(nodes, required) {
             Some(needed) => {
                 let head = bucket_head(&self.storage)
                     .await
                     .context("reading the bucket's last revision")?;
-                collect::collect(&self.cluster, &self.store, epoch, head, needed, &fence)
+                // The epoch owns everything above the bucket's head, recorded before the
+                // collection: an older writer's chunk landing from now on (a late upload) is an
+                // orphan for every node that loads the bucket, not only for this one; what the
+                // older writer acknowledged is collected and uploaded as this epoch's first
+                // chunk (docs/design/0010, "Failover").
+                log.record(&self.storage, epoch, head + 1, &cfg.node_id)
                     .await
-                    .context("collecting the replicas' records")?
+                    .context("recording the writer epoch")?;
+                let adopted =
+                    collect::collect(&self.cluster, &self.store, epoch, head, needed, &fence)
+                        .await
+                        .context("collecting the replicas' records")?;
+                if let Some(first) = adopted.first()
+                    && first.revision != head + 1
+                {
+                    anyhow::bail!(
+                        "the collected records start at revision {}, not right above the bucket's head {head}",
+                        first.revision
+                    );
+                }
+                (head + 1, adopted)
             }
-            None => Vec::new(),
+            None => {
+                let start = self.store.current_revision() + 1;
+                log.record(&self.storage, epoch, start, &cfg.node_id)
+                    .await
+                    .context("recording the writer epoch")?;
+                (start, Vec::new())
+            }
         };
-        // The epoch owns everything from the first adopted record on: an older writer's
-        // chunk reaching that far (a late upload) is an orphan; the adopted chunk has it all.
-        let start = adopted
-            .first()
-            .map_or(self.store.current_revision() + 1, |r| r.revision);
-        let mut log = epochs;
-        log.record(&self.storage, epoch, start, &cfg.node_id)
-            .await
-            .context("recording the writer epoch")?;
         let (tx, rx) = self.committed.take().context("promoted twice")?;
         let mut bucket = BucketHook::new(
             self.storage.clone(),
