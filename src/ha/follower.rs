@@ -6,6 +6,7 @@
 //! which replaces its own in one transaction (readers see the old copy until it commits). A stream from an older epoch than the one this node knows is
 //! dropped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -106,6 +107,7 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
     tracing::info!(primary = %primary.node_id, from, "following");
     let mut replacing = false;
     let mut last_receipt: Option<(u64, std::time::Instant)> = None;
+    let mut receipts = Receipter::new(cluster, primary);
     loop {
         let msg = match tokio::time::timeout(IDLE, stream.message()).await {
             Err(_) => return Err(Ended::Idle),
@@ -167,7 +169,7 @@ async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) ->
                 msg.durable_revision,
                 |revision| {
                     if due {
-                        send_receipt(cluster, primary, epoch, revision);
+                        receipts.send(epoch, revision);
                         last_receipt = Some((epoch, std::time::Instant::now()));
                     }
                 },
@@ -207,11 +209,22 @@ async fn apply_committed(store: &Store, records: Vec<pb::Record>) -> Result<(), 
     Ok(())
 }
 
-/// Runs `f` on the pending log off the async threads (it fsyncs).
+/// Runs `f` on the pending log (it fsyncs) where it may block: in place on a multi-threaded
+/// runtime (the runtime moves this worker's other tasks away; no hand-off to another thread and
+/// back, which costs a Primary waiting for the receipt more than the fsync), else on the
+/// blocking pool.
 async fn with_log<T: Send + 'static>(
     log: tokio::sync::OwnedMutexGuard<PendingLog>,
     f: impl FnOnce(&mut PendingLog) -> Result<T, PendingError> + Send + 'static,
 ) -> Result<(tokio::sync::OwnedMutexGuard<PendingLog>, T), Ended> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        let mut log = log;
+        return tokio::task::block_in_place(|| f(&mut log))
+            .map(|t| (log, t))
+            .map_err(Ended::Pending);
+    }
     tokio::task::spawn_blocking(move || {
         let mut log = log;
         f(&mut log).map(|t| (log, t))
@@ -319,22 +332,70 @@ async fn apply_covered(
     Ok(log)
 }
 
-/// Tells the Primary that this node holds `epoch`'s records up to `revision` (in the
-/// background: the stream goes on; a lost receipt only makes the Primary wait or fall back).
-fn send_receipt(cluster: &Cluster, primary: &PrimaryInfo, epoch: u64, revision: i64) {
-    let Ok(mut client) = cluster.peer(&primary.peer_addr) else {
-        return;
-    };
-    let req = pb::ReceiptRequest {
-        node_id: cluster.node_id().to_string(),
-        epoch,
-        revision,
-    };
-    tokio::spawn(async move {
-        if let Err(e) = client.receipt(req).await {
-            tracing::debug!(error = %e, revision, "receipt not delivered");
+/// Tells the Primary that this node holds a writer epoch's records up to a revision, in the
+/// background (the stream goes on; a lost receipt only makes the Primary wait or fall back).
+/// Receipts go on one client stream per Follow stream, opened with the first receipt; a
+/// Primary that does not know the stream (an older version during an upgrade) gets one call
+/// per receipt instead.
+struct Receipter<'a> {
+    cluster: &'a Cluster,
+    primary: &'a PrimaryInfo,
+    stream: Option<tokio::sync::mpsc::UnboundedSender<pb::ReceiptRequest>>,
+    unary: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<'a> Receipter<'a> {
+    fn new(cluster: &'a Cluster, primary: &'a PrimaryInfo) -> Self {
+        Receipter {
+            cluster,
+            primary,
+            stream: None,
+            unary: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
-    });
+    }
+
+    fn send(&mut self, epoch: u64, revision: i64) {
+        let req = pb::ReceiptRequest {
+            node_id: self.cluster.node_id().to_string(),
+            epoch,
+            revision,
+        };
+        let Ok(mut client) = self.cluster.peer(&self.primary.peer_addr) else {
+            return;
+        };
+        if self.unary.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::spawn(async move {
+                if let Err(e) = client.receipt(req).await {
+                    tracing::debug!(error = %e, revision, "receipt not delivered");
+                }
+            });
+            return;
+        }
+        // A stream that ended (the Primary went away, or refused it) is opened again.
+        if let Some(tx) = &self.stream
+            && !tx.is_closed()
+        {
+            let _ = tx.send(req);
+            return;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = tx.send(req);
+        self.stream = Some(tx);
+        let unary = self.unary.clone();
+        tokio::spawn(async move {
+            let res = client
+                .receipts(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+                .await;
+            match res {
+                Err(e) if e.code() == tonic::Code::Unimplemented => {
+                    tracing::info!("the primary takes receipts one call at a time");
+                    unary.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "receipt stream ended"),
+                Ok(_) => {}
+            }
+        });
+    }
 }
 
 #[cfg(test)]

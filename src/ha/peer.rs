@@ -208,6 +208,22 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::ReceiptResponse {}))
     }
 
+    async fn receipts(
+        &self,
+        request: Request<tonic::Streaming<pb::ReceiptRequest>>,
+    ) -> Result<Response<pb::ReceiptResponse>, Status> {
+        self.epoch()?;
+        let mut stream = request.into_inner();
+        while let Some(req) = stream.message().await? {
+            // Recorded against whichever term is current: a receipt names its epoch, and a
+            // term counts only its own.
+            self.cluster
+                .receipts()
+                .record(&req.node_id, req.epoch, req.revision);
+        }
+        Ok(Response::new(pb::ReceiptResponse {}))
+    }
+
     async fn collect(
         &self,
         request: Request<pb::CollectRequest>,
