@@ -8,6 +8,8 @@
 //!   the next Primary collects them before it serves; every acknowledged write is then read
 //!   at its revision, and the bucket holds a chunk through the last one.
 //! * The killed node restarts and follows: it serves the same data.
+//! * A Replica whose last record is not the history's (rewritten while it was down) gets the
+//!   Primary's whole copy when it reconnects.
 //!
 //! Needs `weed` on PATH (tests/install.sh).
 
@@ -155,4 +157,142 @@ async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
         got.get("/q/after").cloned().expect("the later write"),
     );
     assert_eq!(got, want, "the restarted node serves the same data");
+}
+
+/// A Replica whose copy left the history (here: its last record, acknowledged and not yet in
+/// the bucket, rewritten while it was down; in life, a deposed writer's late chunk it loaded)
+/// is found out when it reconnects: the Primary compares the Replica's last record with its own
+/// and sends its whole copy, so the Replica serves the history's value again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_copy_diverged_gets_the_whole_copy() {
+    let bucket = "quorum-diverged";
+    let mut weed = start_weed(bucket);
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let mut spec = NodeSpec::cluster_member(tmp.path(), i, bucket, weed.endpoint(), "300ms");
+        spec.quorum = -1;
+        let mut node = Node::start(spec, &tmp.path().join(format!("work-{i}")));
+        node.wait_ready(READY).await;
+        nodes.push(node);
+    }
+    let p = primary(&nodes, None).await;
+    let r = (p + 1) % 3;
+    let mut cl = connect(&nodes[p]).await;
+    support::wait::poll("the quorum path in use", Duration::from_secs(20), || {
+        let (mut cl, direct) = (cl.clone(), direct.clone());
+        async move {
+            let before = direct.list_chunks_after(0).await.ok()?.len();
+            cl.put("/probe", "x", None).await.ok()?;
+            let after = direct.list_chunks_after(0).await.ok()?.len();
+            (after == before).then_some(())
+        }
+    })
+    .await;
+    for n in 0..10 {
+        cl.put(format!("/d/{n}"), format!("v{n}"), None)
+            .await
+            .expect("put");
+    }
+    // The Replica has applied what the commit index covered; its last record is above every
+    // chunk (acknowledged by receipts only).
+    let rc = connect(&nodes[r]).await;
+    let head = support::wait::poll("the replica applies", Duration::from_secs(10), || {
+        let mut rc = rc.clone();
+        async move {
+            let h = rc
+                .get(
+                    "/d/",
+                    Some(GetOptions::new().with_prefix().with_serializable()),
+                )
+                .await
+                .ok()?;
+            (h.kvs().len() >= 9).then(|| h.header().unwrap().revision())
+        }
+    })
+    .await;
+    let bucket_head = direct
+        .list_chunks_after(0)
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.revision)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        bucket_head < head,
+        "the replica's head {head} is not in the bucket yet ({bucket_head})"
+    );
+    nodes[r].kill9();
+    let db = nodes[r].spec.data_dir.join("db.sqlite3");
+    let forged_key = {
+        let conn = rusqlite::Connection::open(&db).expect("open the replica's copy");
+        let key: Vec<u8> = conn
+            .query_row(
+                "SELECT key FROM records WHERE revision = ?1",
+                [head],
+                |row| row.get(0),
+            )
+            .expect("the replica's last record");
+        let n = conn
+            .execute(
+                "UPDATE records SET value = CAST('forged' AS BLOB) WHERE revision = ?1",
+                [head],
+            )
+            .expect("rewrite it");
+        assert_eq!(n, 1);
+        String::from_utf8(key).expect("utf-8 key")
+    };
+    let want = cl
+        .get(forged_key.as_str(), None)
+        .await
+        .expect("get on the primary")
+        .kvs()[0]
+        .value_str()
+        .expect("utf-8")
+        .to_string();
+    assert_ne!(want, "forged");
+    nodes[r].restart();
+    nodes[r].wait_ready(READY).await;
+    let rc = connect(&nodes[r]).await;
+    let got = support::wait::poll(
+        "the replica serves the history's value",
+        Duration::from_secs(20),
+        || {
+            let (mut rc, key, want) = (rc.clone(), forged_key.clone(), want.clone());
+            async move {
+                let v = rc
+                    .get(key, Some(GetOptions::new().with_serializable()))
+                    .await
+                    .ok()?
+                    .kvs()
+                    .first()?
+                    .value_str()
+                    .ok()?
+                    .to_string();
+                (v == want).then_some(v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(got, want);
+    assert!(
+        nodes[p].log_text().contains("replica_diverged"),
+        "the primary's whole copy repaired it, not a bucket load"
+    );
+    // Writes go on reaching it.
+    cl.put("/d/after", "x", None).await.expect("put");
+    support::wait::poll("the replica follows again", Duration::from_secs(10), || {
+        let mut rc = rc.clone();
+        async move {
+            let h = rc
+                .get("/d/after", Some(GetOptions::new().with_serializable()))
+                .await
+                .ok()?;
+            (!h.kvs().is_empty()).then_some(())
+        }
+    })
+    .await;
 }

@@ -97,10 +97,15 @@ pub(crate) async fn follow(cluster: Cluster, store: Store, mut stop: watch::Rece
 async fn follow_once(cluster: &Cluster, store: &Store, primary: &PrimaryInfo) -> Result<(), Ended> {
     let mut client = cluster.peer(&primary.peer_addr)?;
     let from = store.current_revision() + 1;
+    let head_digest = super::peer::head_digest(store, from - 1)
+        .await
+        .map_err(Ended::Peer)?
+        .unwrap_or(0);
     let mut stream = client
         .follow(pb::FollowRequest {
             node_id: cluster.node_id().to_string(),
             from_revision: from,
+            head_digest,
         })
         .await?
         .into_inner();

@@ -38,6 +38,27 @@ impl PeerService {
     }
 }
 
+/// A digest of the local copy's records at `revision` (every record of it: a transaction is one
+/// revision), over what every node holds alike (`compacted_at` is a node's own); `None` when
+/// the copy has no record there. Never 0, which on the wire means "not sent".
+pub(super) async fn head_digest(store: &Store, revision: i64) -> Result<Option<u64>, Status> {
+    if revision < 1 {
+        return Ok(None);
+    }
+    let records = history(store, revision, revision).await?;
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let mut digest = crate::datafile::wire::CRC64.digest();
+    for mut r in records {
+        r.compacted_at = None;
+        r.replicated_at = None;
+        r.crc = 0;
+        digest.update(&prost::Message::encode_to_vec(&r));
+    }
+    Ok(Some(digest.finalize() | 1))
+}
+
 /// Records with revisions in `from..=to` from the local copy, in order.
 pub(super) async fn history(store: &Store, from: i64, to: i64) -> Result<Vec<pb::Record>, Status> {
     store
@@ -75,14 +96,27 @@ impl pb::peer_server::Peer for PeerService {
         let mut roles = self.cluster.subscribe_role();
         let store = self.ctx.store.clone();
         let mut next = req.from_revision.max(1);
+        // A Replica whose head is not this copy's record at that revision (a deposed writer's
+        // chunk it loaded, say) gets the whole copy: history from there would build on records
+        // that are not in the history. (Revision 1 is each node's own genesis record.)
+        let mut diverged = false;
+        if req.head_digest != 0 && next > 2 && next - 1 > store.compact_revision() {
+            let ours = head_digest(&store, next - 1).await?;
+            if ours != Some(req.head_digest) {
+                tracing::warn!(replica = %req.node_id, head = next - 1, primary_head = store.current_revision(), "replica_diverged: its last record is not this copy's; sending the whole copy");
+                diverged = true;
+            }
+        }
         let out = async_stream::try_stream! {
                     let mut tick = tokio::time::interval(IDLE_TICK);
                     loop {
                         // Whatever the local copy has beyond what was sent: history, or the whole copy
-                        // when compaction has freed part of the history the Replica needs.
+                        // when compaction has freed part of the history the Replica needs (or its
+                        // copy diverged).
                         let head = store.current_revision();
-                        while next <= head {
-                            if next < store.compact_revision() {
+                        while next <= head || diverged {
+                            if next < store.compact_revision() || diverged {
+                                diverged = false;
                                 let (tx, mut rx) = tokio::sync::mpsc::channel(2);
                                 let export = tokio::spawn({
                                     let store = store.clone();
@@ -290,5 +324,44 @@ impl Fanout for Cluster {
             durable_revision: 0,
         };
         let _ = self.feed().send(Arc::new(msg));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durability::from_proto;
+    use crate::testutil::{created, local_store};
+
+    /// Two copies agree on a revision's digest exactly when they hold the same records there.
+    #[tokio::test]
+    async fn the_head_digest_tells_copies_apart_at_one_revision() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (local_store(da.path()), local_store(db.path()));
+        let head = a.current_revision();
+        assert_eq!(head, b.current_revision());
+        let same = created(head + 1, "v");
+        a.import(vec![from_proto(same.clone())]).await.unwrap();
+        b.import(vec![from_proto(same)]).await.unwrap();
+        let (ha, hb) = (
+            head_digest(&a, head + 1).await.unwrap(),
+            head_digest(&b, head + 1).await.unwrap(),
+        );
+        assert!(ha.is_some_and(|d| d != 0));
+        assert_eq!(ha, hb);
+        // The same key and value from another writer is another record.
+        a.import(vec![from_proto(created(head + 2, "w"))])
+            .await
+            .unwrap();
+        let mut other = created(head + 2, "w");
+        other.leader_id = "another-writer".into();
+        b.import(vec![from_proto(other)]).await.unwrap();
+        assert_ne!(
+            head_digest(&a, head + 2).await.unwrap(),
+            head_digest(&b, head + 2).await.unwrap()
+        );
+        // A revision the copy does not have has no digest.
+        assert_eq!(head_digest(&a, head + 3).await.unwrap(), None);
+        assert_eq!(head_digest(&a, 0).await.unwrap(), None);
     }
 }
