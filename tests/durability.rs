@@ -1178,7 +1178,7 @@ async fn a_slow_lock_renewal_does_not_stop_a_single_node() {
     node.wait_ready(READY).await;
     // The node is idle: the only requests are lock renewals (and registration heartbeats). The
     // next one is applied at once but answered after 1.5 s: later than the next renewal is due
-    // (0.5 s), within the holder's lease (2.5 s of the 3 s TTL with the default heartbeat).
+    // (1 s), within the holder's lease (2.875 s of the 3 s TTL with the default heartbeat).
     proxy.set(Mode::SlowResponses(Duration::from_millis(1500)));
     let delayed = proxy.stats().delayed.load(Ordering::Relaxed);
     support::wait::poll(

@@ -41,13 +41,15 @@ impl LockTiming {
             renew_every: heartbeat,
             look_every: heartbeat / 4,
             ttl: heartbeat * (degradation_count.max(1) + 1),
-            margin: heartbeat / 2,
+            margin: heartbeat / 8,
         }
     }
 
-    /// How long the holder trusts a renewal it sent: half an interval below the TTL. A watcher
-    /// counts the TTL from when it first saw the record, which is after the holder sent it, so
-    /// the margin only has to cover the two clocks' rates and the holder's reaction time.
+    /// How long the holder trusts a renewal it sent: an eighth of an interval below the TTL. A
+    /// watcher counts the TTL from when it first saw the record, which is after the holder sent
+    /// it, so the margin only has to cover the two clocks' rates and the holder's reaction
+    /// time. What it leaves decides how slow one renewal may be: sent an interval after the
+    /// last one, it must be answered within TTL − interval − margin (1.875 s at the defaults).
     fn holder_validity(&self) -> Duration {
         self.ttl.saturating_sub(self.margin)
     }
@@ -326,9 +328,9 @@ mod tests {
         assert_eq!(t.renew_every, Duration::from_millis(1000));
         assert_eq!(t.look_every, Duration::from_millis(250));
         assert_eq!(t.ttl, Duration::from_millis(3000));
-        // Trusted until half an interval before a watcher may take over, so a renewal that
-        // failed once (retried after a quarter interval) still lands in time.
-        assert_eq!(t.holder_validity(), Duration::from_millis(2500));
+        // Trusted until an eighth of an interval before a watcher may take over: a renewal sent
+        // an interval after the last one may take 1.875 s to be answered.
+        assert_eq!(t.holder_validity(), Duration::from_millis(2875));
         assert_eq!(t.retry_after(), Duration::from_millis(250));
     }
 
