@@ -71,9 +71,15 @@ async fn state(c: &mut Client, prefix: &str) -> BTreeMap<String, (i64, String)> 
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
-    let bucket = "quorum";
+/// Three nodes on one seaweedfs bucket, `replication.quorum` -1, heartbeat 300 ms, all ready.
+async fn cluster(
+    bucket: &str,
+) -> (
+    support::weed::Weed,
+    netsy::objstore::ObjectStorage,
+    tempfile::TempDir,
+    Vec<Node>,
+) {
     let mut weed = start_weed(bucket);
     let direct = weed.storage();
     weed.wait_ready(&direct).await;
@@ -86,11 +92,13 @@ async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
         node.wait_ready(READY).await;
         nodes.push(node);
     }
-    let p = primary(&nodes, None).await;
-    let mut cl = connect(&nodes[p]).await;
-    // The Primary counts receipts once it has read the other registrations and they have
-    // receipted once: until then writes go to the bucket. A write that leaves the bucket's
-    // chunks as they were was acknowledged by a receipt.
+    (weed, direct, tmp, nodes)
+}
+
+/// The Primary counts receipts once it has read the other registrations and they have
+/// receipted once: until then writes go to the bucket. Waits for a write that leaves the
+/// bucket's chunks as they were (acknowledged by a receipt).
+async fn quorum_path_in_use(cl: &Client, direct: &netsy::objstore::ObjectStorage) {
     support::wait::poll("the quorum path in use", Duration::from_secs(20), || {
         let (mut cl, direct) = (cl.clone(), direct.clone());
         async move {
@@ -101,6 +109,14 @@ async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
+    let (_weed, direct, _tmp, mut nodes) = cluster("quorum").await;
+    let p = primary(&nodes, None).await;
+    let mut cl = connect(&nodes[p]).await;
+    quorum_path_in_use(&cl, &direct).await;
     let chunks_before = direct.list_chunks_after(0).await.expect("list").len();
     let mut acked = BTreeMap::new();
     for n in 0..30 {
@@ -165,32 +181,11 @@ async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
 /// and sends its whole copy, so the Replica serves the history's value again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_copy_diverged_gets_the_whole_copy() {
-    let bucket = "quorum-diverged";
-    let mut weed = start_weed(bucket);
-    let direct = weed.storage();
-    weed.wait_ready(&direct).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let mut spec = NodeSpec::cluster_member(tmp.path(), i, bucket, weed.endpoint(), "300ms");
-        spec.quorum = -1;
-        let mut node = Node::start(spec, &tmp.path().join(format!("work-{i}")));
-        node.wait_ready(READY).await;
-        nodes.push(node);
-    }
+    let (_weed, direct, _tmp, mut nodes) = cluster("quorum-diverged").await;
     let p = primary(&nodes, None).await;
     let r = (p + 1) % 3;
     let mut cl = connect(&nodes[p]).await;
-    support::wait::poll("the quorum path in use", Duration::from_secs(20), || {
-        let (mut cl, direct) = (cl.clone(), direct.clone());
-        async move {
-            let before = direct.list_chunks_after(0).await.ok()?.len();
-            cl.put("/probe", "x", None).await.ok()?;
-            let after = direct.list_chunks_after(0).await.ok()?.len();
-            (after == before).then_some(())
-        }
-    })
-    .await;
+    quorum_path_in_use(&cl, &direct).await;
     for n in 0..10 {
         cl.put(format!("/d/{n}"), format!("v{n}"), None)
             .await

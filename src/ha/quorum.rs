@@ -590,15 +590,7 @@ mod tests {
         }
 
         fn group(revision: i64) -> Vec<Record> {
-            vec![from_proto(pb::Record {
-                revision,
-                key: format!("k{revision}").into_bytes(),
-                created: true,
-                create_revision: revision,
-                version: 1,
-                value: b"v".to_vec(),
-                ..Default::default()
-            })]
+            vec![from_proto(crate::testutil::created(revision, "v"))]
         }
 
         /// The chunks in the bucket: (last revision, number of records).
@@ -843,15 +835,7 @@ mod tests {
     }
 
     fn rec(revision: i64) -> pb::Record {
-        pb::Record {
-            revision,
-            key: format!("k{revision}").into_bytes(),
-            created: true,
-            create_revision: revision,
-            version: 1,
-            value: b"v".to_vec(),
-            ..Default::default()
-        }
+        crate::testutil::created(revision, "v")
     }
 
     fn revisions(records: &[pb::Record]) -> Vec<i64> {
