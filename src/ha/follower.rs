@@ -365,10 +365,19 @@ impl<'a> Receipter<'a> {
             epoch,
             revision,
         };
+        let unary = self.unary.load(std::sync::atomic::Ordering::Relaxed);
+        // The usual case: onto the open stream, nothing else to look up.
+        if !unary
+            && let Some(tx) = &self.stream
+            && !tx.is_closed()
+        {
+            let _ = tx.send(req);
+            return;
+        }
         let Ok(mut client) = self.cluster.peer(&self.primary.peer_addr) else {
             return;
         };
-        if self.unary.load(std::sync::atomic::Ordering::Relaxed) {
+        if unary {
             tokio::spawn(async move {
                 if let Err(e) = client.receipt(req).await {
                     tracing::debug!(error = %e, revision, "receipt not delivered");
@@ -376,13 +385,7 @@ impl<'a> Receipter<'a> {
             });
             return;
         }
-        // A stream that ended (the Primary went away, or refused it) is opened again.
-        if let Some(tx) = &self.stream
-            && !tx.is_closed()
-        {
-            let _ = tx.send(req);
-            return;
-        }
+        // No stream yet, or it ended (the Primary went away, or refused it): open one.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let _ = tx.send(req);
         self.stream = Some(tx);
