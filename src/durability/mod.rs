@@ -122,6 +122,22 @@ impl BucketHook {
         self
     }
 
+    /// The same uploads for another thread (quorum mode's background flush): the same bucket,
+    /// epoch, fence and stop flag, and no fan-out.
+    pub(crate) fn uploader(&self) -> BucketHook {
+        BucketHook {
+            storage: self.storage.clone(),
+            node_id: self.node_id.clone(),
+            rt: self.rt.clone(),
+            committed: self.committed.clone(),
+            epoch: self.epoch,
+            epochs: self.epochs.clone(),
+            stopping: self.stopping.clone(),
+            fence: self.fence.clone(),
+            fanout: None,
+        }
+    }
+
     /// Hands every local commit to `fanout` (the Replicas' feed).
     pub(crate) fn with_fanout(mut self, fanout: impl Fanout) -> Self {
         self.fanout = Some(Box::new(fanout));

@@ -223,10 +223,28 @@ pub(crate) struct QuorumSettings {
     pub metrics: QuorumMetrics,
 }
 
+/// A flush of the chunk buffer running on the blocking pool while the writer goes on (one at a
+/// time). Its records left the buffer; they count as buffered until the chunk is confirmed.
+struct Flight {
+    trigger: &'static str,
+    last: i64,
+    records: usize,
+    bytes: u64,
+    /// When its oldest record entered the buffer.
+    oldest: Instant,
+    started: Instant,
+    done: std::sync::mpsc::Receiver<Result<(), HookError>>,
+}
+
 /// The Primary's commit hook in quorum mode (docs/design/0010, "The write path"): a group is
 /// acknowledged once enough Replicas hold it, and reaches the bucket later in a batch; without
 /// enough healthy Replicas, or without their receipts in time, it goes to the bucket at once,
 /// after the buffer, in one chunk.
+///
+/// Flushes the buffer's thresholds trigger run in the background, so the writer does not stall
+/// for an upload whose time grows with the bucket's latency and the batch's size. Every flush
+/// that something waits for (the sync path, a compaction, a membership change, a requested
+/// flush, the handover) first waits for the one in flight: chunks land in revision order.
 pub(crate) struct QuorumHook {
     bucket: BucketHook,
     receipts: Receipts,
@@ -236,6 +254,7 @@ pub(crate) struct QuorumHook {
     epoch: u64,
     settings: QuorumSettings,
     buffer: ChunkBuffer,
+    flight: Option<Flight>,
     /// The last revision committed (acknowledged or in the bucket): the commit index.
     committed: i64,
     /// The last revision in the bucket.
@@ -270,6 +289,7 @@ impl QuorumHook {
             epoch,
             settings,
             buffer,
+            flight: None,
             committed,
             durable: committed,
             last_by_quorum: false,
@@ -283,20 +303,79 @@ impl QuorumHook {
         (self.buffer.len(), self.buffer.bytes())
     }
 
-    /// The chunk buffer gauges, after the buffer changed or time passed.
+    /// The chunk buffer gauges (the flush in flight included), after a change or as time passes.
     fn gauge_buffer(&self, now: Instant) {
         let m = &self.settings.metrics;
+        let flying = self.flight.as_ref();
+        let records = self.buffer.len() + flying.map_or(0, |f| f.records);
+        let bytes = self.buffer.bytes() + flying.map_or(0, |f| f.bytes);
+        let age = flying.map_or(self.buffer.age(now), |f| now.duration_since(f.oldest));
         m.buffer_records
-            .set(i64::try_from(self.buffer.len()).unwrap_or(i64::MAX));
-        m.buffer_bytes
-            .set(i64::try_from(self.buffer.bytes()).unwrap_or(i64::MAX));
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
+        m.buffer_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         m.buffer_age_seconds
-            .set(i64::try_from(self.buffer.age(now).as_secs()).unwrap_or(i64::MAX));
+            .set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
     }
 
-    /// Uploads the whole buffer as one chunk. The records are acknowledged: if they cannot be
-    /// confirmed in the bucket the node must stop (it cannot tell, and a successor collects).
-    fn flush(&mut self, trigger: &str) -> Result<(), HookError> {
+    /// Counts a finished flush of `records` records; an error becomes indeterminate (they are
+    /// acknowledged: the node must stop, and a successor collects them from the Replicas).
+    fn flushed(
+        &mut self,
+        trigger: &str,
+        started: Instant,
+        records: usize,
+        last: i64,
+        res: Result<(), HookError>,
+    ) -> Result<(), HookError> {
+        let m = &self.settings.metrics;
+        m.flush_duration.observe(started.elapsed().as_secs_f64());
+        m.flushes
+            .with_label_values(&[trigger, if res.is_ok() { "success" } else { "error" }])
+            .inc();
+        res.map_err(|e| match e {
+            HookError::Rejected(e) | HookError::Indeterminate(e) => {
+                HookError::Indeterminate(format!("flushing {records} acknowledged records: {e}"))
+            }
+        })?;
+        self.durable = self.durable.max(last);
+        Ok(())
+    }
+
+    /// Settles the flush in flight: waits for it when `wait`, else only if it has finished.
+    fn land(&mut self, wait: bool) -> Result<(), HookError> {
+        let Some(flight) = &self.flight else {
+            return Ok(());
+        };
+        let res = if wait {
+            flight.done.recv().ok()
+        } else {
+            match flight.done.try_recv() {
+                Ok(res) => Some(res),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        let flight = self.flight.take().expect("checked above");
+        let res = res.unwrap_or_else(|| {
+            Err(HookError::Indeterminate(
+                "the background flush ended without an answer".into(),
+            ))
+        });
+        let out = self.flushed(
+            flight.trigger,
+            flight.started,
+            flight.records,
+            flight.last,
+            res,
+        );
+        self.gauge_buffer(Instant::now());
+        out
+    }
+
+    /// Uploads the whole buffer as one chunk, after the flush in flight, and returns once it is
+    /// confirmed.
+    fn flush(&mut self, trigger: &'static str) -> Result<(), HookError> {
+        self.land(true)?;
         if self.buffer.len() == 0 {
             return Ok(());
         }
@@ -304,20 +383,43 @@ impl QuorumHook {
         tracing::debug!(trigger, records = records.len(), "chunk buffer flush");
         let started = Instant::now();
         let res = self.bucket.persist(&records);
-        let m = &self.settings.metrics;
-        m.flush_duration.observe(started.elapsed().as_secs_f64());
-        m.flushes
-            .with_label_values(&[trigger, if res.is_ok() { "success" } else { "error" }])
-            .inc();
+        let last = records.last().map_or(0, |r| r.revision);
+        let out = self.flushed(trigger, started, records.len(), last, res);
         self.gauge_buffer(Instant::now());
-        res.map_err(|e| match e {
-            HookError::Rejected(e) | HookError::Indeterminate(e) => HookError::Indeterminate(
-                format!("flushing {} acknowledged records: {e}", records.len()),
-            ),
-        })?;
-        if let Some(last) = records.last() {
-            self.durable = last.revision;
+        out
+    }
+
+    /// Starts uploading the whole buffer in the background, unless a flush is in flight (the
+    /// buffer then waits for the next trigger after it lands).
+    fn flush_behind(&mut self, trigger: &'static str, now: Instant) -> Result<(), HookError> {
+        self.land(false)?;
+        if self.flight.is_some() || self.buffer.len() == 0 {
+            return Ok(());
         }
+        let (bytes, oldest) = (self.buffer.bytes(), now - self.buffer.age(now));
+        let records = self.buffer.take();
+        let last = records.last().map_or(0, |r| r.revision);
+        tracing::debug!(
+            trigger,
+            records = records.len(),
+            "chunk buffer flush started"
+        );
+        let (tx, done) = std::sync::mpsc::sync_channel(1);
+        let mut uploader = self.bucket.uploader();
+        let count = records.len();
+        self.rt.spawn_blocking(move || {
+            let _ = tx.send(uploader.persist(&records));
+        });
+        self.flight = Some(Flight {
+            trigger,
+            last,
+            records: count,
+            bytes,
+            oldest,
+            started: now,
+            done,
+        });
+        self.gauge_buffer(now);
         Ok(())
     }
 
@@ -333,8 +435,9 @@ impl CommitHook for QuorumHook {
         };
         self.last_by_quorum = false;
         let now = Instant::now();
+        self.land(false)?;
         if self.buffer.due(now) {
-            self.flush("threshold")?;
+            self.flush_behind("threshold", now)?;
         }
         let required =
             super::collect::required_receipts(self.settings.quorum, (self.settings.nodes)());
@@ -396,7 +499,9 @@ impl CommitHook for QuorumHook {
                 "quorum not met in time; writing the group to the bucket"
             );
         }
-        // The synchronous path, behind the buffer: one chunk, in revision order.
+        // The synchronous path, behind the flush in flight and the buffer: one chunk, in
+        // revision order.
+        self.land(true)?;
         let mut all = self.buffer.take();
         let buffered = all.len();
         all.extend_from_slice(records);
@@ -465,8 +570,11 @@ impl CommitHook for QuorumHook {
         let now = Instant::now();
         if flush {
             self.flush("requested")?;
-        } else if self.buffer.due(now) {
-            self.flush("age")?;
+        } else {
+            self.land(false)?;
+            if self.buffer.due(now) {
+                self.flush_behind("age", now)?;
+            }
         }
         self.gauge_buffer(now);
         Ok(())
@@ -478,7 +586,7 @@ impl Drop for QuorumHook {
     /// bucket first. If that fails, the records stay on the Replicas that receipted them and
     /// the next Primary collects them (0010, "Failover").
     fn drop(&mut self) {
-        let records = self.buffer.len();
+        let records = self.buffer.len() + self.flight.as_ref().map_or(0, |f| f.records);
         if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) = self.flush("handover") {
             tracing::warn!(records, error = %e, "chunk buffer not flushed at handover; a successor collects it from the replicas");
         }
@@ -511,15 +619,16 @@ mod tests {
         }
 
         fn rig() -> Rig {
+            rig_on(Arc::new(object_store::memory::InMemory::new()))
+        }
+
+        fn rig_on(store: crate::objstore::DynStore) -> Rig {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
                 .build()
                 .unwrap();
-            let storage = ObjectStorage::from_parts(
-                Arc::new(object_store::memory::InMemory::new()),
-                Layout::new("").unwrap(),
-            );
+            let storage = ObjectStorage::from_parts(store, Layout::new("").unwrap());
             let receipts = Receipts::new();
             let (feed, mut rx) = tokio::sync::broadcast::channel::<Arc<pb::FollowMessage>>(64);
             let seen = Arc::new(StdMutex::new(Vec::new()));
@@ -725,6 +834,7 @@ mod tests {
             commit(&mut hook, 1).unwrap();
             assert!(chunks(&rig).is_empty());
             hook.tick(false).unwrap();
+            hook.land(true).unwrap();
             assert_eq!(chunks(&rig), [(1, 1)]);
             hook.settings.threshold_age = Duration::from_secs(3600);
             hook.buffer = ChunkBuffer::new(1 << 20, Duration::from_secs(3600));
@@ -736,6 +846,81 @@ mod tests {
             commit(&mut hook, 3).unwrap();
             drop(hook);
             assert_eq!(chunks(&rig), [(1, 1), (2, 1), (3, 1)]);
+        }
+
+        /// A due buffer is uploaded in the background: the writer acknowledges the next groups
+        /// while the upload runs (its time grows with the bucket's latency), and a flush that
+        /// must complete waits for it, so chunks still land in revision order.
+        #[test]
+        fn a_due_flush_runs_behind_the_writer() {
+            let fault = Arc::new(crate::objstore::fault::FaultStore::new(
+                Arc::new(object_store::memory::InMemory::new()),
+                Default::default(),
+                0,
+            ));
+            let rig = rig_on(fault.clone());
+            let mut hook = hook(&rig, Duration::ZERO);
+            commit(&mut hook, 1).unwrap();
+            // Every bucket call now takes 3 s.
+            let slow = Duration::from_secs(3);
+            fault.set_config(crate::objstore::fault::FaultConfig {
+                latency: Some((slow, slow)),
+                ..Default::default()
+            });
+            hook.tick(false).unwrap();
+            assert!(hook.flight.is_some(), "the age trigger started a flush");
+            commit(&mut hook, 2).unwrap();
+            commit(&mut hook, 3).unwrap();
+            assert!(
+                hook.flight.is_some(),
+                "two groups acknowledged while the upload of the first runs"
+            );
+            let m = hook.settings.metrics.clone();
+            assert_eq!(
+                m.buffer_records.get(),
+                3,
+                "the flush in flight still counts"
+            );
+            assert_eq!(hook.buffered().0, 2, "one flush at a time: 2 and 3 wait");
+            fault.set_config(Default::default());
+            hook.tick(true).unwrap();
+            assert_eq!(chunks(&rig), [(1, 1), (3, 2)]);
+            assert_eq!(
+                (
+                    m.flushes.with_label_values(&["age", "success"]).get(),
+                    m.flushes.with_label_values(&["requested", "success"]).get(),
+                    m.buffer_records.get(),
+                ),
+                (1, 1, 0)
+            );
+            // The Replicas learn what is durable from the next message.
+            commit(&mut hook, 4).unwrap();
+            let seen = rig.seen.lock().unwrap().clone();
+            assert_eq!(seen.last().map(|m| m.durable_revision), Some(3));
+        }
+
+        /// A background flush that fails (here: the lease ran out before its upload) stops the
+        /// writer at the next hand-off: its records were acknowledged.
+        #[test]
+        fn a_failed_background_flush_is_indeterminate() {
+            let rig = rig();
+            let fence = Fence::new();
+            fence.extend(std::time::Instant::now(), Duration::from_secs(3600));
+            let mut hook = hook_with_fence(&rig, Duration::ZERO, Some(fence.clone()));
+            commit(&mut hook, 1).unwrap();
+            fence.extend(
+                std::time::Instant::now() - Duration::from_secs(10),
+                Duration::ZERO,
+            );
+            hook.tick(false).unwrap();
+            let err = hook.tick(true).unwrap_err();
+            assert!(
+                matches!(&err, HookError::Indeterminate(m) if m.contains("flushing 1 acknowledged records") && m.contains("lease ran out")),
+                "{err:?}"
+            );
+            assert!(chunks(&rig).is_empty());
+            let m = hook.settings.metrics.clone();
+            assert_eq!(m.flushes.with_label_values(&["age", "error"]).get(), 1);
         }
 
         #[test]
