@@ -194,7 +194,7 @@ async fn a_replica_whose_copy_diverged_gets_the_whole_copy() {
     // The Replica has applied what the commit index covered; its last record is above every
     // chunk (acknowledged by receipts only).
     let rc = connect(&nodes[r]).await;
-    let head = support::wait::poll("the replica applies", Duration::from_secs(10), || {
+    support::wait::poll("the replica applies", Duration::from_secs(10), || {
         let mut rc = rc.clone();
         async move {
             let h = rc
@@ -204,26 +204,31 @@ async fn a_replica_whose_copy_diverged_gets_the_whole_copy() {
                 )
                 .await
                 .ok()?;
-            (h.kvs().len() >= 9).then(|| h.header().unwrap().revision())
+            (h.kvs().len() >= 9).then_some(())
         }
     })
     .await;
-    let bucket_head = direct
-        .list_chunks_after(0)
-        .await
-        .expect("list")
-        .iter()
-        .map(|c| c.revision)
-        .max()
-        .unwrap_or(0);
-    assert!(
-        bucket_head < head,
-        "the replica's head {head} is not in the bucket yet ({bucket_head})"
-    );
     nodes[r].kill9();
     let db = nodes[r].spec.data_dir.join("db.sqlite3");
     let forged_key = {
         let conn = rusqlite::Connection::open(&db).expect("open the replica's copy");
+        // The head when it was killed: the commit index of the last put may have reached it
+        // after the poll above saw nine.
+        let head: i64 = conn
+            .query_row("SELECT MAX(revision) FROM records", [], |row| row.get(0))
+            .expect("the replica's head");
+        let bucket_head = direct
+            .list_chunks_after(0)
+            .await
+            .expect("list")
+            .iter()
+            .map(|c| c.revision)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            bucket_head < head,
+            "the replica's head {head} is not in the bucket yet ({bucket_head})"
+        );
         let key: Vec<u8> = conn
             .query_row(
                 "SELECT key FROM records WHERE revision = ?1",

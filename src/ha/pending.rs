@@ -389,16 +389,22 @@ impl PendingLog {
             .is_some_and(|p| p.done.is_finished() && p.size >= len);
         if ready {
             let prepared = self.prepared.take().expect("checked");
-            let file = prepared
-                .done
-                .join()
-                .map_err(|_| PendingError::Io {
-                    path: prepared.path.clone(),
-                    source: io::Error::other("the segment writer panicked"),
-                })?
-                .map_err(io_err(&prepared.path))?;
-            self.install(file, Some(&prepared.path), prepared.size)?;
-        } else if self.current.is_none() {
+            match prepared.done.join() {
+                Ok(Ok(file)) => {
+                    self.install(file, Some(&prepared.path), prepared.size)?;
+                    self.prepare(len);
+                    return Ok(());
+                }
+                // A disk that is full, say: the current segment grows instead, and the next
+                // append that does not fit tries again.
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %prepared.path.display(), error = %e, "pending log: the next segment could not be written; the current one grows");
+                }
+                Err(_) => tracing::warn!("pending log: the segment writer panicked"),
+            }
+            let _ = fs::remove_file(&prepared.path);
+        }
+        if self.current.is_none() {
             let path = self.dir.join(segment_name(self.next_seq));
             let file = OpenOptions::new()
                 .read(true)
@@ -448,8 +454,16 @@ impl PendingLog {
         let size = self.segment_bytes.max(len);
         let path = self.dir.join(format!("next-{}.tmp", self.next_seq));
         let at = path.clone();
-        let done = std::thread::spawn(move || zero_filled(&at, size));
-        self.prepared = Some(Prepared { path, size, done });
+        match std::thread::Builder::new()
+            .name("netsy-pending-seg".into())
+            .spawn(move || zero_filled(&at, size))
+        {
+            Ok(done) => self.prepared = Some(Prepared { path, size, done }),
+            // The log goes on growing its current segment; the next append tries again.
+            Err(e) => {
+                tracing::warn!(error = %e, "pending log: no thread to write the next segment")
+            }
+        }
     }
 
     /// Pending records above `revision`, in order.
@@ -794,6 +808,33 @@ mod tests {
         log.append(2, "n1", 2, &[rec(3, "c"), rec(4, "d")]).unwrap();
         drop(log);
         let log = PendingLog::open_with(dir.path(), 1 << 16).unwrap();
+        assert_eq!(revisions(log.above(0)), [1, 2, 3, 4]);
+    }
+
+    /// A segment that cannot be written ahead (here its file name is taken by a directory; a
+    /// full disk, say) costs no append: the current segment grows, and a later one is used.
+    #[test]
+    fn a_segment_that_cannot_be_written_ahead_costs_no_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PendingLog::open_with(dir.path(), 8192).unwrap();
+        let blocker = dir.path().join("next-2.tmp");
+        fs::create_dir(&blocker).unwrap();
+        log.append(1, "n1", 0, &[rec(1, "a")]).unwrap();
+        log.wait_prepared();
+        log.append(1, "n1", 1, &[rec(2, "b")]).unwrap();
+        assert_eq!(segment_files(dir.path()).len(), 1, "the first segment grew");
+        fs::remove_dir(&blocker).unwrap();
+        log.wait_prepared();
+        log.append(1, "n1", 2, &[rec(3, "c")]).unwrap();
+        log.wait_prepared();
+        log.append(1, "n1", 3, &[rec(4, "d")]).unwrap();
+        assert_eq!(
+            segment_files(dir.path()).len(),
+            2,
+            "a prepared segment took over"
+        );
+        drop(log);
+        let log = PendingLog::open_with(dir.path(), 8192).unwrap();
         assert_eq!(revisions(log.above(0)), [1, 2, 3, 4]);
     }
 }

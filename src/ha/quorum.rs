@@ -263,6 +263,8 @@ pub(crate) struct QuorumHook {
     last_by_quorum: bool,
     /// The receipts the last group needed.
     required_before: usize,
+    /// The registered nodes when the last group was handled.
+    nodes_before: usize,
 }
 
 impl QuorumHook {
@@ -294,6 +296,7 @@ impl QuorumHook {
             durable: committed,
             last_by_quorum: false,
             required_before: 0,
+            nodes_before: 0,
         }
     }
 
@@ -439,14 +442,17 @@ impl CommitHook for QuorumHook {
         if self.buffer.due(now) {
             self.flush_behind("threshold", now)?;
         }
-        let required =
-            super::collect::required_receipts(self.settings.quorum, (self.settings.nodes)());
-        if required > self.required_before {
+        let nodes = (self.settings.nodes)();
+        let required = super::collect::required_receipts(self.settings.quorum, nodes);
+        if required > self.required_before || nodes < self.nodes_before {
             // More nodes: a collection now asks fewer of the others than records acknowledged
-            // with fewer receipts need; those go to the bucket first (0010, "Membership").
+            // with fewer receipts need. Fewer nodes: a node that left may be one of the few
+            // that hold a buffered group, and a collection no longer asks it. Either way the
+            // buffer goes to the bucket first (0010, "Membership").
             self.flush("membership")?;
         }
         self.required_before = required;
+        self.nodes_before = nodes;
         let healthy = self
             .receipts
             .healthy(self.epoch, self.settings.healthy_within);
@@ -956,6 +962,23 @@ mod tests {
                 1
             );
             assert_eq!(m.required_receipts.get(), 2);
+
+            // Back to three nodes, then one leaves (the receipts needed stay 1): what the
+            // buffer holds may have been receipted by that node alone, which no collection
+            // asks any more.
+            hook.settings.nodes = Box::new(|| 3);
+            commit(&mut hook, 4).unwrap();
+            assert_eq!(hook.buffered().0, 1);
+            hook.settings.nodes = Box::new(|| 2);
+            commit(&mut hook, 5).unwrap();
+            assert_eq!(chunks(&rig), [(1, 1), (2, 1), (3, 1), (4, 1)]);
+            assert_eq!(
+                m.flushes
+                    .with_label_values(&["membership", "success"])
+                    .get(),
+                2
+            );
+            assert_eq!((hook.buffered().0, m.required_receipts.get()), (1, 1));
         }
 
         #[test]
