@@ -566,6 +566,12 @@ mod tests {
                 r#"{"cluster_id":"a","storage":{"bucket_name":"b"},"replication":{"quorum":0},"heartbeat_interval":"500000000000000000s","elector":{"degradation_count":100}}"#,
                 "heartbeat_interval",
             ),
+            // Found by the config fuzz target: a refused value holding an escaped newline was
+            // quoted back with the newline in it.
+            (
+                r#"{"cluster_id":"a","storage":{"bucket_name":"b","encryption":"customer-m\naged"}}"#,
+                "storage.encryption",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).expect_err(text);

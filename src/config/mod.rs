@@ -124,10 +124,24 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A config error. Control characters in the message (a value quoted back from the file may hold
+/// a newline) are escaped, so the error stays one line.
 fn err(key: impl Into<std::borrow::Cow<'static, str>>, message: impl Into<String>) -> ConfigError {
+    let mut message: String = message.into();
+    if message.chars().any(char::is_control) {
+        let mut one_line = String::with_capacity(message.len() + 8);
+        for c in message.chars() {
+            if c.is_control() {
+                one_line.extend(c.escape_default());
+            } else {
+                one_line.push(c);
+            }
+        }
+        message = one_line;
+    }
     ConfigError {
         key: key.into(),
-        message: message.into(),
+        message,
     }
 }
 
