@@ -645,13 +645,15 @@ mod tests {
                     (receipts.clone(), seen.clone(), receipting.clone());
                 async move {
                     while let Ok(msg) = rx.recv().await {
+                        // Seen before receipted: a test that reads `seen` once the hook has
+                        // its receipt finds the message there.
+                        seen.lock().unwrap().push((*msg).clone());
                         let pending = msg.records.last().map(|r| r.revision);
                         if let Some(last) = pending.filter(|&l| l > msg.commit_index)
                             && receipting.load(std::sync::atomic::Ordering::Acquire)
                         {
                             receipts.record("b", msg.epoch, last);
                         }
-                        seen.lock().unwrap().push((*msg).clone());
                     }
                 }
             });
@@ -663,6 +665,18 @@ mod tests {
                 feed,
                 seen,
                 receipting,
+            }
+        }
+
+        /// The messages the fake Replica has seen, once there are at least `n` (at most 10 s).
+        fn seen_at_least(rig: &Rig, n: usize) -> Vec<pb::FollowMessage> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen = rig.seen.lock().unwrap().clone();
+                if seen.len() >= n || Instant::now() >= deadline {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
 
@@ -766,7 +780,7 @@ mod tests {
             drop(hook);
             assert_eq!(path(SYNC), 0, "not Primary any more");
             // The Replica saw each group pending, then its commit index.
-            let seen = rig.seen.lock().unwrap().clone();
+            let seen = seen_at_least(&rig, 6);
             let summary: Vec<(Vec<i64>, i64)> = seen
                 .iter()
                 .map(|m| {
