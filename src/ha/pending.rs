@@ -138,7 +138,9 @@ fn read_groups(bytes: &[u8]) -> (Vec<(u64, Vec<Record>)>, usize) {
     (groups, at)
 }
 
-/// Writes a file of `size` zeros at `path` and makes it durable.
+/// Writes a file of `size` zeros at `path` and makes it durable. Synced a MiB at a time: one
+/// sync of the whole file queues 16 MiB of writeback in front of the appends' own fdatasyncs
+/// (up to 11 ms each while it ran, measured here; about half that a MiB at a time).
 fn zero_filled(path: &Path, size: u64) -> io::Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -151,6 +153,7 @@ fn zero_filled(path: &Path, size: u64) -> io::Result<File> {
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
         file.write_all(&block[..n])?;
+        file.sync_data()?;
         left -= n as u64;
     }
     file.sync_all()?;
