@@ -13,6 +13,7 @@
 
 mod collect;
 mod follower;
+mod forward;
 pub(crate) mod lock;
 pub(crate) mod members;
 pub(crate) mod metrics;
@@ -116,6 +117,10 @@ struct Inner {
     pending: std::sync::OnceLock<Arc<tokio::sync::Mutex<pending::PendingLog>>>,
     /// The newest writer epoch whose stream this node has followed.
     followed: std::sync::atomic::AtomicU64,
+    /// On a Replica: the stream that carries forwarded requests to the Primary.
+    forward: Mutex<Option<Arc<forward::ForwardLink>>>,
+    /// The Primary at this address answered the stream with Unimplemented: unary calls to it.
+    forward_unary: Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -143,6 +148,8 @@ impl Cluster {
                 receipts: quorum::Receipts::new(),
                 pending: std::sync::OnceLock::new(),
                 followed: std::sync::atomic::AtomicU64::new(0),
+                forward: Mutex::new(None),
+                forward_unary: Mutex::new(None),
             }),
         }
     }
@@ -344,6 +351,63 @@ impl Cluster {
         method: pb::ForwardMethod,
         req: Vec<u8>,
     ) -> Result<Vec<u8>, Forwarded> {
+        if !self.forwards_unary(&primary.peer_addr) {
+            let link = self.forward_link(&primary.peer_addr)?;
+            // The request is kept for a unary call in case the Primary turns out not to know
+            // the stream (only its first requests after an upgrade pay the copy).
+            let unary_copy = (!link.is_answering()).then(|| req.clone());
+            match link
+                .call(method, req, &self.inner.node_id, FORWARD_DEADLINE)
+                .await
+            {
+                Err(Forwarded::NotExecuted(s)) if link.unimplemented() => {
+                    *self
+                        .inner
+                        .forward_unary
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(primary.peer_addr.clone());
+                    let Some(req) = unary_copy else {
+                        return Err(Forwarded::NotExecuted(s));
+                    };
+                    return self.forward_unary_call(primary, method, req).await;
+                }
+                other => return other,
+            }
+        }
+        self.forward_unary_call(primary, method, req).await
+    }
+
+    /// Whether forwarded requests to the Primary at `addr` go as unary calls.
+    fn forwards_unary(&self, addr: &str) -> bool {
+        self.inner
+            .forward_unary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(addr)
+    }
+
+    /// The open forwarding stream to the Primary at `addr`, opened when there is none.
+    fn forward_link(&self, addr: &str) -> Result<Arc<forward::ForwardLink>, Forwarded> {
+        let mut link = self.inner.forward.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = link.as_ref()
+            && l.addr() == addr
+            && l.is_open()
+        {
+            return Ok(l.clone());
+        }
+        let client = self.peer(addr).map_err(Forwarded::NotExecuted)?;
+        let l = Arc::new(forward::ForwardLink::open(addr, client));
+        *link = Some(l.clone());
+        Ok(l)
+    }
+
+    async fn forward_unary_call(
+        &self,
+        primary: &PrimaryInfo,
+        method: pb::ForwardMethod,
+        req: Vec<u8>,
+    ) -> Result<Vec<u8>, Forwarded> {
         let mut client = self
             .peer(&primary.peer_addr)
             .map_err(Forwarded::NotExecuted)?;
@@ -351,6 +415,7 @@ impl Cluster {
             method: method as i32,
             request: req,
             node_id: self.inner.node_id.clone(),
+            id: 0,
         });
         request.set_timeout(FORWARD_DEADLINE);
         let resp = client
@@ -468,6 +533,7 @@ impl Router for Cluster {
 }
 
 /// How a forwarded call failed.
+#[derive(Debug)]
 enum Forwarded {
     /// Certainly not executed: safe to send again (to the next Primary).
     NotExecuted(Status),

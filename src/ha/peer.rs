@@ -83,6 +83,8 @@ pub(super) async fn history(store: &Store, from: i64, to: i64) -> Result<Vec<pb:
 impl pb::peer_server::Peer for PeerService {
     type FollowStream =
         Pin<Box<dyn Stream<Item = Result<pb::FollowMessage, Status>> + Send + 'static>>;
+    type ForwardStreamStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ForwardAnswer, Status>> + Send + 'static>>;
 
     async fn follow(
         &self,
@@ -228,6 +230,45 @@ impl pb::peer_server::Peer for PeerService {
             pb::ForwardMethod::try_from(req.method).unwrap_or(pb::ForwardMethod::ForwardUnknown);
         let response = api::local::execute(&self.ctx, method, &req.request).await?;
         Ok(Response::new(pb::ForwardResponse { response }))
+    }
+
+    async fn forward_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::ForwardRequest>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        self.epoch()?;
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ctx, cluster) = (self.ctx.clone(), self.cluster.clone());
+        tokio::spawn(async move {
+            // Each request runs on its own task, as a unary call would: one that waits for the
+            // writer does not hold up the others. The answers stream ends once the Replica
+            // closed its side and every answer is sent.
+            while let Ok(Some(req)) = requests.message().await {
+                let (ctx, cluster, tx) = (ctx.clone(), cluster.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let answer = match cluster.role() {
+                        Role::Primary { .. } => {
+                            let method = pb::ForwardMethod::try_from(req.method)
+                                .unwrap_or(pb::ForwardMethod::ForwardUnknown);
+                            match api::local::execute(&ctx, method, &req.request).await {
+                                Ok(response) => pb::ForwardAnswer {
+                                    id: req.id,
+                                    response,
+                                    ..Default::default()
+                                },
+                                Err(s) => super::forward::failed_answer(req.id, &s),
+                            }
+                        }
+                        _ => super::forward::failed_answer(req.id, &super::not_primary()),
+                    };
+                    let _ = tx.send(Ok(answer));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
     }
 
     async fn receipt(
