@@ -9,7 +9,7 @@ use etcd_client::proto::{
     PbCompactionRequest, PbCompactionResponse, PbLeaseGrantRequest, PbLeaseGrantResponse,
     PbLeaseKeepAliveRequest, PbLeaseKeepAliveResponse, PbLeaseLeasesRequest, PbLeaseLeasesResponse,
     PbLeaseRevokeRequest, PbLeaseRevokeResponse, PbLeaseStatus, PbLeaseTimeToLiveRequest,
-    PbLeaseTimeToLiveResponse, PbTxnRequest, PbTxnResponse,
+    PbLeaseTimeToLiveResponse, PbTxnOpResponse, PbTxnRequest, PbTxnResponse,
 };
 use prost::Message;
 use tonic::Status;
@@ -17,6 +17,17 @@ use tonic::Status;
 use super::Context;
 use super::status::RequestError;
 use crate::proto::ForwardMethod;
+
+/// Whether a transaction's answer shows a write: a put, a delete of at least one key, or a
+/// nested transaction that wrote.
+fn wrote(resp: &PbTxnResponse) -> bool {
+    resp.responses.iter().any(|r| match &r.response {
+        Some(PbTxnOpResponse::ResponsePut(_)) => true,
+        Some(PbTxnOpResponse::ResponseDeleteRange(d)) => d.deleted > 0,
+        Some(PbTxnOpResponse::ResponseTxn(t)) => wrote(t),
+        Some(PbTxnOpResponse::ResponseRange(_)) | None => false,
+    })
+}
 
 /// etcd's minimum TTL with default election settings: ceil(1.5 × 10 × 100 ms) = 2 s.
 pub(crate) const MIN_TTL: i64 = 2;
@@ -59,6 +70,13 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, Status> {
 /// A write (Put and DeleteRange are one-op Txns).
 pub(crate) async fn txn(ctx: &Context, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
     let mut resp = ctx.store.txn(req).await?;
+    // A transaction that wrote nothing (a failed compare, a delete of no key) never reached the
+    // bucket, whose upload is what proves a write's lease: its answer is a read of this copy,
+    // given only while the lease still holds, as for a linearizable read. A writer paused past
+    // its lease and resumed would otherwise answer from a copy its successor has moved past.
+    if !wrote(&resp) && !ctx.router.lease_holds() {
+        return Err(super::status::leader_changed());
+    }
     let rev = resp.header.as_ref().map_or(0, |h| h.revision);
     resp.header = Some(ctx.header(rev));
     Ok(resp)
@@ -161,5 +179,129 @@ pub(crate) fn keep_alive(ctx: &Context, id: i64) -> PbLeaseKeepAliveResponse {
         header: Some(ctx.header(rev)),
         id,
         ttl,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use etcd_client::proto::{
+        PbCompare, PbDeleteRequest, PbMember, PbPutRequest, PbRangeRequest, PbTargetUnion,
+        PbTxnOpRequest, PbTxnRequest, PbTxnRequestOp,
+    };
+
+    use super::*;
+    use crate::api::{ApiOptions, Leader, Member, Router};
+
+    /// A writer whose lease has run out (paused past it, say) and that has not noticed yet.
+    struct Deposed;
+
+    #[tonic::async_trait]
+    impl Router for Deposed {
+        async fn route(
+            &self,
+            _: ForwardMethod,
+            _: &(dyn Fn() -> Vec<u8> + Send + Sync),
+        ) -> Result<Option<Vec<u8>>, Status> {
+            Ok(None)
+        }
+        async fn wait_applied(&self, _: i64) -> Result<(), Status> {
+            Ok(())
+        }
+        async fn read_barrier(&self) -> Result<(), Status> {
+            Err(crate::api::status::leader_changed())
+        }
+        fn lease_holds(&self) -> bool {
+            false
+        }
+        fn term(&self) -> u64 {
+            1
+        }
+        fn leader(&self) -> Leader {
+            Leader::ThisNode
+        }
+        async fn members(&self) -> Vec<PbMember> {
+            Vec::new()
+        }
+    }
+
+    fn op(request: PbTxnOpRequest) -> PbTxnRequestOp {
+        PbTxnRequestOp {
+            request: Some(request),
+        }
+    }
+
+    /// A transaction that wrote nothing is a read of the local copy: a writer whose lease ran
+    /// out must not answer it (the pause-primary nemesis found a failed compare answered at a
+    /// revision the successor had moved past). One that wrote was fenced by its upload.
+    #[tokio::test]
+    async fn a_deposed_writer_answers_no_transaction_that_wrote_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::testutil::local_store(dir.path());
+        let ctx = Context {
+            store: store.clone(),
+            hub: crate::watch::WatchHub::new(Default::default()),
+            member: Arc::new(Member {
+                cluster_id: 1,
+                member_id: 1,
+                name: "a".into(),
+                client_urls: Vec::new(),
+                peer_urls: Vec::new(),
+            }),
+            options: Arc::new(ApiOptions {
+                max_request_bytes: 1 << 20,
+                progress_notify_interval: std::time::Duration::from_secs(600),
+            }),
+            metrics: crate::metrics::Metrics::new("a", "c"),
+            serving: Arc::new(AtomicBool::new(true)),
+            router: Arc::new(Deposed),
+        };
+        let put = |key: &str| {
+            op(PbTxnOpRequest::RequestPut(PbPutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }))
+        };
+        // Written (a store without a bucket here; in a node the upload checks the lease).
+        let wrote = txn(
+            &ctx,
+            PbTxnRequest {
+                success: vec![put("k")],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a write is answered");
+        assert!(wrote.succeeded);
+        // A failed compare: the else branch reads.
+        let failed_compare = PbTxnRequest {
+            compare: vec![PbCompare {
+                key: b"k".to_vec(),
+                target: 2, // MOD
+                result: 0, // EQUAL
+                target_union: Some(PbTargetUnion::ModRevision(999)),
+                ..Default::default()
+            }],
+            success: vec![put("k")],
+            failure: vec![op(PbTxnOpRequest::RequestRange(PbRangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            }))],
+        };
+        let err = txn(&ctx, failed_compare).await.unwrap_err();
+        assert_eq!(err.message(), "etcdserver: leader changed");
+        // A delete of no key.
+        let none = PbTxnRequest {
+            success: vec![op(PbTxnOpRequest::RequestDeleteRange(PbDeleteRequest {
+                key: b"absent".to_vec(),
+                ..Default::default()
+            }))],
+            ..Default::default()
+        };
+        let err = txn(&ctx, none).await.unwrap_err();
+        assert_eq!(err.message(), "etcdserver: leader changed");
     }
 }

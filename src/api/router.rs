@@ -26,6 +26,10 @@ pub trait Router: Send + Sync + 'static {
     async fn wait_applied(&self, revision: i64) -> Result<(), Status>;
     /// Returns once a linearizable read may be served from the local copy.
     async fn read_barrier(&self) -> Result<(), Status>;
+    /// Whether this node is the writer and certainly still was when this is called: checked
+    /// *after* a write request that wrote nothing was evaluated (its answer is a read of the
+    /// local copy, which a deposed writer may no longer be entitled to give).
+    fn lease_holds(&self) -> bool;
     /// The term clients see as `raft_term` (the writer epoch; 0 while unknown).
     fn term(&self) -> u64;
     /// Which node is the Primary.
@@ -75,6 +79,9 @@ impl Router for Standalone {
     }
     async fn read_barrier(&self) -> Result<(), Status> {
         Ok(())
+    }
+    fn lease_holds(&self) -> bool {
+        true
     }
     fn term(&self) -> u64 {
         1

@@ -491,6 +491,10 @@ impl Router for Cluster {
         Cluster::read_barrier(self).await
     }
 
+    fn lease_holds(&self) -> bool {
+        self.primary_lease_holds()
+    }
+
     fn term(&self) -> u64 {
         self.role().term()
     }
