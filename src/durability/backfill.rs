@@ -96,7 +96,15 @@ pub(crate) async fn backfill(
         store.replace_commit(compaction).await?;
     }
     let total = stats.chunks + stats.orphans;
-    if writer && snapshot.is_none() && total == 0 && local <= 1 {
+    // A local copy of one revision loads no chunk even when the bucket has the genesis chunk
+    // (a rebuilt copy starts with its own genesis record; with a single node's write-ahead log,
+    // 0011, the next chunk may not be written yet): only a bucket with no chunk at all is empty.
+    if writer
+        && snapshot.is_none()
+        && total == 0
+        && local <= 1
+        && storage.list_chunks_after(0).await?.is_empty()
+    {
         // An empty bucket: make the genesis record the first chunk, like the original's
         // preflight, so a rebuilt node finds a complete history.
         let genesis = genesis_record(store).await?;

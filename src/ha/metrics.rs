@@ -7,6 +7,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec,
 /// Label values of `path`.
 pub(crate) const SYNC: &str = "sync";
 pub(crate) const QUORUM: &str = "quorum";
+/// A single node's write-ahead log in its local bucket directory (`wal`).
+pub(crate) const LOG: &str = "log";
 
 #[derive(Clone)]
 pub(crate) struct QuorumMetrics {
@@ -125,7 +127,7 @@ impl QuorumMetrics {
 
     /// The path a group took and whether it succeeded.
     pub(crate) fn group(&self, path: &str, ok: bool, seconds: f64) {
-        for p in [SYNC, QUORUM] {
+        for p in [SYNC, QUORUM, LOG] {
             self.write_path
                 .with_label_values(&[p])
                 .set(i64::from(p == path));
@@ -139,7 +141,7 @@ impl QuorumMetrics {
 
     /// Clears the Primary-only gauges (the node is no longer Primary).
     pub(crate) fn reset(&self) {
-        for p in [SYNC, QUORUM] {
+        for p in [SYNC, QUORUM, LOG] {
             self.write_path.with_label_values(&[p]).set(0);
         }
         self.required_receipts.set(0);

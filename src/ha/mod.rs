@@ -21,6 +21,7 @@ pub(crate) mod peer;
 pub(crate) mod pending;
 mod quorum;
 pub(crate) mod supervisor;
+pub(crate) mod wal;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

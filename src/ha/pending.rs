@@ -164,6 +164,43 @@ fn segment_name(seq: u64) -> String {
     format!("seg-{seq:016}")
 }
 
+/// Reads the whole groups of the log in `dir` without changing anything (another process may
+/// still hold it open): the newest epoch found and its records, in order. A missing directory
+/// reads as empty.
+pub(crate) fn read(dir: &Path) -> Result<(u64, Vec<Record>), PendingError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut found: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_err(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == LEGACY {
+            found.push((0, path));
+        } else if let Some(seq) = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            found.push((seq, path));
+        }
+    }
+    found.sort();
+    let mut all: Vec<(u64, Vec<Record>)> = Vec::new();
+    for (_, path) in found {
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        all.extend(read_groups(&bytes).0);
+    }
+    let epoch = all.iter().map(|(e, _)| *e).max().unwrap_or(0);
+    let records = all
+        .into_iter()
+        .filter(|(e, _)| *e == epoch)
+        .flat_map(|(_, g)| g)
+        .collect();
+    Ok((epoch, records))
+}
+
 impl PendingLog {
     /// Opens (creating) the pending log in `dir`, keeping every whole group of the newest epoch
     /// and cutting a torn tail.
@@ -486,6 +523,34 @@ impl PendingLog {
         }
         self.records.drain(..at);
         self.drop_segments(|s| s.last.is_none_or(|l| l <= revision))
+    }
+
+    /// Forgets the records through `revision` (they are in the bucket) and removes the sealed
+    /// segments that held only those, but keeps the current segment even when nothing in it is
+    /// pending: a log that empties many times a second (a single node's write-ahead log, 0011)
+    /// would otherwise remove its written-ahead segment every time and grow a new one. A
+    /// restart re-reads the forgotten groups of it; the reader skips what the bucket holds.
+    pub(crate) fn forget(&mut self, revision: i64) -> Result<(), PendingError> {
+        let at = self.records.partition_point(|r| r.revision <= revision);
+        if at == 0 {
+            return Ok(());
+        }
+        self.records.drain(..at);
+        let mut removed = false;
+        let mut keep = Vec::new();
+        for seg in std::mem::take(&mut self.sealed) {
+            if seg.last.is_none_or(|l| l <= revision) {
+                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+                removed = true;
+            } else {
+                keep.push(seg);
+            }
+        }
+        self.sealed = keep;
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Drops every pending record and starts the log over for `epoch`.

@@ -236,79 +236,60 @@ struct Flight {
     done: std::sync::mpsc::Receiver<Result<(), HookError>>,
 }
 
-/// The Primary's commit hook in quorum mode (docs/design/0010, "The write path"): a group is
-/// acknowledged once enough Replicas hold it, and reaches the bucket later in a batch; without
-/// enough healthy Replicas, or without their receipts in time, it goes to the bucket at once,
-/// after the buffer, in one chunk.
+/// The chunk buffer and its uploads, for a hook that acknowledges groups before they are in the
+/// bucket (the quorum hook; a single node's write-ahead log, `wal`).
 ///
 /// Flushes the buffer's thresholds trigger run in the background, so the writer does not stall
 /// for an upload whose time grows with the bucket's latency and the batch's size. Every flush
 /// that something waits for (the sync path, a compaction, a membership change, a requested
 /// flush, the handover) first waits for the one in flight: chunks land in revision order.
-pub(crate) struct QuorumHook {
+pub(crate) struct Uploads {
     bucket: BucketHook,
-    receipts: Receipts,
-    feed: tokio::sync::broadcast::Sender<Arc<pb::FollowMessage>>,
     rt: Handle,
-    fence: Option<Fence>,
-    epoch: u64,
-    settings: QuorumSettings,
-    buffer: ChunkBuffer,
+    pub(crate) buffer: ChunkBuffer,
     flight: Option<Flight>,
-    /// The last revision committed (acknowledged or in the bucket): the commit index.
-    committed: i64,
     /// The last revision in the bucket.
-    durable: i64,
-    /// The last group was acknowledged by receipts (its records have been sent already).
-    last_by_quorum: bool,
-    /// The receipts the last group needed.
-    required_before: usize,
-    /// The registered nodes when the last group was handled.
-    nodes_before: usize,
+    pub(crate) durable: i64,
+    metrics: QuorumMetrics,
 }
 
-impl QuorumHook {
-    /// `bucket` makes groups durable when receipts do not (it must have no fan-out of its
-    /// own: this hook feeds the Replicas); `committed` is the local head at promotion.
-    #[allow(clippy::too_many_arguments)]
+impl Uploads {
+    /// `bucket` uploads the chunks (it must have no fan-out of its own); `durable` is the
+    /// bucket's last revision.
     pub(crate) fn new(
         bucket: BucketHook,
-        receipts: Receipts,
-        feed: tokio::sync::broadcast::Sender<Arc<pb::FollowMessage>>,
         rt: Handle,
-        fence: Option<Fence>,
-        epoch: u64,
-        settings: QuorumSettings,
-        committed: i64,
+        buffer: ChunkBuffer,
+        durable: i64,
+        metrics: QuorumMetrics,
     ) -> Self {
-        let buffer = ChunkBuffer::new(settings.threshold_bytes, settings.threshold_age);
-        QuorumHook {
+        Uploads {
             bucket,
-            receipts,
-            feed,
             rt,
-            fence,
-            epoch,
-            settings,
             buffer,
             flight: None,
-            committed,
-            durable: committed,
-            last_by_quorum: false,
-            required_before: 0,
-            nodes_before: 0,
+            durable,
+            metrics,
         }
     }
 
-    /// Records in the buffer and their size.
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> (usize, u64) {
-        (self.buffer.len(), self.buffer.bytes())
+    /// The bucket hook (leases and compaction go straight to the bucket).
+    pub(crate) fn bucket(&mut self) -> &mut BucketHook {
+        &mut self.bucket
+    }
+
+    pub(crate) fn metrics(&self) -> &QuorumMetrics {
+        &self.metrics
+    }
+
+    /// Records buffered or in flight.
+    pub(crate) fn unconfirmed(&self) -> usize {
+        self.buffer.len() + self.flight.as_ref().map_or(0, |f| f.records)
     }
 
     /// The chunk buffer gauges (the flush in flight included), after a change or as time passes.
-    fn gauge_buffer(&self, now: Instant) {
-        let m = &self.settings.metrics;
+    pub(crate) fn gauge(&self, now: Instant) {
+        let m = &self.metrics;
         let flying = self.flight.as_ref();
         let records = self.buffer.len() + flying.map_or(0, |f| f.records);
         let bytes = self.buffer.bytes() + flying.map_or(0, |f| f.bytes);
@@ -321,7 +302,7 @@ impl QuorumHook {
     }
 
     /// Counts a finished flush of `records` records; an error becomes indeterminate (they are
-    /// acknowledged: the node must stop, and a successor collects them from the Replicas).
+    /// acknowledged: the node must stop, and a successor collects them).
     fn flushed(
         &mut self,
         trigger: &str,
@@ -330,7 +311,7 @@ impl QuorumHook {
         last: i64,
         res: Result<(), HookError>,
     ) -> Result<(), HookError> {
-        let m = &self.settings.metrics;
+        let m = &self.metrics;
         m.flush_duration.observe(started.elapsed().as_secs_f64());
         m.flushes
             .with_label_values(&[trigger, if res.is_ok() { "success" } else { "error" }])
@@ -345,7 +326,7 @@ impl QuorumHook {
     }
 
     /// Settles the flush in flight: waits for it when `wait`, else only if it has finished.
-    fn land(&mut self, wait: bool) -> Result<(), HookError> {
+    pub(crate) fn land(&mut self, wait: bool) -> Result<(), HookError> {
         let Some(flight) = &self.flight else {
             return Ok(());
         };
@@ -371,13 +352,13 @@ impl QuorumHook {
             flight.last,
             res,
         );
-        self.gauge_buffer(Instant::now());
+        self.gauge(Instant::now());
         out
     }
 
     /// Uploads the whole buffer as one chunk, after the flush in flight, and returns once it is
     /// confirmed.
-    fn flush(&mut self, trigger: &'static str) -> Result<(), HookError> {
+    pub(crate) fn flush(&mut self, trigger: &'static str) -> Result<(), HookError> {
         self.land(true)?;
         if self.buffer.len() == 0 {
             return Ok(());
@@ -388,13 +369,17 @@ impl QuorumHook {
         let res = self.bucket.persist(&records);
         let last = records.last().map_or(0, |r| r.revision);
         let out = self.flushed(trigger, started, records.len(), last, res);
-        self.gauge_buffer(Instant::now());
+        self.gauge(Instant::now());
         out
     }
 
     /// Starts uploading the whole buffer in the background, unless a flush is in flight (the
     /// buffer then waits for the next trigger after it lands).
-    fn flush_behind(&mut self, trigger: &'static str, now: Instant) -> Result<(), HookError> {
+    pub(crate) fn flush_behind(
+        &mut self,
+        trigger: &'static str,
+        now: Instant,
+    ) -> Result<(), HookError> {
         self.land(false)?;
         if self.flight.is_some() || self.buffer.len() == 0 {
             return Ok(());
@@ -422,8 +407,92 @@ impl QuorumHook {
             started: now,
             done,
         });
-        self.gauge_buffer(now);
+        self.gauge(now);
         Ok(())
+    }
+
+    /// The synchronous path: `records` go to the bucket behind the flush in flight and the
+    /// buffer, in one chunk (revision order). Also returns how many buffered records went with
+    /// them: once those were acknowledged, a failure is not ours to report as "not applied".
+    pub(crate) fn sync(&mut self, records: &[Record]) -> (usize, Result<(), HookError>) {
+        if let Err(e) = self.land(true) {
+            return (0, Err(e));
+        }
+        let mut all = self.buffer.take();
+        let buffered = all.len();
+        all.extend_from_slice(records);
+        let res = self.bucket.persist(&all);
+        if res.is_ok() {
+            self.durable = all.last().map_or(self.durable, |r| r.revision);
+        }
+        self.gauge(Instant::now());
+        (buffered, res)
+    }
+}
+
+/// The Primary's commit hook in quorum mode (docs/design/0010, "The write path"): a group is
+/// acknowledged once enough Replicas hold it, and reaches the bucket later in a batch
+/// ([`Uploads`]); without enough healthy Replicas, or without their receipts in time, it goes
+/// to the bucket at once, after the buffer, in one chunk.
+pub(crate) struct QuorumHook {
+    uploads: Uploads,
+    receipts: Receipts,
+    feed: tokio::sync::broadcast::Sender<Arc<pb::FollowMessage>>,
+    rt: Handle,
+    fence: Option<Fence>,
+    epoch: u64,
+    settings: QuorumSettings,
+    /// The last revision committed (acknowledged or in the bucket): the commit index.
+    committed: i64,
+    /// The last group was acknowledged by receipts (its records have been sent already).
+    last_by_quorum: bool,
+    /// The receipts the last group needed.
+    required_before: usize,
+    /// The registered nodes when the last group was handled.
+    nodes_before: usize,
+}
+
+impl QuorumHook {
+    /// `bucket` makes groups durable when receipts do not (it must have no fan-out of its
+    /// own: this hook feeds the Replicas); `committed` is the local head at promotion.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        bucket: BucketHook,
+        receipts: Receipts,
+        feed: tokio::sync::broadcast::Sender<Arc<pb::FollowMessage>>,
+        rt: Handle,
+        fence: Option<Fence>,
+        epoch: u64,
+        settings: QuorumSettings,
+        committed: i64,
+    ) -> Self {
+        let buffer = ChunkBuffer::new(settings.threshold_bytes, settings.threshold_age);
+        let uploads = Uploads::new(
+            bucket,
+            rt.clone(),
+            buffer,
+            committed,
+            settings.metrics.clone(),
+        );
+        QuorumHook {
+            uploads,
+            receipts,
+            feed,
+            rt,
+            fence,
+            epoch,
+            settings,
+            committed,
+            last_by_quorum: false,
+            required_before: 0,
+            nodes_before: 0,
+        }
+    }
+
+    /// Records in the buffer and their size.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> (usize, u64) {
+        (self.uploads.buffer.len(), self.uploads.buffer.bytes())
     }
 
     fn fenced(&self) -> bool {
@@ -438,9 +507,9 @@ impl CommitHook for QuorumHook {
         };
         self.last_by_quorum = false;
         let now = Instant::now();
-        self.land(false)?;
-        if self.buffer.due(now) {
-            self.flush_behind("threshold", now)?;
+        self.uploads.land(false)?;
+        if self.uploads.buffer.due(now) {
+            self.uploads.flush_behind("threshold", now)?;
         }
         let nodes = (self.settings.nodes)();
         let required = super::collect::required_receipts(self.settings.quorum, nodes);
@@ -449,7 +518,7 @@ impl CommitHook for QuorumHook {
             // with fewer receipts need. Fewer nodes: a node that left may be one of the few
             // that hold a buffered group, and a collection no longer asks it. Either way the
             // buffer goes to the bucket first (0010, "Membership").
-            self.flush("membership")?;
+            self.uploads.flush("membership")?;
         }
         self.required_before = required;
         self.nodes_before = nodes;
@@ -464,7 +533,7 @@ impl CommitHook for QuorumHook {
             .healthy_replicas
             .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         let mut sent = false;
-        if required > 0 && healthy >= required && !self.buffer.over_limit() {
+        if required > 0 && healthy >= required && !self.uploads.buffer.over_limit() {
             let msg = pb::FollowMessage {
                 epoch: self.epoch,
                 records: records.iter().map(to_proto).collect(),
@@ -472,7 +541,7 @@ impl CommitHook for QuorumHook {
                 compaction_revision: 0,
                 replace_through: 0,
                 commit_index: self.committed,
-                durable_revision: self.durable,
+                durable_revision: self.uploads.durable,
             };
             sent = self.feed.send(Arc::new(msg)).is_ok();
             let (receipts, epoch, needed, timeout) = (
@@ -487,11 +556,11 @@ impl CommitHook for QuorumHook {
                     .block_on(async move { receipts.wait(epoch, last, needed, timeout).await });
             let fenced = self.fenced();
             if met && !fenced {
-                self.buffer.push(records, now);
+                self.uploads.buffer.push(records, now);
                 self.last_by_quorum = true;
                 let done = Instant::now();
                 metrics.group(QUORUM, true, done.duration_since(now).as_secs_f64());
-                self.gauge_buffer(done);
+                self.uploads.gauge(done);
                 return Ok(());
             }
             metrics
@@ -507,18 +576,10 @@ impl CommitHook for QuorumHook {
         }
         // The synchronous path, behind the flush in flight and the buffer: one chunk, in
         // revision order.
-        self.land(true)?;
-        let mut all = self.buffer.take();
-        let buffered = all.len();
-        all.extend_from_slice(records);
-        let res = self.bucket.persist(&all);
+        let (buffered, res) = self.uploads.sync(records);
         metrics.group(SYNC, res.is_ok(), now.elapsed().as_secs_f64());
-        self.gauge_buffer(Instant::now());
         match res {
-            Ok(()) => {
-                self.durable = last;
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(HookError::Rejected(e)) if buffered > 0 || sent => {
                 // Acknowledged records, or records Replicas hold: the outcome is not ours to
                 // decide any more.
@@ -529,17 +590,17 @@ impl CommitHook for QuorumHook {
     }
 
     fn lease_granted(&mut self, id: i64, ttl: i64) -> Result<(), HookError> {
-        self.bucket.lease_granted(id, ttl)
+        self.uploads.bucket().lease_granted(id, ttl)
     }
 
     fn lease_revoked(&mut self, id: i64) {
-        self.bucket.lease_revoked(id);
+        self.uploads.bucket().lease_revoked(id);
     }
 
     fn compacted(&mut self, rev: i64) -> Result<(), HookError> {
         // The compaction object must not point above records only peers hold.
-        self.flush("compaction")?;
-        self.bucket.compacted(rev)
+        self.uploads.flush("compaction")?;
+        self.uploads.bucket().compacted(rev)
     }
 
     fn published(&mut self, records: &[Record], revision: i64) {
@@ -556,7 +617,7 @@ impl CommitHook for QuorumHook {
             compaction_revision: 0,
             replace_through: 0,
             commit_index: revision,
-            durable_revision: self.durable,
+            durable_revision: self.uploads.durable,
         }));
     }
 
@@ -575,14 +636,14 @@ impl CommitHook for QuorumHook {
     fn tick(&mut self, flush: bool) -> Result<(), HookError> {
         let now = Instant::now();
         if flush {
-            self.flush("requested")?;
+            self.uploads.flush("requested")?;
         } else {
-            self.land(false)?;
-            if self.buffer.due(now) {
-                self.flush_behind("age", now)?;
+            self.uploads.land(false)?;
+            if self.uploads.buffer.due(now) {
+                self.uploads.flush_behind("age", now)?;
             }
         }
-        self.gauge_buffer(now);
+        self.uploads.gauge(now);
         Ok(())
     }
 }
@@ -592,8 +653,10 @@ impl Drop for QuorumHook {
     /// bucket first. If that fails, the records stay on the Replicas that receipted them and
     /// the next Primary collects them (0010, "Failover").
     fn drop(&mut self) {
-        let records = self.buffer.len() + self.flight.as_ref().map_or(0, |f| f.records);
-        if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) = self.flush("handover") {
+        let records = self.uploads.unconfirmed();
+        if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) =
+            self.uploads.flush("handover")
+        {
             tracing::warn!(records, error = %e, "chunk buffer not flushed at handover; a successor collects it from the replicas");
         }
         self.settings.metrics.reset();
@@ -854,10 +917,10 @@ mod tests {
             commit(&mut hook, 1).unwrap();
             assert!(chunks(&rig).is_empty());
             hook.tick(false).unwrap();
-            hook.land(true).unwrap();
+            hook.uploads.land(true).unwrap();
             assert_eq!(chunks(&rig), [(1, 1)]);
             hook.settings.threshold_age = Duration::from_secs(3600);
-            hook.buffer = ChunkBuffer::new(1 << 20, Duration::from_secs(3600));
+            hook.uploads.buffer = ChunkBuffer::new(1 << 20, Duration::from_secs(3600));
             commit(&mut hook, 2).unwrap();
             hook.tick(false).unwrap();
             assert_eq!(chunks(&rig).len(), 1, "not due yet");
@@ -888,11 +951,14 @@ mod tests {
                 ..Default::default()
             });
             hook.tick(false).unwrap();
-            assert!(hook.flight.is_some(), "the age trigger started a flush");
+            assert!(
+                hook.uploads.flight.is_some(),
+                "the age trigger started a flush"
+            );
             commit(&mut hook, 2).unwrap();
             commit(&mut hook, 3).unwrap();
             assert!(
-                hook.flight.is_some(),
+                hook.uploads.flight.is_some(),
                 "two groups acknowledged while the upload of the first runs"
             );
             let m = hook.settings.metrics.clone();

@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::collect;
 use super::lock::{BucketLock, LockTiming, Watcher};
-use super::quorum::{QuorumHook, QuorumSettings};
+use super::quorum::{ChunkBuffer, QuorumHook, QuorumSettings, Uploads};
+use super::wal;
 use super::{Cluster, PrimaryInfo, Role};
 use crate::config::NodeConfig;
 use crate::durability::backfill::BackfillError;
@@ -289,6 +290,21 @@ impl Supervisor {
         };
         let nodes = self.cluster.members().len().max(1);
         let required = collect::required_receipts(quorum, nodes);
+        // A local bucket directory may hold a write-ahead log of an earlier writer (0011).
+        let storage_cfg = &cfg.cluster.storage;
+        let wal_logs = match (&storage_cfg.provider, &storage_cfg.local_dir) {
+            (crate::objstore::Provider::Local, Some(dir)) => {
+                Some(wal::logs_dir(dir, &storage_cfg.key_prefix))
+            }
+            _ => None,
+        };
+        let logged_above = |head: i64| -> anyhow::Result<Vec<crate::proto::Record>> {
+            let Some(logs) = &wal_logs else {
+                return Ok(Vec::new());
+            };
+            wal::adoptable(logs, epoch, head)
+                .context("reading the earlier writer's write-ahead log")
+        };
         let mut log = epochs;
         let (start, adopted) = match collect::collection_size(nodes, required) {
             Some(needed) => {
@@ -303,10 +319,14 @@ impl Supervisor {
                 log.record(&self.storage, epoch, head + 1, &cfg.node_id)
                     .await
                     .context("recording the writer epoch")?;
-                let adopted =
+                let mut adopted =
                     collect::collect(&self.cluster, &self.store, epoch, head, needed, &fence)
                         .await
                         .context("collecting the replicas' records")?;
+                let logged = logged_above(head)?;
+                if logged.len() > adopted.len() {
+                    adopted = logged;
+                }
                 if let Some(first) = adopted.first()
                     && first.revision != head + 1
                 {
@@ -318,11 +338,23 @@ impl Supervisor {
                 (head + 1, adopted)
             }
             None => {
-                let start = self.store.current_revision() + 1;
+                // Records an earlier writer logged but did not upload (0011): adopted like
+                // collected ones, right above the bucket's head.
+                let mut logged = Vec::new();
+                let mut start = self.store.current_revision() + 1;
+                if wal_logs.is_some() {
+                    let head = bucket_head(&self.storage)
+                        .await
+                        .context("reading the bucket's last revision")?;
+                    logged = logged_above(head)?;
+                    if !logged.is_empty() {
+                        start = head + 1;
+                    }
+                }
                 log.record(&self.storage, epoch, start, &cfg.node_id)
                     .await
                     .context("recording the writer epoch")?;
-                (start, Vec::new())
+                (start, logged)
             }
         };
         let (tx, rx) = self.committed.take().context("promoted twice")?;
@@ -352,12 +384,16 @@ impl Supervisor {
             tracing::info!(
                 records = records.len(),
                 through = records.last().map(|r| r.revision),
-                "adopted records collected from the replicas"
+                "adopted records collected from the replicas or an earlier writer's log"
             );
             self.store
                 .import(records)
                 .await
                 .context("applying the adopted records")?;
+        }
+        if let Some(logs) = &wal_logs {
+            // Everything of the older logs is in the bucket now.
+            wal::remove_older(logs, epoch).context("removing earlier writers' logs")?;
         }
         let hook: Box<dyn crate::store::CommitHook> = if quorum != 0 {
             let chunk_buffer = &cfg.cluster.replication.chunk_buffer;
@@ -391,6 +427,37 @@ impl Supervisor {
                 settings,
                 self.store.current_revision(),
             ))
+        } else if let Some(logs) = wal_logs.as_ref().filter(|_| nodes == 1) {
+            let chunk_buffer = &cfg.cluster.replication.chunk_buffer;
+            let members = self.cluster.clone();
+            let committed = self.store.current_revision();
+            let uploads = Uploads::new(
+                bucket,
+                Handle::current(),
+                ChunkBuffer::new(
+                    chunk_buffer.threshold_size_mb.saturating_mul(1 << 20),
+                    wal::BATCH_AGE,
+                ),
+                committed,
+                self.quorum_metrics.clone(),
+            );
+            let hook = wal::LocalLogHook::open(
+                logs,
+                uploads,
+                Box::new(self.cluster.clone()),
+                cfg.node_id.clone(),
+                epoch,
+                fence,
+                Box::new(move || members.members().len().max(1)),
+                committed,
+            )
+            .with_context(|| format!("opening the write-ahead log in {}", logs.display()))?;
+            tracing::info!(
+                log = %logs.display(),
+                "single node on a local bucket: writes are acknowledged from the write-ahead log in the bucket directory"
+            );
+            tokio::spawn(tick(self.store.clone(), self.stop.clone()));
+            Box::new(hook)
         } else {
             Box::new(bucket.with_fanout(self.cluster.clone()))
         };

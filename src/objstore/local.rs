@@ -44,6 +44,8 @@ use crate::datafile::wire::CRC64;
 
 const STORE: &str = "LocalDirStore";
 const LOCK_DIR: &str = ".netsy-locks";
+/// A single node's write-ahead log (`ha::wal`): files of ours, never objects.
+const WAL_DIR: &str = ".netsy-wal";
 const STRIPES: u64 = 256;
 
 /// Local-directory object store with atomic create-only and If-Match writes.
@@ -108,7 +110,7 @@ impl LocalDirStore {
     fn check_writable(location: &Path) -> Result<()> {
         if is_lock_path(location) {
             return Err(generic(format!(
-                "{location}: keys under {LOCK_DIR}/ are reserved"
+                "{location}: keys under {LOCK_DIR}/ and {WAL_DIR}/ are reserved"
             )));
         }
         Ok(())
@@ -122,11 +124,13 @@ fn generic(msg: String) -> object_store::Error {
     }
 }
 
+/// Under one of the directories of ours at the top of the bucket directory (`.netsy-locks`,
+/// `.netsy-wal`): never listed, never written as an object.
 fn is_lock_path(location: &Path) -> bool {
     location
         .parts()
         .next()
-        .is_some_and(|p| p.as_ref() == LOCK_DIR)
+        .is_some_and(|p| p.as_ref() == LOCK_DIR || p.as_ref() == WAL_DIR)
 }
 
 impl fmt::Display for LocalDirStore {

@@ -506,6 +506,17 @@ fn set_current(conn: &Connection, r: &Record) -> Result<()> {
     Ok(())
 }
 
+/// The lease of `key`'s live version (0: none, or no live version).
+pub(super) fn current_lease(conn: &Connection, key: &[u8]) -> Result<i64> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT r.lease FROM kv_current c JOIN records r ON r.revision = c.revision AND r.sub = c.sub WHERE c.key = ?1",
+        )?
+        .query_row([key], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
 /// Imports a record from a data file: a new row, or an identical existing one (idempotent
 /// backfill); a different row at the same (revision, sub) is corruption.
 pub(super) fn import_record(conn: &Connection, r: &Record, now: &str) -> Result<bool> {

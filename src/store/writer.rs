@@ -659,11 +659,33 @@ impl Writer {
         }
         let tx = self.conn.unchecked_transaction()?;
         let mut max = self.revs.current();
+        // Keys moving between leases, so that revoking a lease deletes the keys imported onto
+        // it (records adopted by a new Primary, or followed by a Replica that is promoted).
+        let mut moved: Vec<(Vec<u8>, i64, i64)> = Vec::new();
+        let track = !self.leases.is_empty();
         for r in &records {
-            super::txn::import_record(&tx, r, &now)?;
+            let before = if track || r.lease != 0 {
+                super::txn::current_lease(&tx, &r.key)?
+            } else {
+                0
+            };
+            if super::txn::import_record(&tx, r, &now)? && (track || r.lease != 0) {
+                let after = super::txn::current_lease(&tx, &r.key)?;
+                if after != before {
+                    moved.push((r.key.clone(), before, after));
+                }
+            }
             max = max.max(r.revision);
         }
         tx.commit()?;
+        for (key, before, after) in moved {
+            if before != 0 {
+                self.leases.detach(before, &key);
+            }
+            if after != 0 {
+                self.leases.attach(after, &key);
+            }
+        }
         self.revs.set_current(max);
         self.hub.reset(max);
         Ok(max)
