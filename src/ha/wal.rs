@@ -505,4 +505,32 @@ mod tests {
             "the refused group is not in the log"
         );
     }
+
+    /// Records imported onto a lease (adopted from a log, or followed by a Replica that is
+    /// then promoted) are the lease's keys: revoking it deletes them. Found by the power-cut
+    /// restart test once a single node adopted its write-ahead log.
+    #[test]
+    fn revoking_a_lease_deletes_the_keys_adopted_onto_it() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::testutil::local_store(dir.path());
+        rt.block_on(async {
+            store.lease_grant(7, 3600).await.unwrap();
+            let mut r = created(store.current_revision() + 1, "v");
+            r.lease = 7;
+            let key = r.key.clone();
+            store.import(vec![from_proto(r)]).await.unwrap();
+            let keys = store.leases().get(7).map(|l| l.keys).unwrap_or_default();
+            assert!(keys.contains(&key), "attached: {keys:?}");
+            store.lease_revoke(7).await.unwrap();
+            let got = store
+                .range(etcd_client::proto::PbRangeRequest {
+                    key,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert!(got.kvs.is_empty(), "deleted with its lease: {:?}", got.kvs);
+        });
+    }
 }

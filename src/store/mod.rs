@@ -556,37 +556,3 @@ impl Store {
         rx.await.map_err(|_| Error::Shutdown)?
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use etcd_client::proto::PbRangeRequest;
-
-    use crate::durability::from_proto;
-    use crate::testutil::{created, local_store};
-
-    /// Records imported onto a lease (adopted by a new Primary, or followed by a Replica that
-    /// is then promoted) are the lease's keys: revoking it deletes them. Found by the power-cut
-    /// restart test once a single node adopted its write-ahead log (0011).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn revoking_a_lease_deletes_the_keys_imported_onto_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = local_store(dir.path());
-        store.lease_grant(7, 3600).await.unwrap();
-        let rev = store.current_revision() + 1;
-        let mut r = created(rev, "v");
-        r.lease = 7;
-        let key = r.key.clone();
-        store.import(vec![from_proto(r)]).await.unwrap();
-        let keys = store.leases().get(7).map(|l| l.keys).unwrap_or_default();
-        assert!(keys.contains(&key), "attached: {keys:?}");
-        store.lease_revoke(7).await.unwrap();
-        let got = store
-            .range(PbRangeRequest {
-                key,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert!(got.kvs.is_empty(), "deleted with its lease: {:?}", got.kvs);
-    }
-}
