@@ -356,7 +356,7 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
     let first_snap = view.snapshots().await.last().copied().unwrap_or(0);
     let mut n = 0;
     let snap = loop {
-        for _ in 0..20 {
+        for _ in 0..50 {
             wl::put_ok(
                 &mut c,
                 &format!("/snap/k{}", n % 50),
@@ -367,6 +367,19 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
             n += 1;
         }
         assert!(n <= 2000, "no snapshot after {n} writes (threshold 200)");
+        // Snapshots follow the chunks, which trail a single node's write-ahead log by up to a
+        // second (0011): wait until they reach the head.
+        let at = current_revision(&mut c).await;
+        support::wait::poll(
+            "the chunks reach the head",
+            Duration::from_secs(30),
+            || async {
+                let chunk = view.chunks().await.last().copied().unwrap_or(0);
+                let snap = view.snapshots().await.last().copied().unwrap_or(0);
+                (chunk.max(snap) >= at).then_some(())
+            },
+        )
+        .await;
         let newest = view.snapshots().await.last().copied().unwrap_or(0);
         if newest <= first_snap || current_revision(&mut c).await - newest >= 100 {
             continue;

@@ -32,10 +32,11 @@ use crate::store::{CommitHook, HookError, Record};
 pub(crate) const WAL_DIR: &str = ".netsy-wal";
 
 /// How old the oldest logged group may get before its batch goes to the bucket: the bucket
-/// directory's chunks trail the log by about this much (readers of the bucket, such as
-/// `netsy datafile` or a backup, see a write this much later), and a busy node writes one chunk
-/// per this many milliseconds instead of one per group.
-pub(crate) const BATCH_AGE: Duration = Duration::from_millis(100);
+/// directory's chunks trail the log by about this much (readers of the chunks alone, such as
+/// `netsy datafile`, see a write this much later), and a busy node writes one chunk per this
+/// interval instead of one per group. Each chunk's fsyncs also delay the log's own fdatasync
+/// that runs at the same time (docs/design/0011-local-write-log.md, "Why 1 s").
+pub(crate) const BATCH_AGE: Duration = Duration::from_secs(1);
 
 /// The logs of all epochs of the bucket under `key_prefix`, in the local bucket directory
 /// `root`.
