@@ -130,6 +130,15 @@ pub(crate) struct LocalLogHook {
     committed: i64,
 }
 
+/// Where a group went.
+enum Logging {
+    /// Into the log: acknowledge it.
+    Yes,
+    /// Not into the log: it goes to the bucket. `torn`: an append failed part-way, so the log
+    /// may still hold the group whole (a failed fdatasync, say) and the next writer adopt it.
+    No { torn: bool },
+}
+
 impl LocalLogHook {
     /// Opens this epoch's log under `logs`. `uploads` writes the chunks (its buffer flushed at
     /// [`BATCH_AGE`] and the size threshold); `fanout` feeds the
@@ -174,13 +183,13 @@ impl LocalLogHook {
         }
     }
 
-    /// Appends the group to the log; `false` when it must go to the bucket instead.
-    fn logged(&mut self, records: &[Record], now: Instant) -> Result<bool, HookError> {
+    /// Appends the group to the log, or says why it goes to the bucket instead.
+    fn logged(&mut self, records: &[Record], now: Instant) -> Result<Logging, HookError> {
         if (self.nodes)() > 1 || self.uploads.buffer.over_limit() {
-            return Ok(false);
+            return Ok(Logging::No { torn: false });
         }
         let Some(log) = &mut self.log else {
-            return Ok(false);
+            return Ok(Logging::No { torn: false });
         };
         if !self.fence.holds() {
             return Err(HookError::Rejected(
@@ -189,11 +198,10 @@ impl LocalLogHook {
         }
         let logged: Vec<Logged> = records.iter().map(to_proto).collect();
         if let Err(e) = log.append(self.epoch, &self.node_id, self.committed, &logged) {
-            // A failed append may have left a torn group (never acknowledged); the log is not
-            // used again in this epoch.
+            // The log is not used again in this epoch.
             tracing::warn!(error = %e, "write-ahead log: append failed; writing chunks from now on");
             self.log = None;
-            return Ok(false);
+            return Ok(Logging::No { torn: true });
         }
         if !self.fence.holds() {
             // A successor may already have read the log: whether it adopted the group is not
@@ -203,7 +211,7 @@ impl LocalLogHook {
             ));
         }
         self.uploads.buffer.push(records, now);
-        Ok(true)
+        Ok(Logging::Yes)
     }
 }
 
@@ -215,7 +223,11 @@ impl CommitHook for LocalLogHook {
         let now = Instant::now();
         self.uploads.land(false)?;
         let metrics = self.uploads.metrics().clone();
-        if self.logged(records, now)? {
+        let torn = match self.logged(records, now)? {
+            Logging::Yes => None,
+            Logging::No { torn } => Some(torn),
+        };
+        let Some(torn) = torn else {
             if self.uploads.buffer.due(now) {
                 self.uploads.flush_behind("age", now)?;
             }
@@ -223,13 +235,14 @@ impl CommitHook for LocalLogHook {
             metrics.group(LOG, true, now.elapsed().as_secs_f64());
             self.uploads.gauge(Instant::now());
             return Ok(());
-        }
+        };
         let (buffered, res) = self.uploads.sync(records);
         metrics.group(SYNC, res.is_ok(), now.elapsed().as_secs_f64());
         self.trim();
         match res {
-            // Acknowledged records went with it: the outcome is not ours to report.
-            Err(HookError::Rejected(e)) if buffered > 0 => Err(HookError::Indeterminate(e)),
+            // Acknowledged records went with it, or the log may hold this group: the outcome
+            // is not ours to report as "not applied".
+            Err(HookError::Rejected(e)) if buffered > 0 || torn => Err(HookError::Indeterminate(e)),
             other => other,
         }
     }
@@ -489,6 +502,25 @@ mod tests {
         hook.uploads.land(true).unwrap();
         assert_eq!(chunks(&rig), [(1, 1)], "uploaded behind the writer");
         assert_eq!(m.flushes.with_label_values(&["age", "success"]).get(), 1);
+    }
+
+    #[test]
+    fn a_failed_append_sends_this_group_and_the_rest_of_the_epoch_to_the_bucket() {
+        let rig = rig();
+        let fence = fence();
+        let (mut hook, m) = hook(&rig, &fence);
+        commit(&mut hook, 1).unwrap();
+        // A group that does not follow the log's last revision: the append refuses it.
+        hook.committed = 5;
+        let g = vec![from_proto(created(3, "v"))];
+        hook.persist(&g).unwrap();
+        assert_eq!(chunks(&rig), [(3, 2)], "with the buffer, in one chunk");
+        assert!(hook.log.is_none(), "not used again in this epoch");
+        hook.published(&g, 3);
+        commit(&mut hook, 4).unwrap();
+        assert_eq!(chunks(&rig), [(3, 2), (4, 1)]);
+        let path = |p: &str| m.write_path.with_label_values(&[p]).get();
+        assert_eq!((path(LOG), path(SYNC)), (0, 1));
     }
 
     #[test]
