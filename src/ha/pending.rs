@@ -160,6 +160,16 @@ fn zero_filled(path: &Path, size: u64) -> io::Result<File> {
     Ok(file)
 }
 
+/// The sequence number of a segment file's name (`log`, the one file of earlier versions, is
+/// the first); `None` for any other file.
+fn segment_seq(name: &str) -> Option<u64> {
+    if name == LEGACY {
+        return Some(0);
+    }
+    name.strip_prefix("seg-")
+        .and_then(|n| n.parse::<u64>().ok())
+}
+
 fn segment_name(seq: u64) -> String {
     format!("seg-{seq:016}")
 }
@@ -177,12 +187,7 @@ pub(crate) fn read(dir: &Path) -> Result<(u64, Vec<Record>), PendingError> {
     for entry in entries {
         let path = entry.map_err(io_err(dir))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name == LEGACY {
-            found.push((0, path));
-        } else if let Some(seq) = name
-            .strip_prefix("seg-")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
+        if let Some(seq) = segment_seq(name) {
             found.push((seq, path));
         }
     }
@@ -227,12 +232,7 @@ impl PendingLog {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if name == LEGACY {
-                found.push((0, path));
-            } else if let Some(seq) = name
-                .strip_prefix("seg-")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
+            if let Some(seq) = segment_seq(name) {
                 found.push((seq, path));
             } else if name.starts_with("next-") && name.ends_with(".tmp") {
                 fs::remove_file(&path).map_err(io_err(&path))?;
