@@ -3,10 +3,9 @@
 
 use std::io::{BufReader, Read};
 
-use crc::Digest;
 use prost::Message;
 
-use super::wire::{self, CRC64, FOOTER_CRC_FIELD, HEADER_CRC_FIELD, RECORD_CRC_FIELD, What};
+use super::wire::{self, FOOTER_CRC_FIELD, HEADER_CRC_FIELD, RECORD_CRC_FIELD, What};
 use super::{
     Error, FileCompression, FileFooter, FileHeader, FileKind, FileSummary, Record,
     ZSTD_WINDOW_LOG_MAX, check_order, kind_name,
@@ -35,7 +34,7 @@ enum State {
 pub struct Reader<R: Read> {
     source: Source<R>,
     header: FileHeader,
-    digest: Digest<'static, u64, crc::Table<16>>,
+    digest: crc_fast::Digest,
     read: i64,
     first_revision: i64,
     prev: Option<(i64, i64)>,
@@ -82,7 +81,7 @@ impl<R: Read> Reader<R> {
         Ok(Reader {
             source,
             header,
-            digest: CRC64.digest(),
+            digest: wire::crc64_digest(),
             read: 0,
             first_revision: 0,
             prev: None,
@@ -247,7 +246,7 @@ fn at_eof<R: Read>(r: &mut R) -> std::io::Result<bool> {
 /// crc-less bytes.
 fn verify_crc(body: &[u8], field: u32, stored: u64, what: What) -> Result<Vec<u8>, Error> {
     let crcless = wire::strip_field(body, field, what)?;
-    let computed = CRC64.checksum(&crcless);
+    let computed = wire::crc64(&crcless);
     if computed != stored {
         return Err(Error::CrcMismatch {
             what,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use prost::Message;
 use prost_types::Timestamp;
 
-use super::wire::{self, CRC64, What};
+use super::wire::{self, What};
 use super::*;
 
 const T0: i64 = 1_750_000_000;
@@ -231,7 +231,7 @@ fn vectors_read_back_to_the_expected_records() {
         assert_eq!(summary.first_revision(), records[0].revision);
         assert_eq!(summary.last_revision(), records.last().unwrap().revision);
         // The records CRC is the running CRC over crc-less record encodings.
-        let mut digest = CRC64.digest();
+        let mut digest = wire::crc64_digest();
         for r in &records {
             digest.update(&r.encode_to_vec());
         }
@@ -436,7 +436,7 @@ fn frame_with_crc<M: Message + Clone>(
 ) -> Vec<u8> {
     let mut m = msg.clone();
     set_crc(&mut m, 0);
-    let crc = crc.unwrap_or_else(|| CRC64.checksum(&m.encode_to_vec()));
+    let crc = crc.unwrap_or_else(|| wire::crc64(&m.encode_to_vec()));
     set_crc(&mut m, crc);
     let mut out = Vec::new();
     wire::write_delimited(&mut out, &m.encode_to_vec()).unwrap();
@@ -597,14 +597,14 @@ fn unknown_fields_are_kept_in_the_crc_like_go() {
     let (header, records, _) = good_parts();
     let mut body = records[0].encode_to_vec();
     body.extend_from_slice(&[0xa0, 0x01, 0x07]); // field 20, varint 7
-    let crc = CRC64.checksum(&body);
+    let crc = wire::crc64(&body);
     let mut framed_body = vec![0x08];
     wire::put_varint(&mut framed_body, crc);
     framed_body.extend_from_slice(&body);
     let mut file = frame_with_crc(&header, |h, c| h.crc = c, None);
     wire::write_delimited(&mut file, &framed_body).unwrap();
     file.extend(frame_with_crc(&records[1], |r, c| r.crc = c, None));
-    let mut digest = CRC64.digest();
+    let mut digest = wire::crc64_digest();
     digest.update(&body);
     digest.update(&records[1].encode_to_vec());
     let footer = FileFooter {

@@ -2,10 +2,9 @@
 
 use std::io::{BufWriter, Write};
 
-use crc::Digest;
 use prost::Message;
 
-use super::wire::{self, CRC64, FOOTER_CRC_FIELD};
+use super::wire::{self, FOOTER_CRC_FIELD};
 use super::{
     Error, FileCompression, FileFooter, FileHeader, FileKind, FileSummary, MAX_MESSAGE_LEN, Record,
     ZSTD_LEVEL, check_order,
@@ -48,7 +47,7 @@ impl<W: Write> Sink<W> {
 pub struct Writer<W: Write> {
     sink: Sink<W>,
     header: FileHeader,
-    digest: Digest<'static, u64, crc::Table<16>>,
+    digest: crc_fast::Digest,
     written: i64,
     first_revision: i64,
     prev: Option<(i64, i64)>,
@@ -78,7 +77,7 @@ impl<W: Write> Writer<W> {
             epoch: params.epoch,
         };
         let body = wire::encode(&header);
-        header.crc = CRC64.checksum(&body);
+        header.crc = wire::crc64(&body);
         let framed_body = with_leading_crc(header.crc, &body);
 
         let mut out = BufWriter::with_capacity(64 * 1024, inner);
@@ -95,7 +94,7 @@ impl<W: Write> Writer<W> {
         Ok(Writer {
             sink,
             header,
-            digest: CRC64.digest(),
+            digest: wire::crc64_digest(),
             written: 0,
             first_revision: 0,
             prev: None,
@@ -132,7 +131,7 @@ impl<W: Write> Writer<W> {
                 max: MAX_MESSAGE_LEN,
             });
         }
-        let crc = CRC64.checksum(&body);
+        let crc = wire::crc64(&body);
         let framed_body = with_leading_crc(crc, &body);
         wire::write_delimited(self.sink.as_write(), &framed_body).map_err(Error::Write)?;
         self.digest.update(&body);
@@ -160,7 +159,7 @@ impl<W: Write> Writer<W> {
             crc: 0,
         };
         let mut body = wire::encode(&footer);
-        footer.crc = CRC64.checksum(&body);
+        footer.crc = wire::crc64(&body);
         if footer.crc != 0 {
             // crc is field 8, the highest field number: canonically it comes last.
             wire::put_varint(&mut body, u64::from(FOOTER_CRC_FIELD << 3));

@@ -49,7 +49,7 @@ pub(super) async fn head_digest(store: &Store, revision: i64) -> Result<Option<u
     if records.is_empty() {
         return Ok(None);
     }
-    let mut digest = crate::datafile::wire::CRC64.digest();
+    let mut digest = crate::datafile::wire::crc64_digest();
     for mut r in records {
         r.compacted_at = None;
         r.replicated_at = None;

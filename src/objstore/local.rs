@@ -40,7 +40,7 @@ use object_store::{
     Result, UploadPart,
 };
 
-use crate::datafile::wire::CRC64;
+use crate::datafile::wire::crc64;
 
 const STORE: &str = "LocalDirStore";
 const LOCK_DIR: &str = ".netsy-locks";
@@ -77,7 +77,7 @@ impl LocalDirStore {
     }
 
     fn stripe(location: &Path) -> u64 {
-        CRC64.checksum(location.as_ref().as_bytes()) % STRIPES
+        crc64(location.as_ref().as_bytes()) % STRIPES
     }
 
     /// Takes the exclusive lock(s) for `locations` (deduplicated, in stripe order so two
