@@ -131,13 +131,22 @@ pub(super) enum Command {
 /// to the checkpointer — roughly SQLite's own automatic interval of a thousand pages.
 const CHECKPOINT_EVERY: u64 = 2000;
 
+/// A checkpoint pass that left frames behind is tried again once no request came for this
+/// long: the writer went quiet (see [`Checkpointer`]).
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Copies the WAL back into the database file on its own thread and connection, so that the
 /// writer does not copy pages inside a commit. Asked by the writer after every
-/// [`CHECKPOINT_EVERY`] changed rows; a request that finds one running is merged into it.
-/// Under a steady load, frames keep arriving while it runs, so it never completes on its own:
-/// after each pass it raises `backfilled`, and the writer finishes with a checkpoint of the
-/// few frames written since, between two groups — which lets the next commit start the WAL
-/// over instead of growing it. Ends when the writer does.
+/// [`CHECKPOINT_EVERY`] changed rows and when a compaction has freed its last rows; a request
+/// that finds one running is merged into it. Under a steady load, frames keep arriving while
+/// it runs, so it never completes on its own: after each pass it raises `backfilled`, and the
+/// writer finishes with a checkpoint of the few frames written since, between two groups —
+/// which lets the next commit start the WAL over instead of growing it. When the writer goes
+/// quiet right after a pass, nothing would finish it, and every read would look its pages up
+/// in the WAL's index (a compaction's WAL holds hundreds of thousands of frames: a 500-key
+/// page cost twice the CPU): a pass that left frames behind runs again after
+/// [`CHECKPOINT_IDLE`] without a request, until the WAL is all in the database file and
+/// readers skip it. Ends when the writer does.
 pub(super) struct Checkpointer {
     ask: Option<std::sync::mpsc::SyncSender<()>>,
     backfilled: Arc<std::sync::atomic::AtomicBool>,
@@ -155,14 +164,17 @@ impl Drop for Checkpointer {
     }
 }
 
-/// A PASSIVE checkpoint (copies what no reader still needs, never waits for the writer);
-/// false, logged, if it failed.
-fn checkpoint(conn: &Connection) -> bool {
-    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        Ok(()) => true,
+/// A PASSIVE checkpoint (copies what no reader still needs, never waits for the writer):
+/// whether every frame of the WAL is now in the database file; `None`, logged, if it failed.
+fn checkpoint(conn: &Connection) -> Option<bool> {
+    // (busy, frames in the WAL, frames copied back): -1s when the database is not in WAL mode.
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        Ok((frames, copied)) => Some(copied >= frames),
         Err(e) => {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retried after more writes");
-            false
+            tracing::warn!(error = %e, "WAL checkpoint failed; retried later");
+            None
         }
     }
 }
@@ -176,8 +188,20 @@ pub(super) fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer>
     let thread = std::thread::Builder::new()
         .name("netsy-checkpoint".into())
         .spawn(move || {
-            while asked.recv().is_ok() {
-                if checkpoint(&conn) {
+            use std::sync::mpsc::RecvTimeoutError;
+            let mut behind = false;
+            loop {
+                let next = if behind {
+                    asked.recv_timeout(CHECKPOINT_IDLE)
+                } else {
+                    asked.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                };
+                if let Err(RecvTimeoutError::Disconnected) = next {
+                    return;
+                }
+                let complete = checkpoint(&conn);
+                behind = complete != Some(true);
+                if complete.is_some() {
                     done.store(true, Ordering::Release);
                 }
             }
@@ -325,11 +349,19 @@ impl Writer {
         }
         let total = self.conn.total_changes();
         if total.saturating_sub(self.changes_at_checkpoint) >= CHECKPOINT_EVERY {
-            self.changes_at_checkpoint = total;
+            self.ask_checkpoint();
+        }
+    }
+
+    /// Asks the checkpointer for a pass now (merged into a running one).
+    fn ask_checkpoint(&mut self) {
+        let Some(ckpt) = &self.checkpointer else {
+            return;
+        };
+        self.changes_at_checkpoint = self.conn.total_changes();
+        if let Some(ask) = &ckpt.ask {
             // Full: one is running and will copy these pages too.
-            if let Some(ask) = &ckpt.ask {
-                let _ = ask.try_send(());
-            }
+            let _ = ask.try_send(());
         }
     }
 
@@ -856,6 +888,8 @@ impl Writer {
         job.next = hi + 1;
         tracing::debug!(from = lo, to = hi, freed, "compaction_step");
         if done && let Some(job) = self.compaction.take() {
+            // The freed rows are most of the WAL now: reads skip it once it is copied back.
+            self.ask_checkpoint();
             let current = self.revs.current();
             tracing::info!(revision = job.target, "compaction_completed");
             for w in job.waiters {
