@@ -343,12 +343,12 @@ impl Store {
         let revs = self.inner.revs.clone();
         self.inner
             .pool
-            .run(move |conn| {
+            .run_bulk(move |conn| {
                 let rev = read::resolve_revision(&revs, revision)?;
                 let hash = read::hash_records(conn, rev)?;
                 Ok((hash, rev, revs.compacted()))
             })
-            .await?
+            .await
     }
 
     /// Size of the database file and the part in use.
@@ -451,7 +451,7 @@ impl Store {
     ) -> Result<S> {
         self.inner
             .pool
-            .run(move |conn| {
+            .run_bulk(move |conn| {
                 let mut state = state;
                 let tx = read::ReadTx::begin(conn)?;
                 let n: i64 = tx.query_row(
@@ -464,7 +464,7 @@ impl Store {
                 drop(tx);
                 Ok(state)
             })
-            .await?
+            .await
     }
 
     /// (revisions present from `floor` on, revisions expected from `floor` to the latest):
@@ -473,8 +473,8 @@ impl Store {
     pub async fn integrity(&self, floor: i64) -> Result<(i64, i64)> {
         self.inner
             .pool
-            .run(move |conn| read::integrity(conn, floor))
-            .await?
+            .run_bulk(move |conn| read::integrity(conn, floor))
+            .await
     }
 
     /// Starts replacing the local copy with a complete transfer from the Primary: everything
@@ -515,7 +515,7 @@ impl Store {
     ) -> Result<(i64, i64)> {
         self.inner
             .pool
-            .run(move |conn| {
+            .run_bulk(move |conn| {
                 let rtx = read::ReadTx::begin(conn)?;
                 let head = read::latest_revision(&rtx)?;
                 let compaction = read::compaction_revision(&rtx)?;
@@ -534,7 +534,7 @@ impl Store {
                 }
                 Ok((head, compaction))
             })
-            .await?
+            .await
     }
 
     /// Rebuilds the database file to reclaim free pages.

@@ -84,4 +84,21 @@ impl ReaderPool {
         drop(permit);
         out
     }
+
+    /// [`ReaderPool::run`] for a read of the whole history (a snapshot, a transfer to a
+    /// Replica, a hash of every record): the connection reads it with `pread`, not through its
+    /// map of the file (`schema::open_read`), so that the pages it passes over once do not stay
+    /// in the process's resident memory.
+    pub(super) async fn run_bulk<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.run(move |conn| {
+            conn.pragma_update(None, "mmap_size", 0)?;
+            let out = f(conn);
+            conn.pragma_update(None, "mmap_size", schema::READ_MMAP_BYTES)?;
+            out
+        })
+        .await?
+    }
 }
