@@ -96,7 +96,8 @@ impl ReaderPool {
         self.run(move |conn| {
             conn.pragma_update(None, "mmap_size", 0)?;
             let out = f(conn);
-            conn.pragma_update(None, "mmap_size", schema::READ_MMAP_BYTES)?;
+            // Failing to map the file again leaves this connection on `pread`: slower, not wrong.
+            let _ = conn.pragma_update(None, "mmap_size", schema::READ_MMAP_BYTES);
             out
         })
         .await?

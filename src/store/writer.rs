@@ -200,7 +200,8 @@ pub(super) fn spawn_checkpointer(path: &std::path::Path) -> Result<Checkpointer>
                     return;
                 }
                 let complete = checkpoint(&conn);
-                behind = complete != Some(true);
+                // A failed pass (logged) is retried on the next request, not every second.
+                behind = complete == Some(false);
                 if complete.is_some() {
                     done.store(true, Ordering::Release);
                 }
