@@ -146,7 +146,7 @@ impl BucketHook {
 
     fn put_json(&self, key: Path, body: Vec<u8>) -> Result<(), HookError> {
         let store = self.storage.store().clone();
-        let res = self.rt.block_on(async move {
+        let res = crate::store::hook_wait(&self.rt, async move {
             tokio::time::timeout(UPLOAD_DEADLINE, store.put(&key, Bytes::from(body).into())).await
         });
         match res {
@@ -161,7 +161,7 @@ impl BucketHook {
     fn settle_conflict(&self, chunk: &EncodedChunk) -> Result<Settled, HookError> {
         let storage = self.storage.clone();
         let key = chunk.key.clone();
-        let found = self.rt.block_on(async move {
+        let found = crate::store::hook_wait(&self.rt, async move {
             tokio::time::timeout(
                 ATTEMPT_DEADLINE,
                 crate::objstore::cas::get(storage.store().as_ref(), &key),
@@ -201,7 +201,7 @@ impl BucketHook {
         let storage = self.storage.clone();
         let key = chunk.key.clone();
         let bytes = chunk.bytes.clone();
-        let res = self.rt.block_on(async move {
+        let res = crate::store::hook_wait(&self.rt, async move {
             tokio::time::timeout(
                 ATTEMPT_DEADLINE,
                 crate::objstore::cas::update(storage.store().as_ref(), &key, bytes, &existing.etag),
@@ -262,7 +262,7 @@ impl CommitHook for BucketHook {
             }
             let storage = self.storage.clone();
             let attempt = chunk.clone();
-            let res = self.rt.block_on(async move {
+            let res = crate::store::hook_wait(&self.rt, async move {
                 tokio::time::timeout(deadline, storage.put_chunk(&attempt)).await
             });
             let reason = match res {
@@ -317,7 +317,7 @@ impl CommitHook for BucketHook {
     fn lease_revoked(&mut self, id: i64) {
         let store = self.storage.store().clone();
         let key = self.storage.layout().lease(id);
-        let res = self.rt.block_on(async move {
+        let res = crate::store::hook_wait(&self.rt, async move {
             tokio::time::timeout(UPLOAD_DEADLINE, store.delete(&key)).await
         });
         match res {

@@ -331,7 +331,7 @@ impl Uploads {
             return Ok(());
         };
         let res = if wait {
-            flight.done.recv().ok()
+            crate::store::hook_block(|| flight.done.recv().ok())
         } else {
             match flight.done.try_recv() {
                 Ok(res) => Some(res),
@@ -551,9 +551,9 @@ impl CommitHook for QuorumHook {
                 self.settings.receipt_timeout,
             );
             let met = sent
-                && self
-                    .rt
-                    .block_on(async move { receipts.wait(epoch, last, needed, timeout).await });
+                && crate::store::hook_wait(&self.rt, async move {
+                    receipts.wait(epoch, last, needed, timeout).await
+                });
             let fenced = self.fenced();
             if met && !fenced {
                 self.uploads.buffer.push(records, now);

@@ -216,6 +216,12 @@ impl LocalLogHook {
 }
 
 impl CommitHook for LocalLogHook {
+    /// While groups go to the log (a local fdatasync); the rare paths that wait on the bucket
+    /// (an append failed, the buffer over its limit) wait through `store::hook_wait`.
+    fn inline(&self) -> bool {
+        self.log.is_some() && (self.nodes)() == 1 && !self.uploads.buffer.over_limit()
+    }
+
     fn persist(&mut self, records: &[Record]) -> Result<(), HookError> {
         if records.is_empty() {
             return Ok(());

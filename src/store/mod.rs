@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use leases::{LeaseInfo, LeaseTable};
 pub use read::{KeyRange, RangeEnd, RangeResult};
 pub use txn::Record;
-pub use writer::{CommitHook, HookError, NoopCommitHook};
+pub use writer::{CommitHook, HookError, NoopCommitHook, hook_block, hook_wait};
 
 use crate::watch::{EventBatch, WatchHub};
 
@@ -149,6 +149,9 @@ struct Inner {
     revs: Arc<Revisions>,
     pool: pool::ReaderPool,
     writer: mpsc::Sender<writer::Command>,
+    core: writer::Shared,
+    /// Calls to the writer in progress (see `writer::try_inline`).
+    in_flight: std::sync::atomic::AtomicUsize,
     leases: Arc<LeaseTable>,
     db_path: PathBuf,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -183,10 +186,9 @@ impl Store {
         let pool = pool::ReaderPool::open(&db_path, opts.readers.max(1))?;
         let (tx, rx) = mpsc::channel(1024);
         let checkpointer = writer::spawn_checkpointer(&db_path)?;
-        let writer_thread = writer::spawn(
+        let (core, writer_thread) = writer::spawn(
             writer::Writer::new(
                 conn,
-                rx,
                 revs.clone(),
                 hub,
                 leases.clone(),
@@ -195,6 +197,7 @@ impl Store {
             )
             .with_checkpointer(checkpointer)?
             .with_fatal(opts.fatal.clone()),
+            rx,
         )?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -202,6 +205,8 @@ impl Store {
                 pool,
                 writer_thread: std::sync::Mutex::new(Some(writer_thread)),
                 writer: tx,
+                core,
+                in_flight: Default::default(),
                 leases,
                 db_path,
             }),
@@ -548,11 +553,202 @@ impl Store {
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .writer
-            .send(make(tx))
-            .await
-            .map_err(|_| Error::Shutdown)?;
+        let in_flight = InFlight::enter(&self.inner.in_flight);
+        if let Err(cmd) = writer::try_inline(&self.inner.core, in_flight.alone, make(tx)) {
+            self.inner
+                .writer
+                .send(cmd)
+                .await
+                .map_err(|_| Error::Shutdown)?;
+        }
         rx.await.map_err(|_| Error::Shutdown)?
+    }
+}
+
+/// One call to the writer in progress, counted while it lives.
+struct InFlight<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    /// No other call was in progress when this one began.
+    alone: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        let before = count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod inline_tests {
+    //! A lone write is applied on the runtime worker that received it; writes that arrive while
+    //! it runs still form one group on the writer thread; a hook's blocking wait on the runtime
+    //! works from either thread.
+
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::time::{Duration, Instant};
+
+    use etcd_client::proto::{PbPutRequest, PbTxnOpRequest, PbTxnRequest, PbTxnRequestOp};
+
+    use super::*;
+    use crate::watch::{RingLimits, WatchHub};
+
+    /// The thread and the record count of each `persist`.
+    type Seen = Arc<Mutex<Vec<(String, usize)>>>;
+
+    struct Hook {
+        seen: Seen,
+        rt: tokio::runtime::Handle,
+        /// The first `persist` reports that it began, then waits for the gate.
+        gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    }
+
+    impl CommitHook for Hook {
+        fn inline(&self) -> bool {
+            true
+        }
+
+        fn persist(&mut self, records: &[Record]) -> std::result::Result<(), HookError> {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            self.seen.lock().unwrap().push((name, records.len()));
+            // A wait on the runtime, as the bucket paths do: must not panic on a worker.
+            let answer = hook_wait(&self.rt, async { 7 });
+            assert_eq!(answer, 7);
+            if let Some((began, gate)) = self.gate.take() {
+                began.send(()).unwrap();
+                gate.recv_timeout(Duration::from_secs(10))
+                    .expect("the test opens the gate");
+            }
+            Ok(())
+        }
+    }
+
+    fn put(key: &str) -> PbTxnRequest {
+        PbTxnRequest {
+            success: vec![PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestPut(PbPutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn open(dir: &std::path::Path, hook: Hook) -> Store {
+        let opts = StoreOptions {
+            data_dir: dir.to_path_buf(),
+            node_id: "test".into(),
+            readers: 2,
+            fatal: Default::default(),
+        };
+        Store::open(opts, WatchHub::new(RingLimits::default()), Box::new(hook)).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_write_runs_where_it_arrived_and_concurrent_ones_still_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let (began_tx, began) = mpsc::channel();
+        let (open_gate, gate) = mpsc::channel();
+        let hook = Hook {
+            seen: seen.clone(),
+            rt: tokio::runtime::Handle::current(),
+            gate: None,
+        };
+        let store = open(dir.path(), hook);
+        for i in 0..3 {
+            store.txn(put(&format!("lone{i}"))).await.unwrap();
+        }
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 3);
+            for (thread, n) in seen.iter() {
+                assert_ne!(
+                    thread, "netsy-writer",
+                    "a lone write went through the writer thread"
+                );
+                assert_eq!(*n, 1);
+            }
+        }
+
+        // Writes that arrive while one is applied join the writer thread's queue.
+        let before = store.current_revision();
+        store
+            .set_hook(Box::new(Hook {
+                seen: seen.clone(),
+                rt: tokio::runtime::Handle::current(),
+                gate: Some((began_tx, gate)),
+            }))
+            .await
+            .unwrap();
+        let first = tokio::spawn({
+            let s = store.clone();
+            async move { s.txn(put("first")).await }
+        });
+        tokio::task::spawn_blocking(move || began.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the first write reaches the hook");
+        let others: Vec<_> = (0..4)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move { s.txn(put(&format!("other{i}"))).await })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.inner.in_flight.load(Ordering::Acquire) < 5 {
+            assert!(Instant::now() < deadline, "the other writes never started");
+            tokio::task::yield_now().await;
+        }
+        open_gate.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        for o in others {
+            o.await.unwrap().unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        let later = &seen[3..];
+        assert_ne!(later[0].0, "netsy-writer", "the first of them runs inline");
+        let by_writer: usize = later[1..]
+            .iter()
+            .map(|(thread, n)| {
+                assert_eq!(
+                    thread, "netsy-writer",
+                    "a queued write ran inline: {later:?}"
+                );
+                *n
+            })
+            .sum();
+        assert_eq!(by_writer, 4);
+        assert!(
+            later.len() < 5,
+            "the four queued writes were not grouped at all: {later:?}"
+        );
+        assert_eq!(store.current_revision(), before + 5);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_single_threaded_runtime_hands_every_write_to_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let hook = Hook {
+            seen: seen.clone(),
+            rt: tokio::runtime::Handle::current(),
+            gate: None,
+        };
+        let store = open(dir.path(), hook);
+        store.txn(put("k")).await.unwrap();
+        assert_eq!(seen.lock().unwrap()[0].0, "netsy-writer");
     }
 }
