@@ -526,8 +526,7 @@ pub(super) fn events(
 
 /// CRC-32C over (revision, sub, key, value) of every record up to `rev`, in revision order.
 pub(super) fn hash_records(conn: &Connection, rev: i64) -> Result<u32> {
-    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
-    let mut digest = crc.digest();
+    let mut digest = crc32c_digest();
     let mut stmt = conn.prepare_cached(
         "SELECT revision, sub, key, value FROM records WHERE revision <= ?1 ORDER BY revision, sub",
     )?;
@@ -535,10 +534,24 @@ pub(super) fn hash_records(conn: &Connection, rev: i64) -> Result<u32> {
     while let Some(row) = rows.next()? {
         digest.update(&row.get::<_, i64>(0)?.to_be_bytes());
         digest.update(&row.get::<_, i64>(1)?.to_be_bytes());
-        digest.update(&row.get::<_, Vec<u8>>(2)?);
-        digest.update(&row.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default());
+        digest.update(bytes(row.get_ref(2)?));
+        digest.update(bytes(row.get_ref(3)?));
     }
-    Ok(digest.finalize())
+    Ok(digest.finalize() as u32)
+}
+
+/// A key or value column without a copy (NULL: a compacted value, hashed as empty).
+fn bytes(v: rusqlite::types::ValueRef<'_>) -> &[u8] {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b,
+        _ => &[],
+    }
+}
+
+/// A running CRC-32C (Castagnoli, the iSCSI polynomial), as HashKV reports it.
+fn crc32c_digest() -> crc_fast::Digest {
+    crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi)
 }
 
 /// Every record with revision in `from..=to`, in (revision, sub) order, passed to `f`; stops at
@@ -593,4 +606,15 @@ pub(super) fn integrity(conn: &Connection, floor: i64) -> Result<(i64, i64)> {
         0
     };
     Ok((present, expected))
+}
+
+#[cfg(test)]
+mod crc_tests {
+    #[test]
+    fn crc32c_check_value() {
+        let mut d = super::crc32c_digest();
+        d.update(b"1234");
+        d.update(b"56789");
+        assert_eq!(d.finalize(), 0xE306_9283);
+    }
 }
