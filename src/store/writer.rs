@@ -267,6 +267,8 @@ pub(super) struct Writer {
     fatal: FatalChannel,
     /// An indeterminate write happened: this writer answers nothing more.
     stopped: bool,
+    /// Requests in the last write group (see [`try_inline`]).
+    last_group: usize,
 }
 
 struct CompactionJob {
@@ -320,11 +322,12 @@ pub(super) fn spawn(
     Ok((shared, thread))
 }
 
-/// Applies `cmd` on the calling thread when it is the only write in flight (`alone`): a lone
-/// client's request and its answer then cost no hand-off between threads (two wake-ups, 40-50
-/// µs on this kind of VM, a sixth of such a write). Gives `cmd` back when other writes are in
-/// flight (they form groups on the writer thread: applying them where they arrive made
-/// smaller groups and cost 10-25 % at 16 and 100 clients), when the writer is busy, when the
+/// Applies `cmd` on the calling thread when it is the only write in flight (`alone`) and the
+/// last group was a single request: a lone client's request and its answer then cost no
+/// hand-off between threads (two wake-ups, 40-50 µs on this kind of VM, a sixth of such a
+/// write). Gives `cmd` back when other writes are in flight or just were (they form groups on
+/// the writer thread: applying them where they arrive made smaller groups and cost 10-30 % at
+/// 16 and 100 clients), when the writer is busy, when the
 /// hook may wait on the network (`CommitHook::inline`), and when the caller's runtime has no
 /// other thread to go on serving while this one waits for the disk.
 pub(super) fn try_inline(
@@ -347,7 +350,10 @@ pub(super) fn try_inline(
     let Some(writer) = guard.as_mut() else {
         return Err(cmd);
     };
-    if writer.stopped || !writer.hook.inline() {
+    // After a group of several, the others' next requests are on their way: this one
+    // would take the lock for its own fdatasync just before they arrive, and they would pay
+    // a second one behind it (two groups where there was one).
+    if writer.stopped || writer.last_group > 1 || !writer.hook.inline() {
         return Err(cmd);
     }
     writer.process(VecDeque::from([cmd]));
@@ -441,6 +447,7 @@ impl Writer {
             changes_at_checkpoint: 0,
             fatal: FatalChannel::new(),
             stopped: false,
+            last_group: 0,
         }
     }
 
@@ -607,6 +614,7 @@ impl Writer {
         if group.is_empty() {
             return;
         }
+        self.last_group = group.len();
         let start_rev = self.revs.current();
         let mut rev = start_rev;
         let mut replies = Vec::with_capacity(group.len());
