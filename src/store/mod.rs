@@ -609,7 +609,7 @@ mod inline_tests {
     struct Hook {
         seen: Seen,
         rt: tokio::runtime::Handle,
-        /// The first `persist` reports that it began, then waits for the gate.
+        /// The `persist` of the key `first` reports that it began, then waits for the gate.
         gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
     }
 
@@ -624,7 +624,9 @@ mod inline_tests {
             // A wait on the runtime, as the bucket paths do: must not panic on a worker.
             let answer = hook_wait(&self.rt, async { 7 });
             assert_eq!(answer, 7);
-            if let Some((began, gate)) = self.gate.take() {
+            if records.iter().any(|r| r.key == b"first")
+                && let Some((began, gate)) = self.gate.take()
+            {
                 began.send(()).unwrap();
                 gate.recv_timeout(Duration::from_secs(10))
                     .expect("the test opens the gate");
@@ -665,34 +667,28 @@ mod inline_tests {
         let hook = Hook {
             seen: seen.clone(),
             rt: tokio::runtime::Handle::current(),
-            gate: None,
+            gate: Some((began_tx, gate)),
         };
         let store = open(dir.path(), hook);
-        for i in 0..3 {
+        // A write that finds the writer thread holding the lock (starting, answering the write
+        // before, or descheduled in its loop on a loaded machine) takes the channel, which is
+        // allowed; so some of these, not all, must have run inline.
+        const LONE: usize = 20;
+        for i in 0..LONE {
             store.txn(put(&format!("lone{i}"))).await.unwrap();
         }
         {
             let seen = seen.lock().unwrap();
-            assert_eq!(seen.len(), 3);
-            for (thread, n) in seen.iter() {
-                assert_ne!(
-                    thread, "netsy-writer",
-                    "a lone write went through the writer thread"
-                );
-                assert_eq!(*n, 1);
-            }
+            assert_eq!(seen.len(), LONE);
+            assert!(seen.iter().all(|(_, n)| *n == 1));
+            assert!(
+                seen.iter().any(|(thread, _)| thread != "netsy-writer"),
+                "every lone write went through the writer thread: {seen:?}"
+            );
         }
 
         // Writes that arrive while one is applied join the writer thread's queue.
         let before = store.current_revision();
-        store
-            .set_hook(Box::new(Hook {
-                seen: seen.clone(),
-                rt: tokio::runtime::Handle::current(),
-                gate: Some((began_tx, gate)),
-            }))
-            .await
-            .unwrap();
         let first = tokio::spawn({
             let s = store.clone();
             async move { s.txn(put("first")).await }
@@ -718,8 +714,10 @@ mod inline_tests {
             o.await.unwrap().unwrap();
         }
         let seen = seen.lock().unwrap();
-        let later = &seen[3..];
-        assert_ne!(later[0].0, "netsy-writer", "the first of them runs inline");
+        let later = &seen[LONE..];
+        // `first` (inline, or on the writer thread if it found the lock held) alone, then the
+        // four that queued while it was held, on the writer thread.
+        assert_eq!(later[0].1, 1, "{later:?}");
         let by_writer: usize = later[1..]
             .iter()
             .map(|(thread, n)| {

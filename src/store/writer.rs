@@ -326,10 +326,10 @@ pub(super) fn spawn(
 /// last group was a single request: a lone client's request and its answer then cost no
 /// hand-off between threads (two wake-ups, 40-50 µs on this kind of VM, a sixth of such a
 /// write). Gives `cmd` back when other writes are in flight or just were (they form groups on
-/// the writer thread: applying them where they arrive made smaller groups and cost 10-30 % at
-/// 16 and 100 clients), when the writer is busy, when the
-/// hook may wait on the network (`CommitHook::inline`), and when the caller's runtime has no
-/// other thread to go on serving while this one waits for the disk.
+/// the writer thread: applying them where they arrive made smaller groups and cost 10-25 % at
+/// 16 and 100 clients), when the writer is busy, when the hook may wait on the network
+/// (`CommitHook::inline`), and when the caller's runtime has no other thread to go on serving
+/// while this one waits for the disk.
 pub(super) fn try_inline(
     shared: &Shared,
     alone: bool,
