@@ -208,6 +208,44 @@ async fn load_files(
     Ok(head)
 }
 
+/// Chunks at the end of the bucket whose first revision and epoch [`bucket_head`] checks: more
+/// than a writer's uploads in flight at once ([`crate::store::MAX_UPLOADS_IN_FLIGHT`]), so a
+/// hole left by a writer that died with uploads in flight is within them.
+const HEAD_WINDOW: usize = 2 * crate::store::MAX_UPLOADS_IN_FLIGHT;
+
+/// The last revision the bucket holds without a hole: its newest snapshot, then its chunks in
+/// order, orphans of deposed writers skipped, up to the first hole. A writer that died with
+/// several uploads in flight may have left later chunks without an earlier one; those were
+/// never acknowledged and are not part of the history (the next epoch starts above the hole,
+/// which makes them orphans). Only the last [`HEAD_WINDOW`] chunks are read.
+pub(crate) async fn bucket_head(
+    storage: &ObjectStorage,
+    epochs: &EpochLog,
+) -> Result<i64, BackfillError> {
+    let snapshot = storage.latest_snapshot().await?.map_or(0, |s| s.revision);
+    let chunks = storage.list_chunks_after(snapshot).await?;
+    let split = chunks.len().saturating_sub(HEAD_WINDOW);
+    let mut head = split
+        .checked_sub(1)
+        .map_or(snapshot, |i| chunks[i].revision.max(snapshot));
+    for chunk in &chunks[split..] {
+        let (_, summary) = storage
+            .read_file(&chunk.key, Some(FileKind::KindChunk))
+            .await?;
+        let epoch = summary.header.epoch;
+        let first = summary.first_revision();
+        if epochs.is_orphan(epoch, chunk.revision) || chunk.revision <= head {
+            continue;
+        }
+        if head > 0 && first > head + 1 {
+            tracing::warn!(key = %chunk.key, epoch, first, head, "the bucket's history has a hole after its head; later chunks were never acknowledged");
+            break;
+        }
+        head = chunk.revision;
+    }
+    Ok(head)
+}
+
 async fn genesis_record(store: &Store) -> Result<Record, BackfillError> {
     let found = store
         .export(
@@ -397,5 +435,32 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.current_revision(), h + 5);
+    }
+
+    /// A writer that died with uploads in flight: a later chunk landed, an earlier one did not.
+    /// The head stops before the hole; once the next epoch starts there, the stranded chunk is
+    /// an orphan and the new epoch's chunks extend the head past it.
+    #[tokio::test]
+    async fn the_buckets_head_stops_at_a_hole_and_skips_orphans() {
+        let storage = ObjectStorage::from_parts(
+            Arc::new(object_store::memory::InMemory::new()),
+            Layout::new("").unwrap(),
+        );
+        let mut epochs = EpochLog::default();
+        assert_eq!(bucket_head(&storage, &epochs).await.unwrap(), 0);
+        epochs.insert(1, 1);
+        for r in 1..=30 {
+            put(&storage, 1, r..=r).await;
+        }
+        assert_eq!(bucket_head(&storage, &epochs).await.unwrap(), 30);
+        // 31..=33 never landed; 34..=35 did.
+        put(&storage, 1, 34..=35).await;
+        assert_eq!(bucket_head(&storage, &epochs).await.unwrap(), 30);
+        // The next writer starts right above the head and writes over the hole.
+        epochs.insert(2, 31);
+        put(&storage, 2, 31..=32).await;
+        assert_eq!(bucket_head(&storage, &epochs).await.unwrap(), 32);
+        put(&storage, 2, 33..=36).await;
+        assert_eq!(bucket_head(&storage, &epochs).await.unwrap(), 36);
     }
 }

@@ -76,7 +76,7 @@ pub(crate) struct BucketHook {
 
 /// Where a Primary's locally committed changes go next (the replication feed, `ha::feed`).
 /// Called on the writer thread before callers are answered: it must not block.
-pub(crate) trait Fanout: Send + 'static {
+pub(crate) trait Fanout: Send + Sync + 'static {
     /// The records of one commit group; `revision` is the group's last.
     fn records(&self, records: &[Record], revision: i64);
     /// The compaction revision moved to `revision`.
@@ -158,16 +158,12 @@ impl BucketHook {
 
     /// Our chunk's key already holds different records: either an orphan of a deposed writer
     /// (replaced by compare-and-swap) or a live chunk of another writer (we are deposed).
-    fn settle_conflict(&self, chunk: &EncodedChunk) -> Result<Settled, HookError> {
-        let storage = self.storage.clone();
-        let key = chunk.key.clone();
-        let found = crate::store::hook_wait(&self.rt, async move {
-            tokio::time::timeout(
-                ATTEMPT_DEADLINE,
-                crate::objstore::cas::get(storage.store().as_ref(), &key),
-            )
-            .await
-        });
+    async fn settle_conflict(&self, chunk: &EncodedChunk) -> Result<Settled, HookError> {
+        let found = tokio::time::timeout(
+            ATTEMPT_DEADLINE,
+            crate::objstore::cas::get(self.storage.store().as_ref(), &chunk.key),
+        )
+        .await;
         let existing = match found {
             Ok(Ok(Some(v))) => v,
             // Gone or unreadable for now: the caller retries the upload.
@@ -198,30 +194,25 @@ impl BucketHook {
             )));
         }
         tracing::warn!(key = %chunk.key, orphan_epoch = their_epoch, epoch = self.epoch, "replacing an orphan chunk of a deposed writer");
-        let storage = self.storage.clone();
-        let key = chunk.key.clone();
-        let bytes = chunk.bytes.clone();
-        let res = crate::store::hook_wait(&self.rt, async move {
-            tokio::time::timeout(
-                ATTEMPT_DEADLINE,
-                crate::objstore::cas::update(storage.store().as_ref(), &key, bytes, &existing.etag),
-            )
-            .await
-        });
+        let res = tokio::time::timeout(
+            ATTEMPT_DEADLINE,
+            crate::objstore::cas::update(
+                self.storage.store().as_ref(),
+                &chunk.key,
+                chunk.bytes.clone(),
+                &existing.etag,
+            ),
+        )
+        .await;
         match res {
             Ok(Ok(_)) => Ok(Settled::Replaced),
             Ok(Err(e)) => Err(HookError::Rejected(e.to_string())),
             Err(_) => Err(HookError::Rejected("replacing timed out".into())),
         }
     }
-}
 
-impl CommitHook for BucketHook {
-    /// Uploads the group as one create-only chunk. Once an upload has been attempted the group
-    /// is never rolled back: the attempt may still land, and rolling back would hand its
-    /// revisions to other writes. So the same bytes are retried until the chunk is confirmed in
-    /// the bucket; meanwhile the writer stalls and callers wait (or time out not knowing).
-    fn persist(&mut self, records: &[Record]) -> Result<(), HookError> {
+    /// Encodes a group as one chunk; also returns the size of its keys and values.
+    fn encode(&self, records: &[Record]) -> Result<(EncodedChunk, u64), HookError> {
         let recs: Vec<pb::Record> = records.iter().map(to_proto).collect();
         let chunk = self
             .storage
@@ -232,6 +223,18 @@ impl CommitHook for BucketHook {
                 self.epoch,
             )
             .map_err(|e| HookError::Rejected(format!("encoding chunk: {e}")))?;
+        let bytes = records
+            .iter()
+            .map(|r| (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64)
+            .sum();
+        Ok((chunk, bytes))
+    }
+
+    /// Uploads `chunk` until it is confirmed in the bucket. Once an upload has been attempted
+    /// the group is never rolled back: the attempt may still land, and rolling back would hand
+    /// its revisions to other writes. So the same bytes are retried until the chunk is
+    /// confirmed; meanwhile callers wait (or time out not knowing).
+    async fn confirm(&self, chunk: EncodedChunk, bytes: u64) -> Result<(), HookError> {
         let deadline =
             ATTEMPT_DEADLINE + Duration::from_secs(chunk.bytes.len() as u64 / UPLOAD_BYTES_PER_SEC);
         let mut failures: u32 = 0;
@@ -260,30 +263,27 @@ impl CommitHook for BucketHook {
                     HookError::Indeterminate(msg)
                 });
             }
-            let storage = self.storage.clone();
-            let attempt = chunk.clone();
-            let res = crate::store::hook_wait(&self.rt, async move {
-                tokio::time::timeout(deadline, storage.put_chunk(&attempt)).await
-            });
+            let res = tokio::time::timeout(deadline, self.storage.put_chunk(&chunk)).await;
             let reason = match res {
                 Ok(Ok(UploadOutcome::Created | UploadOutcome::AlreadyPresent)) => break,
-                Ok(Err(e)) if e.kind() == ErrorKind::Conflict => match self.settle_conflict(&chunk)
-                {
-                    Ok(Settled::Ours) => break,
-                    Ok(Settled::Replaced) => {
-                        // Confirm by uploading again: AlreadyPresent if the replacement holds.
-                        continue;
+                Ok(Err(e)) if e.kind() == ErrorKind::Conflict => {
+                    match self.settle_conflict(&chunk).await {
+                        Ok(Settled::Ours) => break,
+                        Ok(Settled::Replaced) => {
+                            // Confirm by uploading again: AlreadyPresent if the replacement holds.
+                            continue;
+                        }
+                        Err(HookError::Rejected(e)) => e,
+                        Err(e) => return Err(e),
                     }
-                    Err(HookError::Rejected(e)) => e,
-                    Err(e) => return Err(e),
-                },
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("timed out after {deadline:?}"),
             };
             failures += 1;
             let pause = Duration::from_millis(100u64 << failures.min(6)).min(MAX_BACKOFF);
             tracing::warn!(key = %chunk.key, attempt = failures, error = %reason, retry_in = ?pause, "chunk upload failed; retrying the same chunk (writes wait)");
-            std::thread::sleep(pause);
+            tokio::time::sleep(pause).await;
         }
         if failures > 0 {
             tracing::info!(key = %chunk.key, attempts = failures + 1, "chunk upload confirmed after retries");
@@ -297,15 +297,49 @@ impl CommitHook for BucketHook {
                 chunk.key
             )));
         }
-        let bytes = records
-            .iter()
-            .map(|r| (r.key.len() + r.value.as_ref().map_or(0, |v| v.len())) as u64)
-            .sum();
         let _ = self.committed.try_send(Committed {
             revision: chunk.last_revision,
             bytes,
         });
         Ok(())
+    }
+}
+
+impl CommitHook for BucketHook {
+    /// Uploads the group as one create-only chunk and waits until it is confirmed.
+    fn persist(&mut self, records: &[Record]) -> Result<(), HookError> {
+        let (chunk, bytes) = self.encode(records)?;
+        crate::store::hook_wait(&self.rt, self.confirm(chunk, bytes))
+    }
+
+    /// Uploads overlap: the writer goes on with the next group while this one's chunk is on
+    /// its way (object storage answers in milliseconds to a few hundred).
+    fn pipelined(&self) -> bool {
+        true
+    }
+
+    fn start(
+        &mut self,
+        records: &[Record],
+        landed: Arc<tokio::sync::Notify>,
+    ) -> Result<crate::store::Landing, HookError> {
+        let (chunk, bytes) = self.encode(records)?;
+        if let Some(fence) = &self.fence
+            && !fence.holds()
+        {
+            return Err(HookError::Rejected(format!(
+                "the writer lock's lease ran out before {} was uploaded",
+                chunk.key
+            )));
+        }
+        let uploader = self.uploader();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.rt.spawn(async move {
+            let outcome = uploader.confirm(chunk, bytes).await;
+            let _ = tx.send(outcome);
+            landed.notify_one();
+        });
+        Ok(rx)
     }
 
     fn lease_granted(&mut self, id: i64, ttl: i64) -> Result<(), HookError> {

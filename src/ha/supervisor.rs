@@ -308,7 +308,7 @@ impl Supervisor {
         let mut log = epochs;
         let (start, adopted) = match collect::collection_size(nodes, required) {
             Some(needed) => {
-                let head = bucket_head(&self.storage)
+                let head = durability::backfill::bucket_head(&self.storage, &log)
                     .await
                     .context("reading the bucket's last revision")?;
                 // The epoch owns everything above the bucket's head, recorded before the
@@ -343,7 +343,7 @@ impl Supervisor {
                 let mut logged = Vec::new();
                 let mut start = self.store.current_revision() + 1;
                 if wal_logs.is_some() {
-                    let head = bucket_head(&self.storage)
+                    let head = durability::backfill::bucket_head(&self.storage, &log)
                         .await
                         .context("reading the bucket's last revision")?;
                     logged = logged_above(head)?;
@@ -531,17 +531,6 @@ impl Supervisor {
             let _ = tokio::time::timeout(wait, t).await;
         }
     }
-}
-
-/// The last revision the bucket holds (its newest snapshot or chunk).
-async fn bucket_head(storage: &ObjectStorage) -> anyhow::Result<i64> {
-    let snapshot = storage.latest_snapshot().await?.map_or(0, |s| s.revision);
-    let chunk = storage
-        .list_chunks_after(snapshot)
-        .await?
-        .last()
-        .map_or(0, |c| c.revision);
-    Ok(snapshot.max(chunk))
 }
 
 /// How long a group waits for its receipts before it goes to the bucket (the original's 1 s).

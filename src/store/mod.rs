@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 pub use leases::{LeaseInfo, LeaseTable};
 pub use read::{KeyRange, RangeEnd, RangeResult};
 pub use txn::Record;
-pub use writer::{CommitHook, HookError, NoopCommitHook, hook_block, hook_wait};
+pub use writer::{
+    CommitHook, HookError, Landing, MAX_UPLOADS_IN_FLIGHT, NoopCommitHook, hook_block, hook_wait,
+};
 
 use crate::watch::{EventBatch, WatchHub};
 
@@ -176,6 +178,13 @@ impl Store {
         let db_path = opts.data_dir.join("db.sqlite3");
         let mut conn = schema::open_write(&db_path)?;
         schema::migrate(&mut conn, &opts.node_id)?;
+        if let Some((from, to)) = writer::discard_unlanded(&mut conn)? {
+            tracing::warn!(
+                from,
+                to,
+                "discarded revisions committed locally whose upload was not known to have landed (the bucket has them if they did)"
+            );
+        }
         let current = read::latest_revision(&conn)?;
         let compacted = read::compaction_revision(&conn)?;
         let revs = Arc::new(Revisions::default());
@@ -518,11 +527,15 @@ impl Store {
         batch: usize,
         tx: mpsc::Sender<(i64, i64, Vec<Record>)>,
     ) -> Result<(i64, i64)> {
+        let revs = self.inner.revs.clone();
         self.inner
             .pool
             .run_bulk(move |conn| {
+                // Only what is published: the rows above it may still be on their way to the
+                // bucket (a pipelined upload) and must not reach a Replica before they land.
+                let published = revs.current();
                 let rtx = read::ReadTx::begin(conn)?;
-                let head = read::latest_revision(&rtx)?;
+                let head = read::latest_revision(&rtx)?.min(published);
                 let compaction = read::compaction_revision(&rtx)?;
                 let mut buf = Vec::with_capacity(batch);
                 read::for_each_record(&rtx, 1, head, &mut |r| {
@@ -748,5 +761,288 @@ mod inline_tests {
         let store = open(dir.path(), hook);
         store.txn(put("k")).await.unwrap();
         assert_eq!(seen.lock().unwrap()[0].0, "netsy-writer");
+    }
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    //! A pipelined hook: groups are applied while earlier uploads are in flight, published and
+    //! answered in revision order once theirs and every earlier one landed; a failed upload
+    //! stops the writer; a restart discards what was committed but never known to have landed.
+
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use etcd_client::proto::{
+        PbCompare, PbPutRequest, PbRangeRequest, PbTargetUnion, PbTxnOpRequest, PbTxnRequest,
+        PbTxnRequestOp,
+    };
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::watch::{RingLimits, WatchHub};
+
+    /// One started upload: its revisions and the means to land it.
+    struct Started {
+        revisions: Vec<i64>,
+        land: oneshot::Sender<std::result::Result<(), HookError>>,
+        landed: Arc<Notify>,
+    }
+
+    impl Started {
+        fn land(self, outcome: std::result::Result<(), HookError>) {
+            self.land.send(outcome).unwrap();
+            self.landed.notify_one();
+        }
+    }
+
+    struct Hook {
+        started: mpsc::Sender<Started>,
+    }
+
+    impl CommitHook for Hook {
+        fn persist(&mut self, _records: &[Record]) -> std::result::Result<(), HookError> {
+            unreachable!("a pipelined hook's plain groups go through start")
+        }
+
+        fn pipelined(&self) -> bool {
+            true
+        }
+
+        fn start(
+            &mut self,
+            records: &[Record],
+            landed: Arc<Notify>,
+        ) -> std::result::Result<Landing, HookError> {
+            let (land, rx) = oneshot::channel();
+            self.started
+                .send(Started {
+                    revisions: records.iter().map(|r| r.revision).collect(),
+                    land,
+                    landed,
+                })
+                .unwrap();
+            Ok(rx)
+        }
+    }
+
+    fn open(
+        dir: &std::path::Path,
+        fatal: crate::fatal::FatalChannel,
+    ) -> (Store, mpsc::Receiver<Started>) {
+        let (tx, rx) = mpsc::channel();
+        let opts = StoreOptions {
+            data_dir: dir.to_path_buf(),
+            node_id: "test".into(),
+            readers: 2,
+            fatal,
+        };
+        let store = Store::open(
+            opts,
+            WatchHub::new(RingLimits::default()),
+            Box::new(Hook { started: tx }),
+        )
+        .unwrap();
+        (store, rx)
+    }
+
+    fn put(key: &str, value: &str) -> PbTxnRequest {
+        PbTxnRequest {
+            success: vec![PbTxnRequestOp {
+                request: Some(PbTxnOpRequest::RequestPut(PbPutRequest {
+                    key: key.as_bytes().to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// Puts `key` only if it does not exist (Kubernetes' create).
+    fn create(key: &str) -> PbTxnRequest {
+        PbTxnRequest {
+            compare: vec![PbCompare {
+                result: 0, // EQUAL
+                target: 2, // MOD
+                key: key.as_bytes().to_vec(),
+                target_union: Some(PbTargetUnion::ModRevision(0)),
+                ..Default::default()
+            }],
+            ..put(key, "created")
+        }
+    }
+
+    async fn value(store: &Store, key: &str) -> Option<Vec<u8>> {
+        let resp = store
+            .range(PbRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        resp.kvs.first().map(|kv| kv.value.clone())
+    }
+
+    fn next(started: &mpsc::Receiver<Started>) -> Started {
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an upload starts")
+    }
+
+    async fn answer<T>(h: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), h)
+            .await
+            .expect("answered")
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn groups_overlap_and_are_answered_in_revision_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, started) = open(dir.path(), Default::default());
+        let base = store.current_revision();
+        // Each group is applied on top of the one before while that one is still uploading.
+        let mut calls = Vec::new();
+        let mut uploads = Vec::new();
+        for i in 0..MAX_UPLOADS_IN_FLIGHT {
+            let s = store.clone();
+            let key = format!("k{i}");
+            calls.push(tokio::spawn(async move { s.txn(put(&key, "v")).await }));
+            let up = next(&started);
+            assert_eq!(up.revisions, [base + 1 + i as i64]);
+            uploads.push(up);
+        }
+        // The last lands first: nothing is published, nobody is answered, and reads stay at
+        // the published revision (the rows above it are committed locally, not visible).
+        uploads.pop().unwrap().land(Ok(()));
+        let s = store.clone();
+        let extra = tokio::spawn(async move { s.txn(put("extra", "v")).await });
+        // Every slot is taken (the landed upload's group is not published yet): the next
+        // group waits, so its upload has not started.
+        assert!(
+            started.recv_timeout(Duration::from_millis(100)).is_err(),
+            "an upload started with every slot taken"
+        );
+        assert_eq!(store.current_revision(), base);
+        assert_eq!(value(&store, "k0").await, None);
+        assert!(calls.iter().all(|c| !c.is_finished()));
+
+        for up in uploads {
+            up.land(Ok(()));
+        }
+        for (i, call) in calls.into_iter().enumerate() {
+            let resp = answer(call).await.unwrap();
+            assert_eq!(resp.header.unwrap().revision, base + 1 + i as i64);
+        }
+        let last = next(&started);
+        let n = MAX_UPLOADS_IN_FLIGHT as i64;
+        assert_eq!(last.revisions, [base + n + 1]);
+        assert_eq!(store.current_revision(), base + n);
+        assert_eq!(value(&store, "k0").await.as_deref(), Some(&b"v"[..]));
+        last.land(Ok(()));
+        assert_eq!(
+            answer(extra).await.unwrap().header.unwrap().revision,
+            base + n + 1
+        );
+        assert_eq!(store.current_revision(), base + n + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_that_reflects_an_unlanded_write_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, started) = open(dir.path(), Default::default());
+        let base = store.current_revision();
+        let s = store.clone();
+        let a = tokio::spawn(async move { s.txn(create("a")).await });
+        let first = next(&started);
+        // Compares against the write in flight: it fails, writes nothing, and says so only once
+        // that write is in the bucket.
+        let s = store.clone();
+        let again = tokio::spawn(async move { s.txn(create("a")).await });
+        let s = store.clone();
+        let b = tokio::spawn(async move { s.txn(put("b", "2")).await });
+        let second = next(&started);
+        assert!(
+            !again.is_finished(),
+            "answered before the write it saw landed"
+        );
+        first.land(Ok(()));
+        second.land(Ok(()));
+        assert!(answer(a).await.unwrap().succeeded);
+        let r = answer(again).await.unwrap();
+        assert!(!r.succeeded);
+        assert!(r.header.unwrap().revision > base);
+        answer(b).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_upload_stops_the_writer_and_a_restart_discards_what_did_not_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let fatal = crate::fatal::FatalChannel::new();
+        let (store, started) = open(dir.path(), fatal.clone());
+        let landed = {
+            let s = store.clone();
+            let h = tokio::spawn(async move {
+                s.txn(put("kept", "old")).await.unwrap();
+                s.txn(put("gone", "x")).await.unwrap();
+            });
+            next(&started).land(Ok(()));
+            next(&started).land(Ok(()));
+            answer(h).await;
+            store.current_revision()
+        };
+        // Everything landed: a later restart keeps it (checked below).
+        let s = store.clone();
+        let a = tokio::spawn(async move { s.txn(put("kept", "new")).await });
+        let first = next(&started);
+        let s = store.clone();
+        let b = tokio::spawn(async move {
+            s.txn(PbTxnRequest {
+                success: vec![PbTxnRequestOp {
+                    request: Some(PbTxnOpRequest::RequestDeleteRange(
+                        etcd_client::proto::PbDeleteRequest {
+                            key: b"gone".to_vec(),
+                            ..Default::default()
+                        },
+                    )),
+                }],
+                ..Default::default()
+            })
+            .await
+        });
+        let second = next(&started);
+        second.land(Ok(()));
+        first.land(Err(HookError::Indeterminate("the bucket is gone".into())));
+        assert!(matches!(answer(a).await, Err(Error::Indeterminate(_))));
+        assert!(matches!(answer(b).await, Err(Error::Indeterminate(_))));
+        assert!(fatal.get().is_some(), "the failure is recorded as fatal");
+        assert_eq!(store.current_revision(), landed);
+        assert!(
+            store.txn(put("after", "1")).await.is_err(),
+            "the writer stopped"
+        );
+        store.close().await;
+
+        let (store, _started) = open(dir.path(), Default::default());
+        assert_eq!(
+            store.current_revision(),
+            landed,
+            "the unlanded revisions are gone"
+        );
+        assert_eq!(value(&store, "kept").await.as_deref(), Some(&b"old"[..]));
+        assert_eq!(value(&store, "gone").await.as_deref(), Some(&b"x"[..]));
+        let count = store
+            .range(PbRangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"z".to_vec(),
+                count_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .count;
+        assert_eq!(count, 2);
+        store.close().await;
     }
 }

@@ -41,8 +41,10 @@ pub(super) const READ_MMAP_BYTES: i64 = 1 << 31;
 
 /// The write connection. `synchronous = NORMAL`: in WAL mode a commit is not fsynced, only
 /// checkpoints are. The local file is a cache of the bucket, which holds every acknowledged
-/// write before SQLite commits (the commit hook), so a commit lost to a power cut is loaded
-/// again from the bucket at startup; WAL mode keeps the file consistent whatever is lost.
+/// write before it is published (the commit hook), so a commit lost to a power cut is loaded
+/// again from the bucket at startup; WAL mode keeps the file consistent whatever is lost. Rows
+/// committed while their upload was in flight (a pipelined hook) are marked and discarded at
+/// the next start unless known to have landed (`writer::discard_unlanded`).
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

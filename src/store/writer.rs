@@ -5,13 +5,23 @@
 //! watchers woken and callers answered. A failed hook or commit rolls everything back.
 //! A write that is the only one in flight is applied by the thread that received it instead,
 //! under the same lock ([`try_inline`]).
+//!
+//! When the hook's durability waits on the network ([`CommitHook::pipelined`]: object storage),
+//! a group is committed to SQLite once its upload has *started*, and the writer goes on with
+//! the next group while it runs: up to [`MAX_UPLOADS_IN_FLIGHT`] uploads overlap. Groups are
+//! still published and answered strictly in revision order, each once its own upload and every
+//! earlier one has landed; until then readers see the published revision (the rows above it
+//! are committed but not visible: reads at the current revision are answered at the published
+//! one). The rows of groups not yet landed are marked in `meta` (`unlanded_above`), and a
+//! restart discards them ([`discard_unlanded`]): the bucket, not the local file, says whether
+//! they were written.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use etcd_client::proto::{PbTxnRequest, PbTxnResponse};
 use rusqlite::{Connection, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::txn::{LeaseChange, Record, TxnCtx};
 use super::{Error, LeaseTable, Result, Revisions, schema};
@@ -41,6 +51,26 @@ pub trait CommitHook: Send + 'static {
     }
     /// New records of one commit group, in (revision, sub) order.
     fn persist(&mut self, records: &[Record]) -> std::result::Result<(), HookError>;
+    /// Durability waits on the network and may overlap with the next groups: the writer calls
+    /// [`CommitHook::start`] instead of `persist` for groups of plain requests (see the module
+    /// documentation).
+    fn pipelined(&self) -> bool {
+        false
+    }
+    /// Starts making the records of one group durable and returns at once: the outcome is sent
+    /// on the returned [`Landing`], after which `landed` is notified. An error here means
+    /// nothing was started (the group is rolled back); an error on the landing stops the
+    /// writer, since later groups were applied on top of this one.
+    fn start(
+        &mut self,
+        records: &[Record],
+        _landed: Arc<Notify>,
+    ) -> std::result::Result<Landing, HookError> {
+        self.persist(records)?;
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(()));
+        Ok(rx)
+    }
     /// A lease is about to be granted.
     fn lease_granted(&mut self, _id: i64, _ttl: i64) -> std::result::Result<(), HookError> {
         Ok(())
@@ -64,6 +94,20 @@ pub trait CommitHook: Send + 'static {
         Ok(())
     }
 }
+
+/// The outcome of an upload begun by [`CommitHook::start`].
+pub type Landing = oneshot::Receiver<std::result::Result<(), HookError>>;
+
+/// Uploads a pipelined hook may have in flight at once. With one, a request that arrives while
+/// a group uploads waits for that upload and then its own (two round trips). Clients answered
+/// together come back together but are taken as several groups (the writer starts a group as
+/// soon as a request is there), so a few slots are needed to take a whole burst in one round
+/// trip: with 100 ms added to every bucket response, 16 clients' writes had p50 211 ms with
+/// one (sequential uploads), 107 ms with two, 106 with four and eight, and 100 clients' 215,
+/// 207, 112-124 and 111 ms; eight reached 149 and 800 writes/s (of the 152 and 950 one round
+/// trip allows). The cost is more, smaller uploads under load: on a local S3 server, 0.2-0.4
+/// object writes per write at 16 clients instead of 0.2, 0.07-0.08 at 100 instead of 0.035.
+pub const MAX_UPLOADS_IN_FLIGHT: usize = 8;
 
 /// Runs `fut` on `rt` from the synchronous code of a commit hook and waits for it. On the
 /// writer thread that is `block_on`; on a runtime worker applying a lone request itself
@@ -269,6 +313,25 @@ pub(super) struct Writer {
     stopped: bool,
     /// Requests in the last write group (see [`try_inline`]).
     last_group: usize,
+    /// Groups committed locally whose upload (or an earlier group's) has not landed yet, in
+    /// revision order (see the module documentation).
+    inflight: VecDeque<InFlight>,
+    /// Notified by a pipelined hook when an upload lands.
+    landed: Arc<Notify>,
+    /// `meta.unlanded_above` is set in the database.
+    marked: bool,
+}
+
+/// A group committed locally, waiting for its upload and every earlier one.
+struct InFlight {
+    /// `None`: the group wrote nothing (its requests failed or compared false), but its
+    /// answers may reflect earlier groups, so they wait their turn.
+    landing: Option<Landing>,
+    rev: i64,
+    batches: Vec<EventBatch>,
+    records: Vec<Record>,
+    lease_changes: Vec<LeaseChange>,
+    replies: Vec<Pending>,
 }
 
 struct CompactionJob {
@@ -353,12 +416,40 @@ pub(super) fn try_inline(
     // After a group of several, the others' next requests are on their way: this one
     // would take the lock for its own fdatasync just before they arrive, and they would pay
     // a second one behind it (two groups where there was one).
-    if writer.stopped || writer.last_group > 1 || !writer.hook.inline() {
+    if writer.stopped
+        || writer.last_group > 1
+        || !writer.inflight.is_empty()
+        || !writer.hook.inline()
+    {
         return Err(cmd);
     }
     writer.process(VecDeque::from([cmd]));
     writer.maybe_checkpoint();
     Ok(())
+}
+
+/// What the writer thread does next, decided under the lock and done without it.
+enum Wait {
+    /// Nothing in flight: wait for a request.
+    Request,
+    /// Uploads in flight: wait for a request or a landing.
+    RequestOrLanding(Arc<Notify>),
+    /// As many uploads in flight as allowed: wait for a landing (requests queue meanwhile and
+    /// form the next group).
+    Landing(Arc<Notify>),
+    /// A compaction is freeing history: take a request if one is there, else do a step.
+    Poll,
+}
+
+/// What the wait brought.
+enum Next {
+    Cmd(Command),
+    /// No request queued (compaction in progress): a compaction step.
+    Step,
+    /// An upload landed (or a stale notification).
+    Landed,
+    /// Every sender is gone.
+    Closed,
 }
 
 /// The writer thread: waits for requests, takes everything queued as one group.
@@ -372,23 +463,41 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Command>) {
         None => return,
     }
     loop {
-        let busy = match lock() {
+        let wait = match lock() {
             Some(g) => match g.as_ref() {
-                Some(w) if !w.stopped => w.compaction.is_some(),
+                Some(w) if !w.stopped => {
+                    if w.inflight.len() >= MAX_UPLOADS_IN_FLIGHT {
+                        Wait::Landing(w.landed.clone())
+                    } else if w.compaction.is_some() {
+                        Wait::Poll
+                    } else if w.inflight.is_empty() {
+                        Wait::Request
+                    } else {
+                        Wait::RequestOrLanding(w.landed.clone())
+                    }
+                }
                 _ => return,
             },
             None => return,
         };
-        let first = if busy {
-            match rx.try_recv() {
-                Ok(cmd) => Some(cmd),
-                Err(mpsc::error::TryRecvError::Empty) => None,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
+        let next = match wait {
+            Wait::Request => rx.blocking_recv().map_or(Next::Closed, Next::Cmd),
+            Wait::Poll => match rx.try_recv() {
+                Ok(cmd) => Next::Cmd(cmd),
+                Err(mpsc::error::TryRecvError::Empty) => Next::Step,
+                Err(mpsc::error::TryRecvError::Disconnected) => Next::Closed,
+            },
+            Wait::Landing(landed) => {
+                futures::executor::block_on(landed.notified());
+                Next::Landed
             }
-        } else {
-            match rx.blocking_recv() {
-                Some(cmd) => Some(cmd),
-                None => return,
+            Wait::RequestOrLanding(landed) => {
+                let recv = std::pin::pin!(rx.recv());
+                let notified = std::pin::pin!(landed.notified());
+                match futures::executor::block_on(futures::future::select(recv, notified)) {
+                    futures::future::Either::Left((cmd, _)) => cmd.map_or(Next::Closed, Next::Cmd),
+                    futures::future::Either::Right(_) => Next::Landed,
+                }
             }
         };
         // A poisoned lock: a caller panicked while applying its request; nothing more is
@@ -399,10 +508,24 @@ fn run(shared: &Shared, mut rx: mpsc::Receiver<Command>) {
             // Requests still queued are dropped: their callers get `Error::Shutdown`.
             return;
         }
-        let Some(first) = first else {
-            writer.compaction_step();
-            writer.maybe_checkpoint();
-            continue;
+        let first = match next {
+            Next::Cmd(cmd) => cmd,
+            Next::Closed => {
+                // Every sender is gone: answer the callers of uploads in flight, then end.
+                writer.drain();
+                return;
+            }
+            Next::Step => {
+                writer.compaction_step();
+                writer.publish_landed();
+                writer.maybe_checkpoint();
+                continue;
+            }
+            Next::Landed => {
+                writer.publish_landed();
+                writer.maybe_checkpoint();
+                continue;
+            }
         };
         let mut queue = VecDeque::from([first]);
         while queue.len() < MAX_GROUP {
@@ -448,6 +571,9 @@ impl Writer {
             fatal: FatalChannel::new(),
             stopped: false,
             last_group: 0,
+            inflight: VecDeque::new(),
+            landed: Arc::new(Notify::new()),
+            marked: false,
         }
     }
 
@@ -539,12 +665,24 @@ impl Writer {
             if self.stopped {
                 return;
             }
+            if matches!(cmd, Command::Tick { .. }) {
+                // Time-driven work of the hook: it needs the requests before it applied, not
+                // their uploads landed (what it flushes was published, so it landed).
+                self.commit_group(std::mem::take(&mut group));
+            } else if !matches!(cmd, Command::Txn { .. }) {
+                // Everything but plain requests sees (and is seen after) every earlier group
+                // published: the pipeline is drained first.
+                self.settle(&mut group);
+                if self.stopped {
+                    reply_err(cmd, Error::Shutdown);
+                    return;
+                }
+            }
             match cmd {
                 Command::Txn { .. } => group.push(cmd),
                 // Lease grants and revokes change what later requests may reference: each
                 // commits alone, after the requests before it.
                 Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => {
-                    self.commit_group(std::mem::take(&mut group));
                     self.commit_group(vec![cmd]);
                 }
                 Command::Compact {
@@ -552,11 +690,9 @@ impl Writer {
                     physical,
                     reply,
                 } => {
-                    self.commit_group(std::mem::take(&mut group));
                     self.compact(rev, physical, reply);
                 }
                 Command::Import { records, reply } => {
-                    self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.import(records));
                 }
                 Command::Restore {
@@ -564,11 +700,9 @@ impl Writer {
                     leases,
                     reply,
                 } => {
-                    self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.restore(compaction, leases));
                 }
                 Command::ReplaceBegin { reply } => {
-                    self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.replace_begin());
                 }
                 Command::ReplaceEnd {
@@ -576,11 +710,9 @@ impl Writer {
                     compaction,
                     reply,
                 } => {
-                    self.commit_group(std::mem::take(&mut group));
                     let _ = reply.send(self.replace_end(commit, compaction));
                 }
                 Command::Tick { flush, reply } => {
-                    self.commit_group(std::mem::take(&mut group));
                     let res = match self.hook.tick(flush) {
                         Ok(()) => Ok(()),
                         Err(HookError::Rejected(e)) => Err(Error::Commit(e)),
@@ -592,12 +724,10 @@ impl Writer {
                     let _ = reply.send(res);
                 }
                 Command::SetHook { hook, reply } => {
-                    self.commit_group(std::mem::take(&mut group));
                     self.hook = hook;
                     let _ = reply.send(Ok(()));
                 }
                 Command::Defragment { reply } => {
-                    self.commit_group(std::mem::take(&mut group));
                     let res = self
                         .conn
                         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
@@ -609,13 +739,19 @@ impl Writer {
         self.commit_group(group);
     }
 
+    /// Commits the plain requests gathered so far, then drains the pipeline.
+    fn settle(&mut self, group: &mut Vec<Command>) {
+        self.commit_group(std::mem::take(group));
+        self.drain();
+    }
+
     /// Applies a group of mutating commands in one SQLite transaction.
     fn commit_group(&mut self, group: Vec<Command>) {
         if group.is_empty() {
             return;
         }
         self.last_group = group.len();
-        let start_rev = self.revs.current();
+        let start_rev = self.applied();
         let mut rev = start_rev;
         let mut replies = Vec::with_capacity(group.len());
         let mut records: Vec<Record> = Vec::new();
@@ -717,6 +853,61 @@ impl Writer {
             }
         }
 
+        if self.hook.pipelined()
+            && granted.is_empty()
+            && revoked.is_empty()
+            && !(records.is_empty() && self.inflight.is_empty())
+        {
+            let landing = if records.is_empty() {
+                None
+            } else {
+                match self.hook.start(&records, self.landed.clone()) {
+                    Ok(landing) => Some(landing),
+                    Err(HookError::Rejected(e)) => {
+                        drop(tx);
+                        tracing::error!(error = %e, revisions = rev - start_rev, "write_failed: not made durable; rolled back");
+                        for p in replies {
+                            send_pending(fail_if_ok(p, Error::Commit(e.clone())));
+                        }
+                        return;
+                    }
+                    Err(HookError::Indeterminate(e)) => {
+                        drop(tx);
+                        self.stop_indeterminate("write", &e, replies);
+                        return;
+                    }
+                }
+            };
+            let committed = mark_unlanded(&tx, self.revs.current())
+                .and_then(|()| tx.commit().map_err(Error::from));
+            if let Err(e) = committed {
+                if landing.is_some() {
+                    // The upload may land: only a restart can tell.
+                    self.stop_indeterminate(
+                        "local commit of a group being uploaded",
+                        &e.to_string(),
+                        replies,
+                    );
+                } else {
+                    for p in replies {
+                        send_pending(fail_if_ok(p, Error::Commit(e.to_string())));
+                    }
+                }
+                return;
+            }
+            self.marked = true;
+            self.inflight.push_back(InFlight {
+                landing,
+                rev,
+                batches,
+                records,
+                lease_changes,
+                replies,
+            });
+            self.publish_landed();
+            return;
+        }
+
         let mut hook_result = Ok(());
         for (id, ttl) in &granted {
             if hook_result.is_ok() {
@@ -762,24 +953,88 @@ impl Writer {
         for (id, ttl) in granted {
             self.leases.insert(id, ttl);
         }
-        for change in lease_changes {
-            match change {
-                LeaseChange::Attach(id, key) => self.leases.attach(id, &key),
-                LeaseChange::Detach(id, key) => self.leases.detach(id, &key),
-            }
-        }
+        apply_lease_changes(&self.leases, lease_changes);
         for id in revoked {
             self.leases.remove(id);
             self.hook.lease_revoked(id);
         }
+        self.publish(rev, batches, records, Vec::new(), replies);
+    }
+
+    /// The revision the next group builds on: the last one applied, published or not.
+    fn applied(&self) -> i64 {
+        self.inflight
+            .back()
+            .map_or_else(|| self.revs.current(), |f| f.rev)
+    }
+
+    /// Makes a group committed and durable visible: watchers, readers, the replication feed,
+    /// then its callers.
+    fn publish(
+        &mut self,
+        rev: i64,
+        batches: Vec<EventBatch>,
+        records: Vec<Record>,
+        lease_changes: Vec<LeaseChange>,
+        replies: Vec<Pending>,
+    ) {
+        apply_lease_changes(&self.leases, lease_changes);
         self.hub.append(batches);
-        self.revs.set_current(rev);
-        self.hub.notify(rev);
+        if rev > self.revs.current() {
+            self.revs.set_current(rev);
+        }
+        self.hub.notify(self.revs.current());
         if !records.is_empty() {
             self.hook.published(&records, rev);
         }
         for p in replies {
             send_pending(p);
+        }
+    }
+
+    /// Publishes the groups at the front of the pipeline whose uploads have landed, in order.
+    /// A failed upload stops the writer: the groups after it were applied on top of it.
+    fn publish_landed(&mut self) {
+        while let Some(head) = self.inflight.front_mut() {
+            let outcome = match head.landing.as_mut() {
+                None => Ok(()),
+                Some(rx) => match rx.try_recv() {
+                    Ok(outcome) => outcome,
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => Err(HookError::Indeterminate(
+                        "the upload ended without an outcome".into(),
+                    )),
+                },
+            };
+            if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) = outcome {
+                let replies = self.inflight.drain(..).flat_map(|f| f.replies).collect();
+                self.stop_indeterminate("write (pipelined upload)", &e, replies);
+                return;
+            }
+            let Some(f) = self.inflight.pop_front() else {
+                break;
+            };
+            self.publish(f.rev, f.batches, f.records, f.lease_changes, f.replies);
+        }
+        if self.inflight.is_empty() && self.marked {
+            // Everything committed here is in the bucket: a restart keeps it all.
+            match exec_cached(&self.conn, "DELETE FROM meta WHERE name = 'unlanded_above'") {
+                Ok(()) => self.marked = false,
+                Err(e) => tracing::warn!(error = %e, "cannot clear the mark of unlanded rows"),
+            }
+        }
+    }
+
+    /// Waits until every group in the pipeline is published (or the writer stopped): before
+    /// anything that is not a plain request (leases, compaction, imports, a new hook).
+    fn drain(&mut self) {
+        loop {
+            self.publish_landed();
+            if self.stopped || self.inflight.is_empty() {
+                return;
+            }
+            let landed = self.landed.clone();
+            hook_block(|| futures::executor::block_on(landed.notified()));
         }
     }
 
@@ -1002,6 +1257,68 @@ impl Writer {
             }
         }
     }
+}
+
+fn apply_lease_changes(leases: &LeaseTable, changes: Vec<LeaseChange>) {
+    for change in changes {
+        match change {
+            LeaseChange::Attach(id, key) => leases.attach(id, &key),
+            LeaseChange::Detach(id, key) => leases.detach(id, &key),
+        }
+    }
+}
+
+/// Marks the rows of a group being uploaded as not yet in the bucket, in the group's own
+/// transaction: everything above `published` (see [`discard_unlanded`]).
+fn mark_unlanded(conn: &Connection, published: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES ('unlanded_above', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([published])?;
+    Ok(())
+}
+
+/// At startup: removes the rows that a pipelined writer committed locally while their upload
+/// was in flight, if the process ended before it knew they landed (`meta.unlanded_above`).
+/// Whichever of them did land are loaded again from the bucket by backfill; the others were
+/// never acknowledged and must not be served. Returns the revisions discarded (from, to).
+pub(super) fn discard_unlanded(conn: &mut Connection) -> Result<Option<(i64, i64)>> {
+    use rusqlite::OptionalExtension;
+    let tx = conn.transaction()?;
+    let mark: Option<i64> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'unlanded_above'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(mark) = mark else {
+        return Ok(None);
+    };
+    let latest = super::read::latest_revision(&tx)?;
+    tx.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS unlanded_keys (key BLOB PRIMARY KEY) WITHOUT ROWID;
+         DELETE FROM temp.unlanded_keys;",
+    )?;
+    tx.execute(
+        "INSERT OR IGNORE INTO temp.unlanded_keys SELECT key FROM records WHERE revision > ?1",
+        [mark],
+    )?;
+    tx.execute("DELETE FROM records WHERE revision > ?1", [mark])?;
+    // Each touched key points at its newest remaining row again (none, or a tombstone: gone).
+    tx.execute_batch(
+        "DELETE FROM kv_current WHERE key IN (SELECT key FROM temp.unlanded_keys);
+         INSERT INTO kv_current (key, revision, sub)
+            SELECT r.key, r.revision, r.sub FROM temp.unlanded_keys u
+            JOIN records r ON r.key = u.key
+             AND r.revision = (SELECT MAX(revision) FROM records WHERE key = u.key)
+            WHERE r.deleted = 0 AND r.revision > 1;
+         DROP TABLE temp.unlanded_keys;
+         DELETE FROM meta WHERE name = 'unlanded_above';",
+    )?;
+    tx.commit()?;
+    Ok((latest > mark).then_some((mark + 1, latest)))
 }
 
 fn fail_pending(p: Pending, e: Error) -> Pending {
