@@ -335,9 +335,11 @@ impl CommitHook for BucketHook {
         let uploader = self.uploader();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.rt.spawn(async move {
+            // Also when the task is dropped unfinished (the runtime shutting down): the writer
+            // then finds the landing closed instead of waiting for it forever.
+            let _wake = NotifyOnDrop(landed);
             let outcome = uploader.confirm(chunk, bytes).await;
             let _ = tx.send(outcome);
-            landed.notify_one();
         });
         Ok(rx)
     }
@@ -380,6 +382,15 @@ impl CommitHook for BucketHook {
         if let Some(f) = &self.fanout {
             f.compaction(rev);
         }
+    }
+}
+
+/// Notifies the writer that an upload ended, however it ended.
+struct NotifyOnDrop(Arc<tokio::sync::Notify>);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 

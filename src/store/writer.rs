@@ -592,7 +592,10 @@ impl Writer {
             reason: reason.to_string(),
         });
         self.stopped = true;
-        for p in replies {
+        // The groups in flight were applied on top of (or next to) this one: none of them is
+        // published now.
+        let inflight: Vec<Pending> = self.inflight.drain(..).flat_map(|f| f.replies).collect();
+        for p in replies.into_iter().chain(inflight) {
             send_pending(fail_if_ok(p, Error::Indeterminate(reason.to_string())));
         }
     }
@@ -1007,8 +1010,7 @@ impl Writer {
                 },
             };
             if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) = outcome {
-                let replies = self.inflight.drain(..).flat_map(|f| f.replies).collect();
-                self.stop_indeterminate("write (pipelined upload)", &e, replies);
+                self.stop_indeterminate("write (pipelined upload)", &e, Vec::new());
                 return;
             }
             let Some(f) = self.inflight.pop_front() else {
