@@ -13,6 +13,7 @@
 #
 # Prints one line per cell and run, then a table of medians. Needs target/release/netsy-bench.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"   # start_seaweedfs
 before=$1 after=$2 rounds=${3:-3}
 shift $(( $# < 3 ? $# : 3 ))
 clients=("$@"); [ ${#clients[@]} -gt 0 ] || clients=(1 16 100)
@@ -24,7 +25,6 @@ trap '[ ${#aux[@]} -eq 0 ] || kill "${aux[@]}" 2>/dev/null; rm -rf "$work"' EXIT
 port=$(( 24000 + RANDOM % 4000 ))
 config=()
 if [ "${AB_STORAGE:-local}" = s3 ]; then
-  . "$root/scripts/lib.sh"
   start_seaweedfs "$work/weed" abtest
   aux+=("$SEAWEEDFS_PID")
   if [ "${AB_DELAY_MS:-0}" -gt 0 ]; then
