@@ -866,17 +866,9 @@ impl Writer {
             } else {
                 match self.hook.start(&records, self.landed.clone()) {
                     Ok(landing) => Some(landing),
-                    Err(HookError::Rejected(e)) => {
+                    Err(e) => {
                         drop(tx);
-                        tracing::error!(error = %e, revisions = rev - start_rev, "write_failed: not made durable; rolled back");
-                        for p in replies {
-                            send_pending(fail_if_ok(p, Error::Commit(e.clone())));
-                        }
-                        return;
-                    }
-                    Err(HookError::Indeterminate(e)) => {
-                        drop(tx);
-                        self.stop_indeterminate("write", &e, replies);
+                        self.hook_failed(e, rev - start_rev, replies);
                         return;
                     }
                 }
@@ -920,21 +912,10 @@ impl Writer {
         if hook_result.is_ok() && !records.is_empty() {
             hook_result = self.hook.persist(&records);
         }
-        match hook_result {
-            Ok(()) => {}
-            Err(HookError::Rejected(e)) => {
-                drop(tx);
-                tracing::error!(error = %e, revisions = rev - start_rev, "write_failed: not made durable; rolled back");
-                for p in replies {
-                    send_pending(fail_if_ok(p, Error::Commit(e.clone())));
-                }
-                return;
-            }
-            Err(HookError::Indeterminate(e)) => {
-                drop(tx);
-                self.stop_indeterminate("write", &e, replies);
-                return;
-            }
+        if let Err(e) = hook_result {
+            drop(tx);
+            self.hook_failed(e, rev - start_rev, replies);
+            return;
         }
         if let Err(e) = tx.commit() {
             if records.is_empty() && granted.is_empty() {
@@ -962,6 +943,19 @@ impl Writer {
             self.hook.lease_revoked(id);
         }
         self.publish(rev, batches, records, Vec::new(), replies);
+    }
+
+    /// The hook refused a group (already rolled back) or cannot tell whether it stored it.
+    fn hook_failed(&mut self, e: HookError, revisions: i64, replies: Vec<Pending>) {
+        match e {
+            HookError::Rejected(e) => {
+                tracing::error!(error = %e, revisions, "write_failed: not made durable; rolled back");
+                for p in replies {
+                    send_pending(fail_if_ok(p, Error::Commit(e.clone())));
+                }
+            }
+            HookError::Indeterminate(e) => self.stop_indeterminate("write", &e, replies),
+        }
     }
 
     /// The revision the next group builds on: the last one applied, published or not.
