@@ -1118,6 +1118,111 @@ async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
     wl::assert_same_state("after a second rebuild", &after, &before);
 }
 
+/// Uploads overlap (docs/design/0010, "The synchronous path waits for two uploads"): the chunk
+/// of group N never lands while that of N+1 does, and the writer is killed with both in flight.
+/// Neither was acknowledged (N+1 waits for N). The restarted node (same data dir) must throw
+/// away what it committed locally above its last landed revision, load the bucket only up to
+/// the hole, start its epoch right above it, and replace N+1's stranded chunk when its own
+/// revision N+1 needs the key; a rebuild from the bucket alone then agrees with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_between_two_landings_leaves_a_hole_that_is_never_served() {
+    let mut weed = start_weed("hole");
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let proxy = FaultProxy::start(weed.s3_port, 4).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 {
+            bucket: "hole".into(),
+            endpoint: proxy.endpoint(),
+        },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let head = wl::put_ok(&mut c, "/before", "ok", None).await;
+
+    // N's chunk is held for good; N+1's is uploaded meanwhile and lands.
+    proxy.set(Mode::SwallowChunk);
+    let mut c1 = c.clone();
+    let p1 = tokio::spawn(async move { c1.put("/n", "never-acknowledged", None).await });
+    support::wait::poll("N's chunk PUT held", Duration::from_secs(10), || async {
+        (proxy.stats().held_puts.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    let mut c2 = c.clone();
+    let p2 = tokio::spawn(async move { c2.put("/n1", "never-acknowledged", None).await });
+    wait_for_object(
+        &direct,
+        &direct.layout().chunk((head + 2) as u64),
+        Duration::from_secs(20),
+    )
+    .await;
+    let n_chunk = direct.layout().chunk((head + 1) as u64);
+    assert!(
+        netsy::objstore::cas::get(direct.store().as_ref(), &n_chunk)
+            .await
+            .expect("read the bucket")
+            .is_none(),
+        "N's chunk never reached the bucket"
+    );
+    // N+1 landed but is not answered: N, before it, has not.
+    assert!(!p1.is_finished() && !p2.is_finished());
+    drop(c);
+    node.kill9();
+    for p in [p1, p2] {
+        let r = tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .expect("a killed server's client gets an answer")
+            .unwrap();
+        assert!(
+            r.is_err(),
+            "a write that never landed was acknowledged: {r:?}"
+        );
+    }
+    proxy.set(Mode::Pass);
+
+    // Same data dir: N and N+1 are committed in the local file above the unlanded mark.
+    node.restart();
+    node.wait_ready(READY).await;
+    let log = node.log_text();
+    assert!(
+        log.contains("discarded revisions committed locally"),
+        "{}",
+        support::node::tail(&log, 30)
+    );
+    let mut c = node.client().await;
+    let now = wl::state_at(&mut c, 0).await;
+    assert!(now.contains_key(b"/before".as_slice()));
+    assert!(
+        !now.contains_key(b"/n".as_slice()) && !now.contains_key(b"/n1".as_slice()),
+        "nothing above the hole is served: {now:?}"
+    );
+    assert_eq!(current_revision(&mut c).await, head);
+
+    // The new epoch starts at N; its N+1 replaces the stranded chunk.
+    let w1 = wl::put_ok(&mut c, "/w1", "acknowledged", None).await;
+    assert_eq!(
+        w1,
+        head + 1,
+        "the new epoch starts right above the hole's edge"
+    );
+    let w2 = wl::put_ok(&mut c, "/w2", "acknowledged", None).await;
+    assert_eq!(w2, head + 2);
+    assert!(node.log_text().contains("replacing an orphan chunk"));
+    let before = wl::state_at(&mut c, 0).await;
+    drop(c);
+    node.kill9();
+    node.wipe_data_dir();
+    node.restart();
+    node.wait_ready(READY).await;
+    let mut c = node.client().await;
+    let after = wl::state_at(&mut c, 0).await;
+    wl::assert_same_state("after a rebuild from the bucket", &after, &before);
+    assert!(!after.contains_key(b"/n1".as_slice()));
+}
+
 // ------------------------------------------------------------------------------------------
 // 5. A local copy that does not fit the bucket is thrown away and rebuilt
 // ------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@
 //! * `HoldChunkPuts(d)` — a request whose first line is `PUT …/chunks/…` is held for `d` and then
 //!   forwarded even if the client has given up meanwhile (a slow store that applies a PUT after
 //!   its timeout). Other requests (the writer lock's renewals, reads) pass.
+//! * `SwallowChunk` — the first chunk PUT seen in this mode, and every later PUT of the same key
+//!   (the writer's retries), is held and never forwarded: that upload never lands, while the
+//!   chunks after it and every other request pass.
 //!
 //! Decisions come from one RNG seeded by the caller (print the seed to replay a run).
 
@@ -32,6 +35,7 @@ pub enum Mode {
     DropResponse(f64),
     SlowResponses(Duration),
     HoldChunkPuts(Duration),
+    SwallowChunk,
 }
 
 #[derive(Default, Debug)]
@@ -45,6 +49,8 @@ pub struct ProxyStats {
 
 struct Ctl {
     mode: Mutex<Mode>,
+    /// The request line (`PUT /bucket/…/chunks/… HTTP/1.1`) that `SwallowChunk` holds.
+    swallowed: Mutex<Option<Vec<u8>>>,
     rng: Mutex<StdRng>,
     stats: ProxyStats,
     upstream: u16,
@@ -78,6 +84,7 @@ impl FaultProxy {
         let port = listener.local_addr().expect("addr").port();
         let ctl = Arc::new(Ctl {
             mode: Mutex::new(Mode::Pass),
+            swallowed: Mutex::new(None),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             stats: ProxyStats::default(),
             upstream,
@@ -108,6 +115,7 @@ impl FaultProxy {
 
     pub fn set(&self, mode: Mode) {
         *self.ctl.mode.lock().unwrap() = mode;
+        *self.ctl.swallowed.lock().unwrap() = None;
     }
 
     pub fn stats(&self) -> &ProxyStats {
@@ -184,12 +192,22 @@ async fn pump(
                 }
             }
             Mode::HoldChunkPuts(d) => {
-                let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
-                let chunk_put =
-                    line.starts_with(b"PUT ") && line.windows(8).any(|w| w == b"/chunks/");
-                if request && chunk_put {
+                if request && chunk_put(&buf[..n]).is_some() {
                     ctl.stats.held_puts.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(d).await;
+                }
+            }
+            Mode::SwallowChunk => {
+                if let Some(line) = chunk_put(&buf[..n]).filter(|_| request) {
+                    let hold = {
+                        let mut held = ctl.swallowed.lock().unwrap();
+                        held.get_or_insert_with(|| line.to_vec()).as_slice() == line
+                    };
+                    if hold {
+                        ctl.stats.held_puts.fetch_add(1, Ordering::Relaxed);
+                        // Held until the connection's task ends with the proxy.
+                        std::future::pending::<()>().await;
+                    }
                 }
             }
         }
@@ -197,4 +215,10 @@ async fn pump(
             return End::Abort;
         }
     }
+}
+
+/// The request line of a chunk PUT at the start of `bytes`.
+fn chunk_put(bytes: &[u8]) -> Option<&[u8]> {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    (line.starts_with(b"PUT ") && line.windows(8).any(|w| w == b"/chunks/")).then_some(line)
 }
