@@ -902,11 +902,7 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
     );
 
     // Rebuild from the bucket alone and read the whole history.
-    node.kill9();
-    node.wipe_data_dir();
-    node.restart();
-    node.wait_ready(READY).await;
-    let mut c = node.client().await;
+    let mut c = rebuild_from_bucket(&mut node).await;
     let head = current_revision(&mut c).await;
     assert!(head >= ledger.max_acked_rev());
     let events = wl::history(&mut c, 2, head, Duration::from_secs(60)).await;
@@ -942,6 +938,49 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
 // 4. Chunk PUTs that land late: retried, never rolled back; orphans of dead writers fenced
 // ------------------------------------------------------------------------------------------
 
+/// One node on seaweedfs through a [`FaultProxy`] (seeded with `seed`), ready, with the bucket
+/// also reachable directly. Fields drop in order: the node first, seaweedfs last.
+struct BehindProxy {
+    node: Node,
+    _tmp: tempfile::TempDir,
+    proxy: FaultProxy,
+    direct: ObjectStorage,
+    _weed: Weed,
+}
+
+async fn start_behind_proxy(bucket: &str, seed: u64) -> BehindProxy {
+    let mut weed = start_weed(bucket);
+    let direct = weed.storage();
+    weed.wait_ready(&direct).await;
+    let proxy = FaultProxy::start(weed.s3_port, seed).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = NodeSpec::new(
+        tmp.path().join("data"),
+        Bucket::S3 {
+            bucket: bucket.into(),
+            endpoint: proxy.endpoint(),
+        },
+    );
+    let mut node = Node::start(spec, &tmp.path().join("work"));
+    node.wait_ready(READY).await;
+    BehindProxy {
+        node,
+        _tmp: tmp,
+        proxy,
+        direct,
+        _weed: weed,
+    }
+}
+
+/// kill -9, then a restart with an empty data dir: the node rebuilds from the bucket alone.
+async fn rebuild_from_bucket(node: &mut Node) -> Client {
+    node.kill9();
+    node.wipe_data_dir();
+    node.restart();
+    node.wait_ready(READY).await;
+    node.client().await
+}
+
 /// Waits until `key` exists in the bucket.
 async fn wait_for_object(direct: &ObjectStorage, key: &object_store::path::Path, limit: Duration) {
     support::wait::poll("a held chunk PUT to land", limit, || async {
@@ -969,20 +1008,13 @@ async fn put_unknown(c: &mut Client, key: &str, value: &str, limit: Duration) {
 /// rolled back, the client told "nothing applied", and the late PUT resurrected the write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_chunk_put_is_retried_and_never_rolled_back() {
-    let mut weed = start_weed("late");
-    let direct = weed.storage();
-    weed.wait_ready(&direct).await;
-    let proxy = FaultProxy::start(weed.s3_port, 1).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let spec = NodeSpec::new(
-        tmp.path().join("data"),
-        Bucket::S3 {
-            bucket: "late".into(),
-            endpoint: proxy.endpoint(),
-        },
-    );
-    let mut node = Node::start(spec, &tmp.path().join("work"));
-    node.wait_ready(READY).await;
+    let BehindProxy {
+        mut node,
+        proxy,
+        direct,
+        _tmp,
+        _weed,
+    } = start_behind_proxy("late", 1).await;
     let mut c = node.client().await;
     let head = wl::put_ok(&mut c, "/before", "ok", None).await;
 
@@ -1019,11 +1051,7 @@ async fn a_held_chunk_put_is_retried_and_never_rolled_back() {
     )
     .await;
     drop(c);
-    node.kill9();
-    node.wipe_data_dir();
-    node.restart();
-    node.wait_ready(READY).await;
-    let mut c = node.client().await;
+    let mut c = rebuild_from_bucket(&mut node).await;
     let after = wl::state_at(&mut c, 0).await;
     wl::assert_same_state("after a rebuild from the bucket", &after, &before);
 }
@@ -1035,20 +1063,13 @@ async fn a_held_chunk_put_is_retried_and_never_rolled_back() {
 /// N), and the next write at N+1 replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
-    let mut weed = start_weed("late2");
-    let direct = weed.storage();
-    weed.wait_ready(&direct).await;
-    let proxy = FaultProxy::start(weed.s3_port, 2).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let spec = NodeSpec::new(
-        tmp.path().join("data"),
-        Bucket::S3 {
-            bucket: "late2".into(),
-            endpoint: proxy.endpoint(),
-        },
-    );
-    let mut node = Node::start(spec, &tmp.path().join("work"));
-    node.wait_ready(READY).await;
+    let BehindProxy {
+        mut node,
+        proxy,
+        direct,
+        _tmp,
+        _weed,
+    } = start_behind_proxy("late2", 2).await;
     let mut c = node.client().await;
     wl::put_ok(&mut c, "/before", "ok", None).await;
 
@@ -1089,16 +1110,12 @@ async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
 
     // A rebuild from the bucket skips the orphan.
     drop(c);
-    node.kill9();
-    node.wipe_data_dir();
-    node.restart();
-    node.wait_ready(READY).await;
+    let mut c = rebuild_from_bucket(&mut node).await;
     assert!(
         node.log_text().contains("skipping an orphan chunk"),
         "{}",
         support::node::tail(&node.log_text(), 30)
     );
-    let mut c = node.client().await;
     let now = wl::state_at(&mut c, 0).await;
     assert_eq!(now.get(b"/w1".as_slice()).map(|v| v.0), Some(n));
     assert!(!now.contains_key(b"/p1".as_slice()) && !now.contains_key(b"/p2".as_slice()));
@@ -1109,11 +1126,7 @@ async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
     assert!(node.log_text().contains("replacing an orphan chunk"));
     let before = wl::state_at(&mut c, 0).await;
     drop(c);
-    node.kill9();
-    node.wipe_data_dir();
-    node.restart();
-    node.wait_ready(READY).await;
-    let mut c = node.client().await;
+    let mut c = rebuild_from_bucket(&mut node).await;
     let after = wl::state_at(&mut c, 0).await;
     wl::assert_same_state("after a second rebuild", &after, &before);
 }
@@ -1126,20 +1139,13 @@ async fn a_late_chunk_of_a_dead_writer_is_an_orphan() {
 /// revision N+1 needs the key; a rebuild from the bucket alone then agrees with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_killed_between_two_landings_leaves_a_hole_that_is_never_served() {
-    let mut weed = start_weed("hole");
-    let direct = weed.storage();
-    weed.wait_ready(&direct).await;
-    let proxy = FaultProxy::start(weed.s3_port, 4).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let spec = NodeSpec::new(
-        tmp.path().join("data"),
-        Bucket::S3 {
-            bucket: "hole".into(),
-            endpoint: proxy.endpoint(),
-        },
-    );
-    let mut node = Node::start(spec, &tmp.path().join("work"));
-    node.wait_ready(READY).await;
+    let BehindProxy {
+        mut node,
+        proxy,
+        direct,
+        _tmp,
+        _weed,
+    } = start_behind_proxy("hole", 4).await;
     let mut c = node.client().await;
     let head = wl::put_ok(&mut c, "/before", "ok", None).await;
 
@@ -1213,11 +1219,7 @@ async fn a_writer_killed_between_two_landings_leaves_a_hole_that_is_never_served
     assert!(node.log_text().contains("replacing an orphan chunk"));
     let before = wl::state_at(&mut c, 0).await;
     drop(c);
-    node.kill9();
-    node.wipe_data_dir();
-    node.restart();
-    node.wait_ready(READY).await;
-    let mut c = node.client().await;
+    let mut c = rebuild_from_bucket(&mut node).await;
     let after = wl::state_at(&mut c, 0).await;
     wl::assert_same_state("after a rebuild from the bucket", &after, &before);
     assert!(!after.contains_key(b"/n1".as_slice()));
@@ -1295,19 +1297,13 @@ async fn a_local_copy_with_a_hole_is_rebuilt_from_the_bucket() {
 /// stop the node while its lease still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_lock_renewal_does_not_stop_a_single_node() {
-    let mut weed = start_weed("lockslow");
-    weed.wait_ready(&weed.storage()).await;
-    let proxy = FaultProxy::start(weed.s3_port, 3).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let spec = NodeSpec::new(
-        tmp.path().join("data"),
-        Bucket::S3 {
-            bucket: "lockslow".into(),
-            endpoint: proxy.endpoint(),
-        },
-    );
-    let mut node = Node::start(spec, &tmp.path().join("work"));
-    node.wait_ready(READY).await;
+    let BehindProxy {
+        mut node,
+        proxy,
+        _tmp,
+        _weed,
+        ..
+    } = start_behind_proxy("lockslow", 3).await;
     // The node is idle: the only requests are lock renewals (and registration heartbeats). The
     // next one is applied at once but answered after 1.5 s: later than the next renewal is due
     // (1 s), within the holder's lease (2.875 s of the 3 s TTL with the default heartbeat).
