@@ -35,9 +35,9 @@
 //!
 //! Each run is seeded: `NETSY_TEST_SEED=<n>` replays one (the seed picks the node each fault
 //! hits, its timing, and every client's operations). CI runs `fault_suite_fixed_seeds` (every
-//! nemesis once with a fixed seed, on the synchronous write path); `fault_suite_quorum_writes`
-//! (the same on the experimental quorum write path, `replication.quorum -1`) is ignored until
-//! its CI failure is explained (see the test). `soak` (ignored; `tests/faults/soak.sh HOURS`) cycles nemeses and
+//! nemesis once with a fixed seed, on the synchronous write path) and `fault_suite_quorum_writes`
+//! (the same on the experimental quorum write path, `replication.quorum -1`, its own seeds).
+//! `soak` (ignored; `tests/faults/soak.sh HOURS`) cycles nemeses and
 //! seeds until `NETSY_SOAK_SECS` have passed. `NETSY_FAULT_QUORUM=-1` runs
 //! `fault_suite_fixed_seeds` and `soak` on the quorum path.
 //!

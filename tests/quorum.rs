@@ -10,6 +10,9 @@
 //! * The killed node restarts and follows: it serves the same data.
 //! * A Replica whose last record is not the history's (rewritten while it was down) gets the
 //!   Primary's whole copy when it reconnects.
+//! * A fourth node registering while the Primary dies does not shrink the collection: the
+//!   writes were acknowledged under three nodes by the one Replica that now cannot answer, and
+//!   the next Primary waits for it instead of counting the newcomer's answer in its place.
 //!
 //! Needs `weed` on PATH (tests/install.sh).
 
@@ -295,4 +298,112 @@ async fn a_replica_whose_copy_diverged_gets_the_whole_copy() {
         }
     })
     .await;
+}
+
+/// A registration racing a failover (docs/design/0010, "Acknowledgement configurations"):
+/// writes acknowledged under {a, b, c} with one receipt, all of them receipted by b alone (c is
+/// down; its registration stays); then b is stopped, the Primary a killed, a fourth node d
+/// registers and c restarts. Counting the four registrations (two answers needed) the next
+/// Primary could collect from c and d, neither of which holds the writes, and serve without
+/// them; it must wait for b.
+///
+/// c is killed rather than stopped: a stopped process still receives what the Primary streams
+/// to it (the kernel buffers it) and would hold the writes once continued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registering_while_the_primary_dies_does_not_shrink_the_collection() {
+    const BUCKET: &str = "quorum-registration-race";
+    const WAITING: &str = "collection: too few nodes answer; waiting before serving";
+    const FINISHED: &str = "collection finished";
+    let (weed, direct, tmp, mut nodes) = cluster(BUCKET).await;
+    let a = primary(&nodes, None).await;
+    let (b, c) = ((a + 1) % 3, (a + 2) % 3);
+    let mut cl = connect(&nodes[a]).await;
+    quorum_path_in_use(&cl, &direct).await;
+    // From here on b alone receipts; c's registration stays (the deregistration timeout is
+    // minutes), so the writes are acknowledged under {a, b, c}.
+    nodes[c].kill9();
+    let mut acked = BTreeMap::new();
+    for n in 0..30 {
+        let key = format!("/r/{n:02}");
+        let value = format!("v{n}");
+        let rev = cl
+            .put(key.clone(), value.clone(), None)
+            .await
+            .expect("put acknowledged by b's receipt")
+            .header()
+            .unwrap()
+            .revision();
+        acked.insert(key, (rev, value));
+    }
+    let last = acked.values().map(|(r, _)| *r).max().unwrap();
+    let chunks = direct.list_chunks_after(0).await.expect("list");
+    assert!(
+        chunks.iter().all(|ch| ch.revision < last),
+        "the last acknowledged write is only in the buffer and on b: {:?}",
+        chunks.iter().map(|ch| ch.revision).collect::<Vec<_>>()
+    );
+    eprintln!("30 writes acknowledged by b's receipts; last revision {last}");
+
+    // b holds them and cannot answer; the Primary dies with them in its buffer.
+    nodes[b].signal("STOP");
+    nodes[a].kill9();
+    // A fourth node registers (it may become the Primary or a Replica), then c restarts: it
+    // reads the member list, d's registration in it, before it can take the lock.
+    let mut spec = NodeSpec::cluster_member(tmp.path(), 4, BUCKET, weed.endpoint(), "300ms");
+    spec.quorum = -1;
+    nodes.push(Node::start(spec, &tmp.path().join("work-4")));
+    let d = nodes.len() - 1;
+    let registration = direct.layout().node("node-4").expect("node id");
+    support::wait::poll(
+        "the fourth node's registration",
+        Duration::from_secs(30),
+        || {
+            let (direct, key) = (direct.clone(), registration.clone());
+            async move {
+                netsy::objstore::cas::get(direct.store().as_ref(), &key)
+                    .await
+                    .ok()?
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+    nodes[c].restart();
+
+    // The new Primary (c or d) waits for b: a collection that finishes first served without
+    // the acknowledged writes.
+    let (collector, line) = support::wait::poll(
+        "the new primary's collection",
+        Duration::from_secs(30),
+        || {
+            let logs = [(c, nodes[c].log_text()), (d, nodes[d].log_text())];
+            async move {
+                logs.into_iter().find_map(|(i, text)| {
+                    text.lines()
+                        .find(|l| l.contains(WAITING) || l.contains(FINISHED))
+                        .map(|l| (i, l.to_string()))
+                })
+            }
+        },
+    )
+    .await;
+    assert!(
+        line.contains(WAITING),
+        "node {} finished its collection without b, the only node that can answer for the \
+         acknowledged writes: {line}",
+        nodes[collector].spec.node_id.as_deref().unwrap_or("?")
+    );
+    eprintln!(
+        "{} waits for b: {line}",
+        nodes[collector].spec.node_id.as_deref().unwrap_or("?")
+    );
+
+    nodes[b].signal("CONT");
+    let q = primary(&nodes, Some(a)).await;
+    let mut cl = connect(&nodes[q]).await;
+    assert_eq!(
+        state(&mut cl, "/r/").await,
+        acked,
+        "every acknowledged write, at its revision, on the new primary"
+    );
 }

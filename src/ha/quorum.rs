@@ -13,6 +13,7 @@ use tonic::Status;
 
 use tokio::runtime::Handle;
 
+use super::collect::AckConfig;
 use super::metrics::{QUORUM, QuorumMetrics, SYNC};
 use super::pending::{PendingError, PendingLog};
 use crate::durability::{BucketHook, Fence, to_proto};
@@ -65,39 +66,57 @@ impl Receipts {
         });
     }
 
-    /// Distinct Replicas that hold `epoch`'s records up to `revision`.
-    pub(crate) fn count(&self, epoch: u64, revision: i64) -> usize {
-        Self::count_in(&self.state.borrow(), epoch, revision)
+    /// Distinct Replicas among `among` that hold `epoch`'s records up to `revision`.
+    pub(crate) fn count(&self, epoch: u64, revision: i64, among: &[String]) -> usize {
+        Self::count_in(&self.state.borrow(), epoch, revision, among)
     }
 
-    fn count_in(map: &HashMap<String, Receipt>, epoch: u64, revision: i64) -> usize {
-        map.values()
-            .filter(|r| r.epoch == epoch && r.revision >= revision)
+    /// Only the nodes of the acknowledgement configuration count: a node the Primary has not
+    /// recorded in it (one that registered since, or an unregistered one following anyway) is
+    /// not asked for by a collection that relies on the recorded configuration.
+    fn count_in(
+        map: &HashMap<String, Receipt>,
+        epoch: u64,
+        revision: i64,
+        among: &[String],
+    ) -> usize {
+        among
+            .iter()
+            .filter(|id| {
+                map.get(*id)
+                    .is_some_and(|r| r.epoch == epoch && r.revision >= revision)
+            })
             .count()
     }
 
-    /// Replicas that receipted something of `epoch` within `within` (healthy for quorum).
-    pub(crate) fn healthy(&self, epoch: u64, within: Duration) -> usize {
+    /// Replicas among `among` that receipted something of `epoch` within `within` (healthy for
+    /// quorum).
+    pub(crate) fn healthy(&self, epoch: u64, within: Duration, among: &[String]) -> usize {
         let now = Instant::now();
-        self.state
-            .borrow()
-            .values()
-            .filter(|r| r.epoch == epoch && now.duration_since(r.at) <= within)
+        let map = self.state.borrow();
+        among
+            .iter()
+            .filter(|id| {
+                map.get(*id)
+                    .is_some_and(|r| r.epoch == epoch && now.duration_since(r.at) <= within)
+            })
             .count()
     }
 
-    /// Waits until `needed` Replicas hold `epoch`'s records up to `revision`, at most `timeout`.
+    /// Waits until `needed` Replicas among `among` hold `epoch`'s records up to `revision`, at
+    /// most `timeout`.
     pub(crate) async fn wait(
         &self,
         epoch: u64,
         revision: i64,
         needed: usize,
         timeout: Duration,
+        among: &[String],
     ) -> bool {
         let mut rx = self.state.subscribe();
         tokio::time::timeout(
             timeout,
-            rx.wait_for(|map| Self::count_in(map, epoch, revision) >= needed),
+            rx.wait_for(|map| Self::count_in(map, epoch, revision, among) >= needed),
         )
         .await
         .is_ok_and(|r| r.is_ok())
@@ -212,8 +231,12 @@ fn record_bytes(r: &Record) -> u64 {
 pub(crate) struct QuorumSettings {
     /// `replication.quorum` (see [`super::collect::required_receipts`]).
     pub quorum: i64,
-    /// The number of registered nodes now (the Primary included).
-    pub nodes: Box<dyn Fn() -> usize + Send>,
+    /// This node's id.
+    pub node_id: String,
+    /// The registered nodes now, `(id, peer address)` (the Primary among them).
+    pub members: Box<dyn Fn() -> Vec<(String, String)> + Send>,
+    /// Where the acknowledgement configuration is recorded (the bucket).
+    pub storage: crate::objstore::ObjectStorage,
     /// A Replica whose last receipt is older than this is not counted as healthy.
     pub healthy_within: Duration,
     /// How long a group waits for its receipts before it falls back to the bucket.
@@ -446,10 +469,12 @@ pub(crate) struct QuorumHook {
     committed: i64,
     /// The last group was acknowledged by receipts (its records have been sent already).
     last_by_quorum: bool,
-    /// The receipts the last group needed.
-    required_before: usize,
-    /// The registered nodes when the last group was handled.
-    nodes_before: usize,
+    /// The acknowledgement configuration recorded in the bucket, if it is known to be there
+    /// (`None` after a failed attempt: the object may hold either), and the nodes it counts.
+    recorded: Option<(AckConfig, Arc<[String]>)>,
+    /// A configuration may be in the bucket (one was recorded, or an attempt's outcome is
+    /// unknown) and has not been removed since.
+    maybe_recorded: bool,
 }
 
 impl QuorumHook {
@@ -484,8 +509,8 @@ impl QuorumHook {
             settings,
             committed,
             last_by_quorum: false,
-            required_before: 0,
-            nodes_before: 0,
+            recorded: None,
+            maybe_recorded: false,
         }
     }
 
@@ -497,6 +522,79 @@ impl QuorumHook {
 
     fn fenced(&self) -> bool {
         self.fence.as_ref().is_some_and(|f| !f.holds())
+    }
+
+    /// Makes sure the acknowledgement configuration of the registered nodes is the one recorded
+    /// in the bucket (0010, "Membership"), and returns the Replicas whose receipts count, or
+    /// `None` when no group can be acknowledged by receipts now. Another configuration than the
+    /// recorded one (a node registered or left) first sends the buffer to the bucket: a
+    /// collection meets only the configurations it finds, so nothing acknowledged under the old
+    /// one may stay outside the bucket once the new one replaces it.
+    fn configure(&mut self) -> Result<Option<Arc<[String]>>, HookError> {
+        let config = AckConfig::new(
+            self.epoch,
+            &self.settings.node_id,
+            (self.settings.members)(),
+            self.settings.quorum,
+        );
+        if let Some((recorded, counted)) = &self.recorded
+            && *recorded == config
+        {
+            return Ok(Some(counted.clone()));
+        }
+        if self.uploads.unconfirmed() > 0 {
+            self.uploads.flush("membership")?;
+        }
+        if !config.usable() {
+            // Too few nodes for receipts: the one in the bucket, if any, has nothing outside
+            // it any more, and a collection must not wait for its nodes.
+            self.forget();
+            return Ok(None);
+        }
+        if self.fenced() {
+            return Ok(None);
+        }
+        self.recorded = None;
+        self.maybe_recorded = true;
+        let storage = self.settings.storage.clone();
+        let res = crate::store::hook_wait(&self.rt, async {
+            super::collect::record_config(&storage, &config).await
+        });
+        match res {
+            Ok(()) => {
+                tracing::info!(
+                    epoch = self.epoch,
+                    nodes = ?config.nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+                    required = config.required,
+                    "acknowledgement configuration recorded"
+                );
+                let counted: Arc<[String]> = config.replicas().into();
+                self.recorded = Some((config, counted.clone()));
+                Ok(Some(counted))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recording the acknowledgement configuration failed; this group goes to the bucket");
+                Ok(None)
+            }
+        }
+    }
+
+    /// After a flush of everything acknowledged: removes the recorded configuration, so that a
+    /// collection does not wait for its nodes (the next group records one again).
+    fn forget(&mut self) {
+        self.recorded = None;
+        if !self.maybe_recorded || self.uploads.unconfirmed() > 0 {
+            return;
+        }
+        let (storage, epoch) = (self.settings.storage.clone(), self.epoch);
+        match crate::store::hook_wait(&self.rt, async {
+            super::collect::remove_config(&storage, epoch).await
+        }) {
+            Ok(()) => self.maybe_recorded = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "removing the acknowledgement configuration failed; a collection waits for its nodes");
+            }
+        }
     }
 }
 
@@ -511,20 +609,12 @@ impl CommitHook for QuorumHook {
         if self.uploads.buffer.due(now) {
             self.uploads.flush_behind("threshold", now)?;
         }
-        let nodes = (self.settings.nodes)();
-        let required = super::collect::required_receipts(self.settings.quorum, nodes);
-        if required > self.required_before || nodes < self.nodes_before {
-            // More nodes: a collection now asks fewer of the others than records acknowledged
-            // with fewer receipts need. Fewer nodes: a node that left may be one of the few
-            // that hold a buffered group, and a collection no longer asks it. Either way the
-            // buffer goes to the bucket first (0010, "Membership").
-            self.uploads.flush("membership")?;
-        }
-        self.required_before = required;
-        self.nodes_before = nodes;
-        let healthy = self
-            .receipts
-            .healthy(self.epoch, self.settings.healthy_within);
+        let counted = self.configure()?;
+        let required = self.recorded.as_ref().map_or(0, |(c, _)| c.required);
+        let healthy = counted.as_ref().map_or(0, |among| {
+            self.receipts
+                .healthy(self.epoch, self.settings.healthy_within, among)
+        });
         let metrics = self.settings.metrics.clone();
         metrics
             .required_receipts
@@ -533,7 +623,10 @@ impl CommitHook for QuorumHook {
             .healthy_replicas
             .set(i64::try_from(healthy).unwrap_or(i64::MAX));
         let mut sent = false;
-        if required > 0 && healthy >= required && !self.uploads.buffer.over_limit() {
+        if let Some(among) = counted
+            && healthy >= required
+            && !self.uploads.buffer.over_limit()
+        {
             let msg = pb::FollowMessage {
                 epoch: self.epoch,
                 records: records.iter().map(to_proto).collect(),
@@ -551,8 +644,8 @@ impl CommitHook for QuorumHook {
                 self.settings.receipt_timeout,
             );
             let met = sent
-                && crate::store::hook_wait(&self.rt, async move {
-                    receipts.wait(epoch, last, needed, timeout).await
+                && crate::store::hook_wait(&self.rt, async {
+                    receipts.wait(epoch, last, needed, timeout, &among).await
                 });
             let fenced = self.fenced();
             if met && !fenced {
@@ -569,7 +662,7 @@ impl CommitHook for QuorumHook {
                 .inc();
             tracing::warn!(
                 revision = last,
-                receipts = self.receipts.count(self.epoch, last),
+                receipts = self.receipts.count(self.epoch, last, &among),
                 required,
                 "quorum not met in time; writing the group to the bucket"
             );
@@ -637,6 +730,9 @@ impl CommitHook for QuorumHook {
         let now = Instant::now();
         if flush {
             self.uploads.flush("requested")?;
+            // Before a registration is removed: the next group records the configuration
+            // without it.
+            self.forget();
         } else {
             self.uploads.land(false)?;
             if self.uploads.buffer.due(now) {
@@ -654,10 +750,11 @@ impl Drop for QuorumHook {
     /// the next Primary collects them (0010, "Failover").
     fn drop(&mut self) {
         let records = self.uploads.unconfirmed();
-        if let Err(HookError::Rejected(e) | HookError::Indeterminate(e)) =
-            self.uploads.flush("handover")
-        {
-            tracing::warn!(records, error = %e, "chunk buffer not flushed at handover; a successor collects it from the replicas");
+        match self.uploads.flush("handover") {
+            Ok(()) => self.forget(),
+            Err(HookError::Rejected(e) | HookError::Indeterminate(e)) => {
+                tracing::warn!(records, error = %e, "chunk buffer not flushed at handover; a successor collects it from the replicas");
+            }
         }
         self.settings.metrics.reset();
     }
@@ -685,6 +782,8 @@ mod tests {
             seen: Arc<StdMutex<Vec<pb::FollowMessage>>>,
             /// Whether the fake Replica receipts pending records.
             receipting: Arc<AtomicBool>,
+            /// The registered nodes the hook sees (`a` is the Primary, `b` the fake Replica).
+            members: Arc<StdMutex<Vec<&'static str>>>,
         }
 
         fn rig() -> Rig {
@@ -728,7 +827,27 @@ mod tests {
                 feed,
                 seen,
                 receipting,
+                members: Arc::new(StdMutex::new(vec!["a", "b", "c"])),
             }
+        }
+
+        /// The acknowledgement configuration recorded in the bucket for `EPOCH`.
+        fn recorded(rig: &Rig) -> Option<(Vec<String>, usize)> {
+            let key = rig.storage.layout().quorum_config(EPOCH);
+            let found = rig
+                .rt
+                .block_on(crate::objstore::cas::get(
+                    rig.storage.store().as_ref(),
+                    &key,
+                ))
+                .unwrap()?;
+            let c: AckConfig = serde_json::from_slice(&found.bytes).unwrap();
+            assert_eq!((c.epoch, c.primary.as_str()), (EPOCH, "a"));
+            Some((c.nodes.into_iter().map(|n| n.id).collect(), c.required))
+        }
+
+        fn ids(ids: &[&str]) -> Vec<String> {
+            ids.iter().map(|s| s.to_string()).collect()
         }
 
         /// The messages the fake Replica has seen, once there are at least `n` (at most 10 s).
@@ -770,7 +889,17 @@ mod tests {
                 EPOCH,
                 QuorumSettings {
                     quorum: -1,
-                    nodes: Box::new(|| 3),
+                    node_id: "a".into(),
+                    members: Box::new({
+                        let members = rig.members.clone();
+                        move || {
+                            let ids = members.lock().unwrap().clone();
+                            ids.iter()
+                                .map(|id| (id.to_string(), format!("{id}:2380")))
+                                .collect()
+                        }
+                    }),
+                    storage: rig.storage.clone(),
                     healthy_within: Duration::from_secs(60),
                     receipt_timeout: Duration::from_millis(200),
                     threshold_bytes: 1 << 20,
@@ -1010,16 +1139,23 @@ mod tests {
         }
 
         #[test]
-        fn a_requested_flush_and_more_required_receipts_empty_the_buffer() {
+        fn a_requested_flush_and_a_membership_change_empty_the_buffer() {
             let rig = rig();
             let mut hook = hook(&rig, Duration::from_secs(3600));
+            assert_eq!(recorded(&rig), None);
             commit(&mut hook, 1).unwrap();
+            assert_eq!(
+                recorded(&rig),
+                Some((ids(&["a", "b", "c"]), 1)),
+                "recorded before the first group acknowledged by receipts"
+            );
             hook.tick(true).unwrap();
             assert_eq!(
                 chunks(&rig),
                 [(1, 1)],
                 "a requested flush (before a deregistration)"
             );
+            assert_eq!(recorded(&rig), None, "nothing outside the bucket: removed");
             let m = hook.settings.metrics.clone();
             assert_eq!(
                 m.flushes.with_label_values(&["requested", "success"]).get(),
@@ -1029,10 +1165,11 @@ mod tests {
             assert_eq!(chunks(&rig).len(), 1, "nothing buffered: nothing uploaded");
 
             // A fourth and fifth node register: groups now need 2 receipts. What was
-            // acknowledged with 1 goes to the bucket before the next group is handled.
+            // acknowledged with 1 goes to the bucket before the next configuration is recorded.
             commit(&mut hook, 2).unwrap();
             assert!(chunks(&rig).len() == 1 && hook.buffered().0 == 1);
-            hook.settings.nodes = Box::new(|| 5);
+            assert_eq!(recorded(&rig), Some((ids(&["a", "b", "c"]), 1)));
+            *rig.members.lock().unwrap() = vec!["a", "b", "c", "d", "e"];
             commit(&mut hook, 3).unwrap();
             assert_eq!(chunks(&rig)[..2], [(1, 1), (2, 1)]);
             assert_eq!(
@@ -1042,14 +1179,15 @@ mod tests {
                 1
             );
             assert_eq!(m.required_receipts.get(), 2);
+            assert_eq!(recorded(&rig), Some((ids(&["a", "b", "c", "d", "e"]), 2)));
 
-            // Back to three nodes, then one leaves (the receipts needed stay 1): what the
-            // buffer holds may have been receipted by that node alone, which no collection
-            // asks any more.
-            hook.settings.nodes = Box::new(|| 3);
+            // Back to three nodes, then one is replaced by another (the receipts needed stay
+            // 1): the buffer may hold groups receipted by the node that left alone, which a
+            // collection meeting the new configuration does not ask.
+            *rig.members.lock().unwrap() = vec!["a", "b", "c"];
             commit(&mut hook, 4).unwrap();
             assert_eq!(hook.buffered().0, 1);
-            hook.settings.nodes = Box::new(|| 2);
+            *rig.members.lock().unwrap() = vec!["a", "b", "d"];
             commit(&mut hook, 5).unwrap();
             assert_eq!(chunks(&rig), [(1, 1), (2, 1), (3, 1), (4, 1)]);
             assert_eq!(
@@ -1059,6 +1197,62 @@ mod tests {
                 2
             );
             assert_eq!((hook.buffered().0, m.required_receipts.get()), (1, 1));
+            assert_eq!(recorded(&rig), Some((ids(&["a", "b", "d"]), 1)));
+            // Alone: nothing by receipts, and nothing for a collection to wait for.
+            *rig.members.lock().unwrap() = vec!["a"];
+            commit(&mut hook, 6).unwrap();
+            assert_eq!(chunks(&rig).len(), 6);
+            assert_eq!(recorded(&rig), None);
+            *rig.members.lock().unwrap() = vec!["a", "b", "d"];
+            commit(&mut hook, 7).unwrap();
+            assert_eq!((chunks(&rig).len(), hook.buffered().0), (6, 1));
+            // A clean handover leaves nothing for a collection to wait for.
+            drop(hook);
+            assert_eq!(chunks(&rig).len(), 7);
+            assert_eq!(recorded(&rig), None);
+        }
+
+        /// Receipts count only from the nodes of the recorded configuration: a node that
+        /// follows the epoch but is not in it (registered after the Primary last read the
+        /// registrations, or never registered) is not one a collection relies on.
+        #[test]
+        fn a_receipt_from_outside_the_configuration_does_not_count() {
+            let rig = rig();
+            // `b` receipts, but the Primary's view holds `a`, `x` and `y`.
+            *rig.members.lock().unwrap() = vec!["a", "x", "y"];
+            let mut hook = hook(&rig, Duration::from_secs(3600));
+            commit(&mut hook, 1).unwrap();
+            assert_eq!(chunks(&rig), [(1, 1)], "no counted receipt: the bucket");
+            let m = hook.settings.metrics.clone();
+            assert_eq!(m.healthy_replicas.get(), 0);
+            assert_eq!(recorded(&rig), Some((ids(&["a", "x", "y"]), 1)));
+            // Once `b` is in the Primary's view, its receipts count (the configuration is
+            // recorded again first).
+            *rig.members.lock().unwrap() = vec!["a", "b", "y"];
+            commit(&mut hook, 2).unwrap();
+            assert_eq!(chunks(&rig), [(1, 1)]);
+            assert_eq!(hook.buffered().0, 1);
+            assert_eq!(recorded(&rig), Some((ids(&["a", "b", "y"]), 1)));
+        }
+
+        /// No group is acknowledged by receipts unless its configuration is in the bucket.
+        #[test]
+        fn a_configuration_that_cannot_be_recorded_sends_groups_to_the_bucket() {
+            let fault = Arc::new(crate::objstore::fault::FaultStore::new(
+                Arc::new(object_store::memory::InMemory::new()),
+                Default::default(),
+                0,
+            ));
+            let rig = rig_on(fault.clone());
+            let mut hook = hook(&rig, Duration::from_secs(3600));
+            // The first bucket call of the first group is the configuration's read.
+            fault.fail_next(1);
+            commit(&mut hook, 1).unwrap();
+            assert_eq!(chunks(&rig), [(1, 1)]);
+            assert_eq!(recorded(&rig), None);
+            commit(&mut hook, 2).unwrap();
+            assert_eq!((chunks(&rig).len(), hook.buffered().0), (1, 1));
+            assert_eq!(recorded(&rig), Some((ids(&["a", "b", "c"]), 1)));
         }
 
         #[test]
@@ -1087,29 +1281,38 @@ mod tests {
         r.record("b", 3, 10);
         r.record("c", 3, 12);
         r.record("b", 3, 9); // older: ignored
-        assert_eq!(r.count(3, 10), 2);
-        assert_eq!(r.count(3, 11), 1);
-        assert_eq!(r.count(4, 1), 0);
+        let bc = ["b".to_string(), "c".to_string()];
+        assert_eq!(r.count(3, 10, &bc), 2);
+        assert_eq!(
+            r.count(3, 10, &bc[..1]),
+            1,
+            "only the nodes asked about count"
+        );
+        assert_eq!(r.count(3, 11, &bc), 1);
+        assert_eq!(r.count(4, 1, &bc), 0);
         r.record("c", 4, 1); // a newer epoch replaces the node's receipt
-        assert_eq!(r.count(3, 10), 1);
-        assert_eq!(r.count(4, 1), 1);
+        assert_eq!(r.count(3, 10, &bc), 1);
+        assert_eq!(r.count(4, 1, &bc), 1);
         r.record("c", 3, 50); // and an older epoch cannot come back
-        assert_eq!(r.count(3, 50), 0);
-        assert_eq!(r.healthy(4, Duration::from_secs(60)), 1);
-        assert_eq!(r.healthy(3, Duration::from_secs(60)), 1);
-        assert_eq!(r.healthy(3, Duration::ZERO), 0);
+        assert_eq!(r.count(3, 50, &bc), 0);
+        assert_eq!(r.healthy(4, Duration::from_secs(60), &bc), 1);
+        assert_eq!(r.healthy(3, Duration::from_secs(60), &bc), 1);
+        assert_eq!(r.healthy(3, Duration::from_secs(60), &bc[1..]), 0);
+        assert_eq!(r.healthy(3, Duration::ZERO, &bc), 0);
     }
 
     #[tokio::test]
     async fn waiting_for_receipts_ends_when_enough_arrive_or_at_the_timeout() {
         let r = Receipts::new();
-        assert!(!r.wait(1, 5, 1, Duration::from_millis(20)).await);
+        let among = ["b".to_string(), "c".to_string()];
+        assert!(!r.wait(1, 5, 1, Duration::from_millis(20), &among).await);
         let waiter = tokio::spawn({
-            let r = r.clone();
-            async move { r.wait(1, 5, 2, Duration::from_secs(10)).await }
+            let (r, among) = (r.clone(), among.clone());
+            async move { r.wait(1, 5, 2, Duration::from_secs(10), &among).await }
         });
         r.record("b", 1, 5);
         r.record("b", 1, 6);
+        r.record("d", 1, 6); // not among those counted
         assert!(!waiter.is_finished());
         r.record("c", 1, 7);
         assert!(
@@ -1119,7 +1322,7 @@ mod tests {
                 .unwrap()
         );
         // Already met: no wait at all.
-        assert!(r.wait(1, 5, 2, Duration::ZERO).await);
+        assert!(r.wait(1, 5, 2, Duration::ZERO, &among).await);
     }
 
     fn rec(revision: i64) -> pb::Record {

@@ -305,9 +305,21 @@ impl Supervisor {
             wal::adoptable(logs, epoch, head)
                 .context("reading the earlier writer's write-ahead log")
         };
+        // The acknowledgement configurations of earlier epochs: one in the bucket means its
+        // writer may have acknowledged records by receipts that are not in the bucket yet.
+        let configs = collect::load_configs(&self.storage, epoch)
+            .await
+            .context("reading the acknowledgement configurations")?;
+        if !configs.is_empty() && self.cluster.pending().is_none() {
+            anyhow::bail!(
+                "writer epoch {} acknowledged writes by replicas' receipts that may not be in the bucket yet; \
+                 only a node with quorum writes on (NETSY_EXPERIMENTAL_QUORUM_WRITES=true, replication.quorum != 0) can collect them",
+                configs[configs.len() - 1].epoch
+            );
+        }
         let mut log = epochs;
-        let (start, adopted) = match collect::collection_size(nodes, required) {
-            Some(needed) => {
+        let (start, adopted) = match (!configs.is_empty()).then_some(&configs) {
+            Some(configs) => {
                 let head = durability::backfill::bucket_head(&self.storage, &log)
                     .await
                     .context("reading the bucket's last revision")?;
@@ -320,7 +332,7 @@ impl Supervisor {
                     .await
                     .context("recording the writer epoch")?;
                 let mut adopted =
-                    collect::collect(&self.cluster, &self.store, epoch, head, needed, &fence)
+                    collect::collect(&self.cluster, &self.store, epoch, head, configs, &fence)
                         .await
                         .context("collecting the replicas' records")?;
                 let logged = logged_above(head)?;
@@ -400,7 +412,9 @@ impl Supervisor {
             let members = self.cluster.clone();
             let settings = QuorumSettings {
                 quorum,
-                nodes: Box::new(move || members.members().len().max(1)),
+                node_id: cfg.node_id.clone(),
+                members: Box::new(move || members.members()),
+                storage: self.storage.clone(),
                 healthy_within: cfg.cluster.heartbeat_interval
                     * cfg.cluster.replication.degradation_count.max(1),
                 receipt_timeout: RECEIPT_TIMEOUT,
@@ -465,6 +479,18 @@ impl Supervisor {
             .set_hook(hook)
             .await
             .context("switching the writer")?;
+        if !configs.is_empty() {
+            // What those epochs acknowledged is in the bucket now (collected and uploaded above).
+            match collect::remove_configs_below(&self.storage, epoch).await {
+                Ok(n) => tracing::debug!(
+                    removed = n,
+                    "earlier acknowledgement configurations removed"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing earlier acknowledgement configurations failed; the next collection waits for their nodes too")
+                }
+            }
+        }
         // A new Primary gives every lease its full TTL: it cannot know how long the old one had
         // already waited.
         self.store.leases().refresh_all();

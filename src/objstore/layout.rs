@@ -8,6 +8,7 @@
 //! | `nodes/{node_id}.json` | node registration |
 //! | `leader/elector.json` | Elector lock (CAS) |
 //! | `leader/epochs/{epoch:019}.json` | first revision of a writer epoch (create-only; extension) |
+//! | `leader/quorum/{epoch:019}.json` | a writer epoch's acknowledgement configuration (quorum mode; extension) |
 //! | `snapshots/{rev:019}.netsy` | full snapshot up to `rev` |
 //! | `chunks/{rev%10000:04}/{rev:019}.netsy` | delta file whose LAST revision is `rev` |
 //! | `bootstrap.netsy` | operator-provided seed snapshot |
@@ -159,6 +160,26 @@ impl Layout {
         let name = rel.strip_prefix("leader/epochs/")?.strip_suffix(".json")?;
         let epoch: u64 = name.parse().ok()?;
         (self.epoch(epoch) == *key).then_some(epoch)
+    }
+
+    /// Acknowledgement configuration `leader/quorum/{epoch:019}.json`: the nodes whose receipts
+    /// the writer of `epoch` counts and the receipts it requires, present while it may hold
+    /// receipt-acknowledged records outside the chunks (quorum mode; Netsy-in-Rust extension).
+    pub fn quorum_config(&self, epoch: u64) -> Path {
+        self.key(&format!("leader/quorum/{epoch:019}.json"))
+    }
+
+    /// Prefix under which acknowledgement configurations are listed.
+    pub fn quorum_configs_dir(&self) -> Path {
+        self.key("leader/quorum")
+    }
+
+    /// Epoch of a listed acknowledgement-configuration key; `None` for any other object.
+    pub fn parse_quorum_config(&self, key: &Path) -> Option<u64> {
+        let rel = self.relative(key)?;
+        let name = rel.strip_prefix("leader/quorum/")?.strip_suffix(".json")?;
+        let epoch: u64 = name.parse().ok()?;
+        (self.quorum_config(epoch) == *key).then_some(epoch)
     }
 
     pub fn lease(&self, id: i64) -> Path {
