@@ -98,6 +98,25 @@ async fn cluster(
     (weed, direct, tmp, nodes)
 }
 
+/// 30 sequential puts `{prefix}00..29` = `v0..29`; each acknowledged key with its revision
+/// and value.
+async fn put_30(cl: &mut Client, prefix: &str) -> BTreeMap<String, (i64, String)> {
+    let mut acked = BTreeMap::new();
+    for n in 0..30 {
+        let key = format!("{prefix}{n:02}");
+        let value = format!("v{n}");
+        let rev = cl
+            .put(key.clone(), value.clone(), None)
+            .await
+            .expect("put")
+            .header()
+            .unwrap()
+            .revision();
+        acked.insert(key, (rev, value));
+    }
+    acked
+}
+
 /// The Primary counts receipts once it has read the other registrations and they have
 /// receipted once: until then writes go to the bucket. Waits for a write that leaves the
 /// bucket's chunks as they were (acknowledged by a receipt).
@@ -121,19 +140,7 @@ async fn a_quorum_acknowledged_write_survives_the_primary_s_death() {
     let mut cl = connect(&nodes[p]).await;
     quorum_path_in_use(&cl, &direct).await;
     let chunks_before = direct.list_chunks_after(0).await.expect("list").len();
-    let mut acked = BTreeMap::new();
-    for n in 0..30 {
-        let key = format!("/q/{n:02}");
-        let value = format!("v{n}");
-        let rev = cl
-            .put(key.clone(), value.clone(), None)
-            .await
-            .expect("put")
-            .header()
-            .unwrap()
-            .revision();
-        acked.insert(key, (rev, value));
-    }
+    let acked = put_30(&mut cl, "/q/").await;
     let last = acked.values().map(|(r, _)| *r).max().unwrap();
     let chunks = direct.list_chunks_after(0).await.expect("list");
     let new_chunks = chunks.len() - chunks_before;
@@ -322,19 +329,7 @@ async fn a_node_registering_while_the_primary_dies_does_not_shrink_the_collectio
     // From here on b alone receipts; c's registration stays (the deregistration timeout is
     // minutes), so the writes are acknowledged under {a, b, c}.
     nodes[c].kill9();
-    let mut acked = BTreeMap::new();
-    for n in 0..30 {
-        let key = format!("/r/{n:02}");
-        let value = format!("v{n}");
-        let rev = cl
-            .put(key.clone(), value.clone(), None)
-            .await
-            .expect("put acknowledged by b's receipt")
-            .header()
-            .unwrap()
-            .revision();
-        acked.insert(key, (rev, value));
-    }
+    let acked = put_30(&mut cl, "/r/").await;
     let last = acked.values().map(|(r, _)| *r).max().unwrap();
     let chunks = direct.list_chunks_after(0).await.expect("list");
     assert!(
