@@ -353,14 +353,17 @@ async fn crash_recovery(bucket: Bucket, view: BucketView, _weed: Option<&Weed>) 
 
     // Snapshots: write until a new snapshot shows up close behind the head (so that the 30
     // writes below cannot start another), then wait until the chunks it covers are deleted.
+    // A snapshot also waits until as many bytes were written as the last one held: 4 KiB
+    // values reach the state above (a few thousand values of ~100 bytes) well within the cap.
     let first_snap = view.snapshots().await.last().copied().unwrap_or(0);
+    let padding = "x".repeat(4096);
     let mut n = 0;
     let snap = loop {
         for _ in 0..50 {
             wl::put_ok(
                 &mut c,
                 &format!("/snap/k{}", n % 50),
-                &format!("v{n}"),
+                &format!("v{n}-{padding}"),
                 None,
             )
             .await;

@@ -49,6 +49,12 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
 /// zstd level used by the writer (zstd's default). Golden test vectors depend on it.
 pub const ZSTD_LEVEL: i32 = 3;
 
+/// zstd level of snapshots. A snapshot recompresses the whole state, so its speed is what
+/// matters: level 1 compresses about twice as fast as 3 (measured on 31.5 MB of bench records,
+/// 0.11 s against 0.23 s) for about the same ratio on such data (23.16 MB against 23.17 MB);
+/// on structured values it gives up a few percent of size.
+pub const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
+
 /// zstd window limit for the reader: 2^27 = 128 MiB (zstd's own default decoder limit).
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 

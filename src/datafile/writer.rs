@@ -54,8 +54,15 @@ pub struct Writer<W: Write> {
 }
 
 impl<W: Write> Writer<W> {
-    /// Writes the header and prepares the (possibly compressed) record stream.
+    /// Writes the header and prepares the (possibly compressed) record stream, zstd at
+    /// [`ZSTD_LEVEL`].
     pub fn new(inner: W, params: HeaderParams) -> Result<Self, Error> {
+        Self::with_zstd_level(inner, params, ZSTD_LEVEL)
+    }
+
+    /// [`Writer::new`] with another zstd level (ignored for uncompressed files). Every level
+    /// produces the same format: readers do not need to know it.
+    pub fn with_zstd_level(inner: W, params: HeaderParams, level: i32) -> Result<Self, Error> {
         let compression = params.compression;
         if !matches!(
             compression,
@@ -85,7 +92,7 @@ impl<W: Write> Writer<W> {
         let sink = match compression {
             FileCompression::CompressionZstd => {
                 let mut enc =
-                    zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(Error::Write)?;
+                    zstd::stream::write::Encoder::new(out, level).map_err(Error::Write)?;
                 enc.include_checksum(true).map_err(Error::Write)?;
                 Sink::Zstd(enc)
             }
