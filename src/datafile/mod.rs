@@ -41,7 +41,7 @@ pub use crate::proto::{FileCompression, FileFooter, FileHeader, FileKind, Record
 pub use inspect::{InspectOptions, ValueMode, inspect, inspect_with};
 pub use reader::Reader;
 pub use wire::What;
-pub use writer::{HeaderParams, Writer, encode_file};
+pub use writer::{HeaderParams, Writer, encode_file, encode_file_with_level};
 
 /// Largest message (header, record or footer) accepted by the reader or produced by the writer.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
@@ -49,11 +49,12 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
 /// zstd level used by the writer (zstd's default). Golden test vectors depend on it.
 pub const ZSTD_LEVEL: i32 = 3;
 
-/// zstd level of snapshots. A snapshot recompresses the whole state, so its speed is what
-/// matters: level 1 compresses about twice as fast as 3 (measured on 31.5 MB of bench records,
-/// 0.11 s against 0.23 s) for about the same ratio on such data (23.16 MB against 23.17 MB);
-/// on structured values it gives up a few percent of size.
-pub const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
+/// zstd level of the files the server writes (snapshots, and chunks large enough to be
+/// compressed: batches). A snapshot recompresses the whole state and a batch is written while
+/// writes go on, so speed is what matters: level 1 compresses about twice as fast as 3
+/// (measured on 31.5 MB of bench records, 0.11 s against 0.23 s) for about the same ratio on
+/// such data (23.16 MB against 23.17 MB); on structured values it gives up a few percent of size.
+pub const BULK_ZSTD_LEVEL: i32 = 1;
 
 /// zstd window limit for the reader: 2^27 = 128 MiB (zstd's own default decoder limit).
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;

@@ -206,9 +206,25 @@ fn with_leading_crc(crc: u64, body: &[u8]) -> Vec<u8> {
 
 /// Encodes a whole file in memory — for chunks, whose size the chunk buffer bounds.
 /// `params.records_count` is overwritten with `records.len()`.
-pub fn encode_file(mut params: HeaderParams, records: &[Record]) -> Result<Vec<u8>, Error> {
+pub fn encode_file(params: HeaderParams, records: &[Record]) -> Result<Vec<u8>, Error> {
+    encode_file_with_level(params, records, ZSTD_LEVEL)
+}
+
+/// [`encode_file`] at another zstd level (see [`Writer::with_zstd_level`]).
+pub fn encode_file_with_level(
+    mut params: HeaderParams,
+    records: &[Record],
+    level: i32,
+) -> Result<Vec<u8>, Error> {
     params.records_count = records.len() as i64;
-    let mut w = Writer::new(Vec::new(), params)?;
+    // A batch can be megabytes: sized once, the buffer is not copied at every doubling (pages
+    // a compressed file leaves unused are never touched).
+    let estimate: usize = records
+        .iter()
+        .map(|r| r.key.len() + r.value.len() + 64)
+        .sum();
+    let out = Vec::with_capacity(estimate + 256);
+    let mut w = Writer::with_zstd_level(out, params, level)?;
     for r in records {
         w.write_record(r)?;
     }

@@ -147,7 +147,7 @@ impl SnapshotWorker {
                         Writer::with_zstd_level(
                             std::io::BufWriter::new(file),
                             params,
-                            datafile::SNAPSHOT_ZSTD_LEVEL,
+                            datafile::BULK_ZSTD_LEVEL,
                         )
                         .map_err(|e| e.to_string())?,
                     );

@@ -172,10 +172,11 @@ impl ObjectStorage {
             epoch,
             created_at,
         };
-        let bytes = datafile::encode_file(params, records).map_err(|source| Error::Datafile {
-            key: key.to_string(),
-            source,
-        })?;
+        let bytes = datafile::encode_file_with_level(params, records, datafile::BULK_ZSTD_LEVEL)
+            .map_err(|source| Error::Datafile {
+                key: key.to_string(),
+                source,
+            })?;
         Ok(EncodedChunk {
             key,
             last_revision: last.revision,
