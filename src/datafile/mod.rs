@@ -41,7 +41,7 @@ pub use crate::proto::{FileCompression, FileFooter, FileHeader, FileKind, Record
 pub use inspect::{InspectOptions, ValueMode, inspect, inspect_with};
 pub use reader::Reader;
 pub use wire::What;
-pub use writer::{HeaderParams, Writer, encode_file, encode_file_with_level};
+pub use writer::{HeaderParams, Writer, encode_file, encode_file_into, encode_file_with_level};
 
 /// Largest message (header, record or footer) accepted by the reader or produced by the writer.
 pub const MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;

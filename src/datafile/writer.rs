@@ -210,6 +210,23 @@ pub fn encode_file(params: HeaderParams, records: &[Record]) -> Result<Vec<u8>, 
     encode_file_with_level(params, records, ZSTD_LEVEL)
 }
 
+/// Appends a whole uncompressed-or-zstd file of `records` to `out` (a caller's reusable buffer),
+/// at `level` for zstd; `params.records_count` is overwritten with `records.len()`.
+pub fn encode_file_into(
+    mut params: HeaderParams,
+    records: &[Record],
+    level: i32,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    params.records_count = records.len() as i64;
+    let mut w = Writer::with_zstd_level(out, params, level)?;
+    for r in records {
+        w.write_record(r)?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
 /// [`encode_file`] at another zstd level (see [`Writer::with_zstd_level`]).
 pub fn encode_file_with_level(
     mut params: HeaderParams,

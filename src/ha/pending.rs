@@ -93,7 +93,12 @@ pub(crate) struct PendingLog {
     next_seq: u64,
     prepared: Option<Prepared>,
     segment_bytes: u64,
+    /// The frame of the group being appended, kept between appends (one per write group).
+    scratch: Vec<u8>,
 }
+
+/// The largest frame buffer kept for the next append (a group's encoding is reused).
+const SCRATCH_KEPT: usize = 1 << 20;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PendingError + '_ {
     move |source| PendingError::Io {
@@ -299,6 +304,7 @@ impl PendingLog {
             next_seq,
             prepared: None,
             segment_bytes,
+            scratch: Vec::new(),
         })
     }
 
@@ -387,30 +393,43 @@ impl PendingLog {
             epoch,
         };
         // The writer checks the order of the records and recomputes their CRCs.
-        let body = datafile::encode_file(params, records)?;
-        let len = u32::try_from(body.len()).map_err(|_| PendingError::Io {
+        let mut frame = std::mem::take(&mut self.scratch);
+        frame.clear();
+        frame.extend_from_slice(&[0; 4]);
+        datafile::encode_file_into(params, records, datafile::ZSTD_LEVEL, &mut frame)?;
+        let len = u32::try_from(frame.len() - 4).map_err(|_| PendingError::Io {
             path: self.dir.clone(),
             source: io::Error::new(io::ErrorKind::InvalidInput, "group over 4 GiB"),
         })?;
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&body);
+        frame[..4].copy_from_slice(&len.to_le_bytes());
+        // An unusually large group does not keep its buffer.
+        let keep = frame.capacity() <= SCRATCH_KEPT;
+        let written = self.write_frame(&frame, records.last().map(|r| r.revision));
+        if keep {
+            self.scratch = frame;
+        }
+        written?;
+        self.records.extend_from_slice(records);
+        Ok(())
+    }
+
+    /// Appends one framed group whose last revision is `last` and makes it durable.
+    fn write_frame(&mut self, frame: &[u8], last: Option<i64>) -> Result<(), PendingError> {
         self.make_room(frame.len() as u64)?;
         let cur = self.current.as_mut().expect("make_room opened a segment");
         // Over zeros written earlier when the segment has room: no block to allocate and no
         // size to change, so the fdatasync writes the data alone (no journal commit).
         cur.file
             .seek(SeekFrom::Start(cur.end))
-            .and_then(|_| cur.file.write_all(&frame))
+            .and_then(|_| cur.file.write_all(frame))
             .and_then(|()| cur.file.sync_data())
             .map_err(io_err(&cur.seg.path))?;
         cur.end += frame.len() as u64;
         cur.capacity = cur.capacity.max(cur.end);
-        cur.seg.last = records.last().map(|r| r.revision);
+        cur.seg.last = last;
         if cur.end * 2 > cur.capacity {
             self.prepare(0);
         }
-        self.records.extend_from_slice(records);
         Ok(())
     }
 
