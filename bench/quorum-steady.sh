@@ -28,7 +28,7 @@ endpoints="" metrics=()
 for i in 0 1 2; do
   c=${ports[$((3 * i))]} h=${ports[$((3 * i + 1))]} p=${ports[$((3 * i + 2))]}
   AWS_ENDPOINT_URL=$SEAWEEDFS_ENDPOINT NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json \
-    NETSY_EXPERIMENTAL_QUORUM_WRITES=true "$netsy" --config "$work/config.jsonc" \
+    "$netsy" --config "$work/config.jsonc" \
     --node-id "steady-$i" --data-dir "$work/n$i" \
     --bind-client "127.0.0.1:$c" --advertise-client "127.0.0.1:$c" \
     --bind-peer "127.0.0.1:$p" --advertise-peer "127.0.0.1:$p" \

@@ -34,7 +34,7 @@
 #   BENCH_PHASES="history"      only some phases (default "cells history cold latency")
 #   BENCH_LATENCIES="5 100"     the bucket-latency phase's added delays in ms (smoke: "5")
 #   BENCH_QUORUMS="0 -1"        the bucket-latency phase's replication.quorum values (smoke: "0";
-#                               a non-zero quorum runs with NETSY_EXPERIMENTAL_QUORUM_WRITES)
+#                               a non-zero quorum takes the quorum write path)
 #   BENCH_LATENCY_CLIENTS="1"   the bucket-latency phase's client counts (default "1 16 100")
 #   BENCH_NETSY_BIN=/tmp/netsy-old  measure that netsy binary instead of this tree's build
 #
@@ -161,9 +161,9 @@ start_ha3_nodes() { # $1 = name (data dirs, logs), $2 = config file, $3 = S3 end
   EP= PIDS=() METRICS=()
   for i in 0 1 2; do
     local c=${ports[$((3 * i))]} h=${ports[$((3 * i + 1))]} p=${ports[$((3 * i + 2))]}
-    # The quorum path is experimental (off by default); a config with quorum 0 never uses it.
+    # replication.quorum in the config picks the write path (0: synchronous; else quorum).
     AWS_ENDPOINT_URL=$3 NETSY_INSECURE_PLAINTEXT=true NETSY_LOG_FORMAT=json \
-      NETSY_EXPERIMENTAL_QUORUM_WRITES=true "$netsy" --config "$2" \
+      "$netsy" --config "$2" \
       --node-id "bench-$i" --data-dir "$work/$1/n$i" \
       --bind-client "127.0.0.1:$c" --advertise-client "127.0.0.1:$c" \
       --bind-peer "127.0.0.1:$p" --advertise-peer "127.0.0.1:$p" \

@@ -36,7 +36,7 @@
 //! Each run is seeded: `NETSY_TEST_SEED=<n>` replays one (the seed picks the node each fault
 //! hits, its timing, and every client's operations). CI runs `fault_suite_fixed_seeds` (every
 //! nemesis once with a fixed seed, on the synchronous write path) and `fault_suite_quorum_writes`
-//! (the same on the experimental quorum write path, `replication.quorum -1`, its own seeds).
+//! (the same on the quorum write path, `replication.quorum -1`, its own seeds).
 //! `soak` (ignored; `tests/faults/soak.sh HOURS`) cycles nemeses and
 //! seeds until `NETSY_SOAK_SECS` have passed. `NETSY_FAULT_QUORUM=-1` runs
 //! `fault_suite_fixed_seeds` and `soak` on the quorum path.
@@ -1168,8 +1168,8 @@ fn seed_from_env(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// `NETSY_FAULT_QUORUM=-1` runs the cluster with the experimental quorum write path
-/// (replication.quorum -1, NETSY_EXPERIMENTAL_QUORUM_WRITES); default: 0, the synchronous path.
+/// `NETSY_FAULT_QUORUM=-1` runs the cluster with the quorum write path
+/// (replication.quorum -1); default: 0, the synchronous path.
 fn quorum_mode() -> i64 {
     std::env::var("NETSY_FAULT_QUORUM")
         .ok()
@@ -1213,7 +1213,7 @@ async fn fault_suite_fixed_seeds() {
     fault_suite(1000, quorum_mode()).await;
 }
 
-/// The quorum write path (`replication.quorum -1`, NETSY_EXPERIMENTAL_QUORUM_WRITES), every
+/// The quorum write path (`replication.quorum -1`), every
 /// nemesis with its own seeds. In CI again since its one failure (`pause-primary` seed 2003: a
 /// Primary paused past its lease woke up and uploaded a chunk its successor had orphaned, and a
 /// node loading the bucket in that moment kept it) was fixed (docs/design/0010).

@@ -1,5 +1,5 @@
-//! The quorum write path, end to end (docs/design/0010; on with
-//! NETSY_EXPERIMENTAL_QUORUM_WRITES): three real `netsy` processes on one real S3 bucket
+//! The quorum write path, end to end (docs/design/0010; on by default with
+//! `replication.quorum` ≠ 0): three real `netsy` processes on one real S3 bucket
 //! (seaweedfs), `replication.quorum` -1, a one-minute chunk buffer.
 //!
 //! * Writes are acknowledged by a Replica's receipt, not by a chunk: after 30 sequential writes

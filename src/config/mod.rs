@@ -65,16 +65,26 @@ pub struct NodeArgs {
     /// Interval of progress notifications to watches that asked for them ("10m", "5s").
     #[arg(long, env = "NETSY_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
-    /// Turns on the quorum write path (`replication.quorum` not 0 and more than one node):
-    /// writes acknowledged once enough Replicas hold them, the bucket written in batches.
-    /// Experimental until the fault suite runs in quorum mode (docs/design/0010); without it
-    /// every write waits for its chunk whatever `replication.quorum` says.
+    /// The quorum write path (on by default): with `replication.quorum` not 0 and more than one
+    /// node, a write is acknowledged once enough Replicas hold it and the bucket is written in
+    /// batches (docs/design/0010). `false` makes this node's writes wait for their chunk in the
+    /// bucket whatever `replication.quorum` says (as `replication.quorum` 0 does cluster-wide).
+    #[arg(
+        long,
+        env = "NETSY_QUORUM_WRITES",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub quorum_writes: bool,
+    /// Before the quorum write path was on by default it had to be turned on with this variable;
+    /// `true` is now the default and needs nothing, `false` still turns it off.
     #[arg(
         long,
         env = "NETSY_EXPERIMENTAL_QUORUM_WRITES",
-        default_value_t = false
+        hide = true,
+        action = clap::ArgAction::Set
     )]
-    pub experimental_quorum_writes: bool,
+    pub experimental_quorum_writes: Option<bool>,
     /// Accepted for compatibility with the original's environment; the election needs no port.
     #[arg(long, env = "NETSY_BIND_ELECTION", hide = true)]
     pub bind_election: Option<String>,
@@ -113,7 +123,7 @@ pub struct NodeConfig {
     pub watch_progress_notify_interval: Duration,
     /// Mutual TLS material; None = plaintext (loopback, or explicitly insecure).
     pub tls: Option<crate::tls::TlsPaths>,
-    /// The quorum write path is on (NETSY_EXPERIMENTAL_QUORUM_WRITES).
+    /// The quorum write path is on (NETSY_QUORUM_WRITES, default true).
     pub quorum_writes: bool,
 }
 
@@ -172,6 +182,26 @@ fn addr(key: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 impl NodeArgs {
+    /// Whether the quorum write path is on: `NETSY_QUORUM_WRITES` (default true), unless the
+    /// variable of the builds where it was opt-in says `false`.
+    fn effective_quorum_writes(&self) -> bool {
+        match self.experimental_quorum_writes {
+            Some(true) => {
+                tracing::info!(
+                    "NETSY_EXPERIMENTAL_QUORUM_WRITES=true is no longer needed: the quorum write path is on by default"
+                );
+                self.quorum_writes
+            }
+            Some(false) => {
+                tracing::warn!(
+                    "NETSY_EXPERIMENTAL_QUORUM_WRITES=false: this node's writes wait for the bucket (NETSY_QUORUM_WRITES=false says the same)"
+                );
+                false
+            }
+            None => self.quorum_writes,
+        }
+    }
+
     pub fn validate(&self) -> Result<NodeConfig, ConfigError> {
         if !valid_id(&self.node_id) {
             return Err(err(
@@ -200,6 +230,7 @@ impl NodeArgs {
                 "NETSY_INSECURE_PLAINTEXT: serving the client API in plaintext on a non-loopback address; anyone who can reach it can read and write everything"
             );
         }
+        let quorum_writes = self.effective_quorum_writes();
         if self.bind_election.is_some() || self.advertise_election.is_some() {
             tracing::warn!(
                 "NETSY_BIND_ELECTION / NETSY_ADVERTISE_ELECTION are ignored: the election needs no port"
@@ -220,17 +251,11 @@ impl NodeArgs {
             Some(path) => {
                 let (cfg, warnings) = cluster::load(path)?;
                 for w in warnings {
-                    // The experimental quorum path acts on the replication keys.
-                    if self.experimental_quorum_writes && w.starts_with("replication.") {
+                    // The quorum path acts on the replication keys.
+                    if quorum_writes && w.starts_with("replication.") {
                         continue;
                     }
                     tracing::warn!("{}: {w}", path.display());
-                }
-                if self.experimental_quorum_writes && cfg.replication.quorum != 0 {
-                    tracing::warn!(
-                        "NETSY_EXPERIMENTAL_QUORUM_WRITES: writes are acknowledged once replicas hold them (replication.quorum {}); the bucket is written in batches. Experimental: see docs/design/0010-quorum-replication.md",
-                        cfg.replication.quorum
-                    );
                 }
                 cfg
             }
@@ -257,7 +282,7 @@ impl NodeArgs {
             max_request_bytes: self.max_request_bytes,
             watch_progress_notify_interval: self.watch_progress_notify_interval,
             tls,
-            quorum_writes: self.experimental_quorum_writes,
+            quorum_writes,
         })
     }
 
@@ -338,6 +363,35 @@ pub fn defaults_json() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn quorum_writes(args: &[&str]) -> bool {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(std::iter::once("netsy").chain(args.iter().copied()))
+            .expect("arguments parse");
+        cli.node.effective_quorum_writes()
+    }
+
+    #[test]
+    fn the_quorum_write_path_is_on_unless_turned_off() {
+        assert!(quorum_writes(&[]));
+        assert!(quorum_writes(&["--quorum-writes", "true"]));
+        assert!(!quorum_writes(&["--quorum-writes", "false"]));
+        // The variable of the builds where it was opt-in: `true` changes nothing.
+        assert!(quorum_writes(&["--experimental-quorum-writes", "true"]));
+        assert!(!quorum_writes(&["--experimental-quorum-writes", "false"]));
+        assert!(!quorum_writes(&[
+            "--quorum-writes",
+            "false",
+            "--experimental-quorum-writes",
+            "true"
+        ]));
+    }
 
     #[test]
     fn ids() {

@@ -313,7 +313,7 @@ impl Supervisor {
         if !configs.is_empty() && self.cluster.pending().is_none() {
             anyhow::bail!(
                 "writer epoch {} acknowledged writes by replicas' receipts that may not be in the bucket yet; \
-                 only a node with quorum writes on (NETSY_EXPERIMENTAL_QUORUM_WRITES=true, replication.quorum != 0) can collect them",
+                 only a node with quorum writes on (NETSY_QUORUM_WRITES not false, replication.quorum != 0) can collect them",
                 configs[configs.len() - 1].epoch
             );
         }

@@ -44,8 +44,8 @@ pub struct NodeSpec {
     pub bind_ip: String,
     /// The host advertised with the client port (default 127.0.0.1).
     pub advertise_client_host: String,
-    /// `replication.quorum`; non-zero also turns the quorum write path on
-    /// (NETSY_EXPERIMENTAL_QUORUM_WRITES) with a one-minute chunk buffer.
+    /// `replication.quorum` (0: the synchronous write path; otherwise the quorum path with a
+    /// one-minute chunk buffer).
     pub quorum: i64,
 }
 
@@ -241,9 +241,6 @@ impl Node {
         }
         if let Bucket::S3 { endpoint, .. } = &self.spec.bucket {
             cmd.envs(super::weed::Weed::env_at(endpoint));
-        }
-        if self.spec.quorum != 0 {
-            cmd.env("NETSY_EXPERIMENTAL_QUORUM_WRITES", "true");
         }
         cmd.envs(self.spec.env.iter().cloned());
         if let Some(gid) = self.spec.gid {
