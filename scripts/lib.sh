@@ -88,7 +88,7 @@ stop_pids() {
 # (stop_pids "$SEAWEEDFS_PID"), and should register the PID for its cleanup.
 start_seaweedfs() {
   local dir=$1 bucket=$2 ports
-  read -ra ports <<<"$(free_ports 11)"
+  read -ra ports <<<"$(free_ports 12)"
   SEAWEEDFS_PORT=${ports[0]}
   SEAWEEDFS_ENDPOINT=http://127.0.0.1:$SEAWEEDFS_PORT
   mkdir -p "$dir"
@@ -99,7 +99,7 @@ start_seaweedfs() {
     -master.port="${ports[1]}" -master.port.grpc="${ports[2]}" -volume.port="${ports[3]}" \
     -volume.port.grpc="${ports[4]}" -filer.port="${ports[5]}" -filer.port.grpc="${ports[6]}" \
     -admin.port="${ports[7]}" -admin.port.grpc="${ports[8]}" -debug.port="${ports[9]}" \
-    -webdav.port="${ports[10]}" >"$dir.log" 2>&1 &
+    -webdav.port="${ports[10]}" -s3.port.grpc="${ports[11]}" >"$dir.log" 2>&1 &
   SEAWEEDFS_PID=$!
   export AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s AWS_REGION=us-east-1 \
     AWS_ENDPOINT_URL=$SEAWEEDFS_ENDPOINT AWS_S3_USE_PATH_STYLE=true

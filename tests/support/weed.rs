@@ -68,7 +68,7 @@ fn spawn_weed(bucket: &str) -> Weed {
     let weed = std::env::var("NETSY_WEED").unwrap_or_else(|_| "weed".to_string());
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("weed.log");
-    let p = free_ports(11);
+    let p = free_ports(12);
     let args = [
         "mini".to_string(),
         format!("-dir={}", dir.path().join("data").display()),
@@ -97,6 +97,9 @@ fn spawn_weed(bucket: &str) -> Weed {
         format!("-admin.port.grpc={}", p[8]),
         format!("-debug.port={}", p[9]),
         format!("-webdav.port={}", p[10]),
+        // Left out, the S3 gRPC port is the S3 port + 10000, which may be taken (found in CI:
+        // "s3 failed to listen on grpc port …: address already in use" after the S3 port opened).
+        format!("-s3.port.grpc={}", p[11]),
     ];
     std::fs::create_dir_all(dir.path().join("data")).expect("mkdir");
     let out = std::fs::File::create(&log).expect("log");
