@@ -883,9 +883,31 @@ async fn upload_faults_lose_nothing_acknowledged_and_apply_nothing_failed() {
         node.restart();
         node.wait_ready(READY).await;
     }
-    // Faults off: the server carries on by itself.
+    // Faults off: the server carries on by itself — after one more deliberate exit at most
+    // (a lock renewal begun under the last fault can still run out once it is off; found in
+    // CI: the node fenced itself just after the loop above and nobody restarted it).
     let before = ledger.acked.lock().unwrap().len();
-    wait_acked(&ledger, before + 100, Duration::from_secs(60)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut late_exits = 0;
+    while ledger.acked.lock().unwrap().len() < before + 100 {
+        if let Some(code) = node.exited() {
+            assert_eq!(
+                code,
+                Some(75),
+                "netsy exited with {code:?} after the faults"
+            );
+            late_exits += 1;
+            assert!(late_exits <= 1, "netsy exited again without faults");
+            exits += 1;
+            node.restart();
+            node.wait_ready(READY).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 60s waiting for 100 acknowledged writes after the faults"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling, bounded above
+    }
     stop.store(true, Ordering::Release);
     join_all(workers).await;
     let s = proxy.stats();
