@@ -229,21 +229,17 @@ pub fn encode_file_into(
 
 /// [`encode_file`] at another zstd level (see [`Writer::with_zstd_level`]).
 pub fn encode_file_with_level(
-    mut params: HeaderParams,
+    params: HeaderParams,
     records: &[Record],
     level: i32,
 ) -> Result<Vec<u8>, Error> {
-    params.records_count = records.len() as i64;
     // A batch can be megabytes: sized once, the buffer is not copied at every doubling (pages
     // a compressed file leaves unused are never touched).
     let estimate: usize = records
         .iter()
         .map(|r| r.key.len() + r.value.len() + 64)
         .sum();
-    let out = Vec::with_capacity(estimate + 256);
-    let mut w = Writer::with_zstd_level(out, params, level)?;
-    for r in records {
-        w.write_record(r)?;
-    }
-    Ok(w.finish()?.0)
+    let mut out = Vec::with_capacity(estimate + 256);
+    encode_file_into(params, records, level, &mut out)?;
+    Ok(out)
 }
